@@ -1,0 +1,20 @@
+//! The PeerCache engine: everything that runs inside one SGLang rank.
+//!
+//! It owns the typed `extra_config` ([`config`]), key hashing and naming
+//! ([`keys`]), the consistent-hash ring ([`ring`]), the published pool that
+//! peers read from ([`pool`]), the shard-per-core runtime ([`runtime`]) and the
+//! node store that ties them together behind batch calls ([`store`]). See
+//! `docs/architecture.md` for how the pieces fit.
+
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod keys;
+pub mod logging;
+pub mod pool;
+pub mod ring;
+pub mod runtime;
+pub mod store;
+
+pub use config::Config;
+pub use store::{BatchError, Node, NodeError, NodeStats};

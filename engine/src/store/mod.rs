@@ -1,0 +1,412 @@
+//! The node store: one [`Node`] per SGLang rank (process).
+//!
+//! `Node::start` maps the published pool, places one shard per NIC (or per
+//! configured core) through the numa crate, and starts the shard runtime. A
+//! batch call hashes its keys in the caller's thread, groups the pages by the
+//! shard that owns each key, submits one part per shard, and blocks once for
+//! the whole batch. Pages of one shard never take a lock another shard uses.
+
+pub mod shard;
+pub mod stats;
+
+pub use shard::{BatchPart, Op, ShardStore, StoreJob};
+pub use stats::{NodeStats, ShardStats};
+
+use crate::config::Config;
+use crate::keys::{KeyHash, Namespace};
+use crate::pool::{region, slots, PageBacking, PoolRegion, ShardPool};
+use crate::runtime::{BatchCompletion, Runtime, RuntimeError, RuntimeOptions, ShardSite};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Most pages in one batch call. SGLang's batches are at most a few thousand
+/// pages; anything far larger is a caller bug, refused before any work starts.
+pub const MAX_BATCH_PAGES: usize = 1 << 16;
+
+/// Most shards with no NIC when `shards` is 0 (auto): enough to use the memory
+/// bandwidth of a socket from one rank without crowding co-located ranks.
+const AUTO_SHARDS_MAX: usize = 4;
+
+/// How long a batch waits for room in a full shard queue before its pages of
+/// that shard are reported as failed.
+const SUBMIT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The published pool could not be mapped.
+    #[error("cannot map the published pool of {bytes} bytes: {source}; lower global_segment_size or raise tp_size")]
+    Pool {
+        /// Requested size.
+        bytes: u64,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The pool is too small for one 4 KiB slot per shard.
+    #[error("published pool of {bytes} bytes is too small for {shards} shards; global_segment_size / tp_size must give each shard at least 4 KiB")]
+    PoolTooSmall {
+        /// Pool bytes per rank.
+        bytes: u64,
+        /// Shard count.
+        shards: usize,
+    },
+    /// The shard runtime failed to start.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+}
+
+/// A batch call's arguments are malformed; nothing was done.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    /// The parallel arrays of a batch differ in length.
+    #[error("batch arrays differ in length: {keys} keys, {addrs} pointers, {lens} lengths")]
+    LengthMismatch {
+        /// Number of keys.
+        keys: usize,
+        /// Number of pointers.
+        addrs: usize,
+        /// Number of lengths.
+        lens: usize,
+    },
+    /// More pages than [`MAX_BATCH_PAGES`].
+    #[error("batch of {0} pages exceeds the limit of {MAX_BATCH_PAGES}; split it")]
+    TooLarge(usize),
+}
+
+/// One PeerCache node: the published pool and the shards that own it.
+pub struct Node {
+    namespace: Namespace,
+    runtime: Runtime<StoreJob>,
+    stats: Vec<Arc<ShardStats>>,
+    // Keeps the pool mapped for as long as any shard can touch it; dropped
+    // after `runtime` (field order), i.e. after every shard thread joined.
+    region: Arc<PoolRegion>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("namespace", &self.namespace)
+            .field("runtime", &self.runtime)
+            .field("region", &self.region)
+            .finish()
+    }
+}
+
+impl Node {
+    /// Starts a node: maps and pre-faults the published pool, places and pins
+    /// the shards, and returns once every shard is ready.
+    pub fn start(config: Config) -> Result<Node, NodeError> {
+        let topology = peercache_numa::Topology::detect();
+        let sysfs = peercache_numa::Sysfs::system();
+        // With an explicit `shards` the NICs do not decide the shard count.
+        let devices = if config.shards > 0 {
+            Vec::new()
+        } else {
+            config.rdma_devices()
+        };
+        let shards_without_nic = if config.shards > 0 {
+            config.shards
+        } else {
+            topology.all_cpus().len().clamp(1, AUTO_SHARDS_MAX)
+        };
+        let placements = peercache_numa::place_shards(
+            &topology,
+            &sysfs,
+            &devices,
+            shards_without_nic,
+            config.local_rank(),
+        );
+        let sites: Vec<ShardSite> = placements
+            .into_iter()
+            .map(|p| ShardSite {
+                cpu: Some(p.cpu),
+                numa_node: p.numa_node,
+                device: p.device,
+            })
+            .collect();
+        let shard_count = sites.len().max(1);
+        let sites = if sites.is_empty() {
+            vec![ShardSite::default()]
+        } else {
+            sites
+        };
+
+        let pool_bytes = config.pool_bytes_per_rank();
+        if pool_bytes < (shard_count * region::SLOT_ALIGN_BYTES) as u64 {
+            return Err(NodeError::PoolTooSmall {
+                bytes: pool_bytes,
+                shards: shard_count,
+            });
+        }
+        let region =
+            PoolRegion::allocate(pool_bytes as usize).map_err(|source| NodeError::Pool {
+                bytes: pool_bytes,
+                source,
+            })?;
+        let region = Arc::new(region);
+        let ranges = region.split(shard_count);
+        let stats: Vec<Arc<ShardStats>> = (0..shard_count)
+            .map(|_| Arc::new(ShardStats::default()))
+            .collect();
+
+        let base_addr = region.base() as usize;
+        let quarantine = config.pool_quarantine();
+        let prefault = config.prefault_pool;
+        let shard_stats = stats.clone();
+        let make = move |ctx: &crate::runtime::ShardContext| {
+            let (offset, len) = ranges[ctx.index];
+            let ptr = (base_addr + offset) as *mut u8;
+            if let Some(node) = ctx.site.numa_node {
+                // SAFETY: [ptr, ptr+len) is this shard's mapped, unused range.
+                unsafe { peercache_numa::bind_memory(ptr, len, node) };
+            }
+            if prefault {
+                // SAFETY: this range of the region belongs to this shard alone
+                // and is not in use yet.
+                unsafe { region::prefault(ptr, len) };
+            }
+            // SAFETY: the region outlives the runtime (Node field order) and
+            // only this shard writes this range.
+            let pool = unsafe {
+                ShardPool::new(
+                    ptr,
+                    offset as u64,
+                    len,
+                    slots::default_segment_bytes(len),
+                    quarantine,
+                )
+            };
+            Ok(ShardStore::new(pool, Arc::clone(&shard_stats[ctx.index])))
+        };
+        let options = RuntimeOptions {
+            io_memory_bytes: config.shard_io_memory as usize,
+            ..RuntimeOptions::default()
+        };
+        let runtime = Runtime::start(sites, options, make)?;
+
+        let cpus: Vec<String> = runtime
+            .contexts()
+            .iter()
+            .map(|c| match (c.site.cpu, c.pinned) {
+                (Some(cpu), true) => cpu.to_string(),
+                (Some(cpu), false) => format!("{cpu}(unpinned)"),
+                (None, _) => "-".into(),
+            })
+            .collect();
+        tracing::info!(
+            "PeerCache node started: shards={shard_count} cpus=[{}] pool={} bytes ({}) model={:?}",
+            cpus.join(","),
+            region.len_bytes(),
+            match region.backing() {
+                PageBacking::HugeTlb => "2 MiB huge pages",
+                PageBacking::TransparentHuge => "transparent huge pages",
+                PageBacking::Normal => "4 KiB pages",
+            },
+            config.model_name,
+        );
+        Ok(Node {
+            namespace: Namespace::new(&config.model_name, config.extra_backend_tag.as_deref()),
+            runtime,
+            stats,
+            region,
+        })
+    }
+
+    /// Number of shards.
+    pub fn shards(&self) -> usize {
+        self.runtime.shards()
+    }
+
+    /// The key namespace (model name and backend tag).
+    pub fn namespace(&self) -> &Namespace {
+        &self.namespace
+    }
+
+    /// Size of the published pool in bytes.
+    pub fn pool_bytes(&self) -> usize {
+        self.region.len_bytes()
+    }
+
+    /// Stores pages: `keys[i]` -> the `lens[i]` bytes at `srcs[i]`. Returns one
+    /// flag per page (false: not stored, e.g. larger than a pool segment). A key
+    /// already present is left as it is (keys name page contents).
+    ///
+    /// # Safety
+    /// Each `srcs[i]` must be valid for reads of `lens[i]` bytes for the whole
+    /// call (a null pointer is reported as a failed page).
+    pub unsafe fn batch_set<K: AsRef<str>>(
+        &self,
+        keys: &[K],
+        srcs: &[*const u8],
+        lens: &[usize],
+    ) -> Result<Vec<bool>, BatchError> {
+        let addrs: Vec<usize> = srcs.iter().map(|&p| p as usize).collect();
+        self.run(Op::Set, keys, &addrs, lens)
+    }
+
+    /// Copies pages into `dsts[i]` (exactly `lens[i]` bytes, which must equal
+    /// the stored page's length). Returns one flag per page; a miss is `false`.
+    ///
+    /// # Safety
+    /// Each `dsts[i]` must be valid for writes of `lens[i]` bytes for the whole
+    /// call and must not overlap another destination of the batch.
+    pub unsafe fn batch_get<K: AsRef<str>>(
+        &self,
+        keys: &[K],
+        dsts: &[*mut u8],
+        lens: &[usize],
+    ) -> Result<Vec<bool>, BatchError> {
+        let addrs: Vec<usize> = dsts.iter().map(|&p| p as usize).collect();
+        self.run(Op::Get, keys, &addrs, lens)
+    }
+
+    /// Safe form of [`Node::batch_set`] over byte slices.
+    pub fn batch_set_pages<K: AsRef<str>>(
+        &self,
+        keys: &[K],
+        pages: &[&[u8]],
+    ) -> Result<Vec<bool>, BatchError> {
+        let srcs: Vec<*const u8> = pages.iter().map(|p| p.as_ptr()).collect();
+        let lens: Vec<usize> = pages.iter().map(|p| p.len()).collect();
+        // SAFETY: the slices are borrowed for the whole call.
+        unsafe { self.batch_set(keys, &srcs, &lens) }
+    }
+
+    /// Safe form of [`Node::batch_get`] into mutable byte slices.
+    pub fn batch_get_into<K: AsRef<str>>(
+        &self,
+        keys: &[K],
+        dsts: &mut [&mut [u8]],
+    ) -> Result<Vec<bool>, BatchError> {
+        let ptrs: Vec<*mut u8> = dsts.iter_mut().map(|d| d.as_mut_ptr()).collect();
+        let lens: Vec<usize> = dsts.iter().map(|d| d.len()).collect();
+        // SAFETY: distinct &mut slices, borrowed for the whole call.
+        unsafe { self.batch_get(keys, &ptrs, &lens) }
+    }
+
+    /// Length of the longest prefix of `keys` whose pages are all present.
+    pub fn batch_exists<K: AsRef<str>>(&self, keys: &[K]) -> Result<usize, BatchError> {
+        let found = self.run(Op::Exists, keys, &[], &[])?;
+        Ok(found.iter().position(|&f| !f).unwrap_or(found.len()))
+    }
+
+    /// Drops every page of this node's pool.
+    pub fn clear(&self) {
+        let done = BatchCompletion::new(self.shards());
+        for shard in 0..self.shards() {
+            if let Err((e, _)) = self
+                .runtime
+                .submit(shard, StoreJob::Clear(&done), SUBMIT_TIMEOUT)
+            {
+                tracing::warn!("clear: shard {shard} not cleared: {e}");
+                done.part_done();
+            }
+        }
+        done.wait();
+    }
+
+    /// Counters summed over every shard.
+    pub fn stats(&self) -> NodeStats {
+        let mut total = NodeStats::default();
+        for s in &self.stats {
+            total += s.snapshot();
+        }
+        total
+    }
+
+    /// Counters of each shard.
+    pub fn shard_stats(&self) -> Vec<NodeStats> {
+        self.stats.iter().map(|s| s.snapshot()).collect()
+    }
+
+    /// Stops every shard (after the work already queued) and joins them.
+    pub fn shutdown(&mut self) {
+        self.runtime.shutdown();
+    }
+
+    fn run<K: AsRef<str>>(
+        &self,
+        op: Op,
+        keys: &[K],
+        addrs: &[usize],
+        lens: &[usize],
+    ) -> Result<Vec<bool>, BatchError> {
+        let n = keys.len();
+        if op != Op::Exists && (addrs.len() != n || lens.len() != n) {
+            return Err(BatchError::LengthMismatch {
+                keys: n,
+                addrs: addrs.len(),
+                lens: lens.len(),
+            });
+        }
+        if n > MAX_BATCH_PAGES {
+            return Err(BatchError::TooLarge(n));
+        }
+        let mut results = vec![false; n];
+        if n == 0 {
+            return Ok(results);
+        }
+        let shards = self.shards();
+        let hashes: Vec<KeyHash> = keys
+            .iter()
+            .map(|k| self.namespace.hash(k.as_ref()))
+            .collect();
+        // Group positions by shard (counting sort): order[starts[s]..starts[s+1]]
+        // are the positions shard s owns, in batch order.
+        let mut starts = vec![0u32; shards + 1];
+        for h in &hashes {
+            starts[h.shard(shards) + 1] += 1;
+        }
+        for s in 0..shards {
+            starts[s + 1] += starts[s];
+        }
+        let mut fill = starts.clone();
+        let mut order = vec![0u32; n];
+        for (i, h) in hashes.iter().enumerate() {
+            let s = h.shard(shards);
+            order[fill[s] as usize] = i as u32;
+            fill[s] += 1;
+        }
+        let parts = (0..shards).filter(|&s| starts[s + 1] > starts[s]).count();
+        let done = BatchCompletion::new(parts);
+        for shard in 0..shards {
+            let (from, to) = (starts[shard] as usize, starts[shard + 1] as usize);
+            if from == to {
+                continue;
+            }
+            let part = BatchPart {
+                op,
+                indices: order[from..].as_ptr(),
+                count: to - from,
+                hashes: hashes.as_ptr(),
+                addrs: addrs.as_ptr(),
+                lens: lens.as_ptr(),
+                results: results.as_mut_ptr(),
+                done: &done,
+            };
+            if let Err((e, _)) = self
+                .runtime
+                .submit(shard, StoreJob::Batch(part), SUBMIT_TIMEOUT)
+            {
+                // Those pages stay `false`: a miss, never an error into SGLang.
+                tracing::warn!(
+                    "{op:?}: {} pages of shard {shard} not processed: {e}",
+                    to - from
+                );
+                done.part_done();
+            }
+        }
+        done.wait();
+        Ok(results)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests;
