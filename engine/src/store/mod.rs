@@ -218,6 +218,11 @@ impl Node {
         self.runtime.shards()
     }
 
+    /// Where each shard runs (core, NUMA node, device) and whether it got pinned.
+    pub fn shard_contexts(&self) -> &[crate::runtime::ShardContext] {
+        self.runtime.contexts()
+    }
+
     /// The key namespace (model name and backend tag).
     pub fn namespace(&self) -> &Namespace {
         &self.namespace

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The whole PeerCache test suite: formatting, lints, every Rust test of the
+# workspace (unit tests next to the code, cross-crate tests in tests/), and the
+# Python tests in tests/python/ against a freshly built wheel.
+#
+# Usage: bash tests/run-all.sh        (from anywhere; installs what it needs)
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+
+bash .ci/install-system-deps.sh
+ulimit -l unlimited 2>/dev/null || true   # glommio/RDMA pin memory; root has CAP_IPC_LOCK anyway
+
+failures=()
+step() {
+  local name="$1"; shift
+  echo "::: $name"
+  if "$@"; then echo "::: $name: ok"; else echo "::: $name: FAILED"; failures+=("$name"); fi
+}
+
+step "rustfmt" cargo fmt --all -- --check
+step "clippy" cargo clippy --workspace --all-targets --quiet -- -D warnings
+step "cargo test" cargo test --workspace
+
+if [ -f pyproject.toml ]; then
+  VENV="${PEERCACHE_TEST_VENV:-$ROOT/target/test-venv}"
+  python_tests() {
+    [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q --upgrade pip maturin pytest
+    "$VENV/bin/pip" install -q --force-reinstall --no-deps .
+    # Run from tests/ so the installed package, not the source tree, is imported.
+    (cd tests/python && "$VENV/bin/python" -m pytest -q)
+  }
+  step "python tests" python_tests
+fi
+
+if [ ${#failures[@]} -gt 0 ]; then
+  echo "FAILED steps: ${failures[*]}"
+  exit 1
+fi
+echo "all test steps passed"
