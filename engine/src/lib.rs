@@ -8,13 +8,17 @@
 
 #![warn(missing_docs)]
 
+pub mod cluster;
 pub mod config;
+pub mod directory;
 pub mod keys;
 pub mod logging;
+pub mod net;
 pub mod pool;
 pub mod ring;
 pub mod runtime;
 pub mod store;
+pub mod wire;
 
 pub use config::Config;
 pub use store::{BatchError, Node, NodeError, NodeStats};
