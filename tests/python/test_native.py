@@ -1,0 +1,376 @@
+"""Tests of the native module `peercache._native` through the `peercache` package."""
+
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+import peercache
+from conftest import Pages, config_json
+
+KIB = 1024
+MIB = 1024 * KIB
+
+STATS_FIELDS = {
+    "write_requests",
+    "write_failures",
+    "bytes_written",
+    "read_requests",
+    "read_hits",
+    "read_misses",
+    "read_local_hits",
+    "read_failures",
+    "bytes_read",
+    "exists_requests",
+    "exists_pages_found",
+    "pool_keys",
+    "pool_bytes_used",
+    "pool_capacity_bytes",
+    "evictions",
+    "quarantine_early_reuses",
+    "segment_steals",
+}
+
+
+def random_pages(count, size):
+    return Pages(os.urandom(size) for _ in range(count))
+
+
+def keys(prefix, count):
+    return [f"{prefix}-{i}" for i in range(count)]
+
+
+# --- package surface ---------------------------------------------------------
+
+
+def test_package_exports():
+    from peercache import _native
+
+    assert peercache.Node is _native.Node
+    assert peercache.HAS_RDMA is False
+    assert re.fullmatch(r"\d+\.\d+\.\d+.*", peercache.__version__)
+    assert peercache.__version__ == _native.__version__
+    assert set(peercache.__all__) == {"Node", "HAS_RDMA", "__version__"}
+
+
+def test_import_needs_no_torch_numpy_or_sglang():
+    code = (
+        "import sys, peercache\n"
+        "heavy = sorted(m for m in ('torch', 'numpy', 'sglang') if m in sys.modules)\n"
+        "print(','.join(heavy))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == ""
+
+
+def test_properties(node):
+    assert node.shards == 2
+    assert node.pool_bytes == 64 * MIB
+    assert node.closed is False
+    assert "shards=2" in repr(node)
+
+
+# --- config and start errors -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        ({"shards": "lots"}, "shards"),
+        ({"global_segment_size": "64 potatoes"}, "global_segment_size"),
+        ({"disk_enabled": "maybe"}, "disk_enabled"),
+        ({"discovery_addr": None}, "discovery_addr"),
+    ],
+)
+def test_bad_config_raises_value_error_naming_the_key(overrides, key):
+    with pytest.raises(ValueError) as err:
+        peercache.Node(config_json(**overrides))
+    assert f'"{key}"' in str(err.value)
+
+
+def test_config_that_is_not_json_raises_value_error():
+    with pytest.raises(ValueError, match="not valid JSON"):
+        peercache.Node("{discovery_addr: 127.0.0.1}")
+
+
+def test_node_that_cannot_start_raises_runtime_error():
+    # Valid keys, but 4 KiB of pool cannot give each of 2 shards a slot.
+    with pytest.raises(RuntimeError, match="too small"):
+        peercache.Node(config_json(global_segment_size="4kb"))
+
+
+# --- data path ---------------------------------------------------------------
+
+
+def test_round_trip_is_byte_exact(node):
+    names = keys("rt", 64)
+    src = random_pages(64, 64 * KIB)
+    assert node.batch_set(names, src.ptrs, src.lens) == [True] * 64
+
+    dst = Pages.filled(64, 64 * KIB)
+    assert node.batch_get(names, dst.ptrs, dst.lens) == [True] * 64
+    assert dst.contents() == src.contents()
+
+    # In a different order, each page still lands in its own destination.
+    order = list(reversed(range(64)))
+    dst = Pages.filled(64, 64 * KIB)
+    assert node.batch_get([names[i] for i in order], dst.ptrs, dst.lens) == [True] * 64
+    assert dst.contents() == [src.contents()[i] for i in order]
+
+
+def test_pages_of_different_sizes_round_trip(node):
+    sizes = [1, 4095, 4096, 4097, 12345, 64 * KIB, 256 * KIB]
+    names = keys("sizes", len(sizes))
+    src = Pages(os.urandom(n) for n in sizes)
+    assert node.batch_set(names, src.ptrs, src.lens) == [True] * len(sizes)
+    dst = Pages(bytes(n) for n in sizes)
+    assert node.batch_get(names, dst.ptrs, dst.lens) == [True] * len(sizes)
+    assert dst.contents() == src.contents()
+
+
+def test_misses_are_false_and_leave_their_destination_alone(node):
+    present = keys("present", 4)
+    src = random_pages(4, 16 * KIB)
+    assert node.batch_set(present, src.ptrs, src.lens) == [True] * 4
+
+    names = [present[0], "absent-0", present[1], "absent-1", present[2], present[3]]
+    dst = Pages.filled(len(names), 16 * KIB, byte=0x5A)
+    assert node.batch_get(names, dst.ptrs, dst.lens) == [True, False, True, False, True, True]
+    got = dst.contents()
+    assert [got[0], got[2], got[4], got[5]] == src.contents()
+    assert got[1] == got[3] == b"\x5a" * (16 * KIB)
+
+
+def test_get_with_wrong_length_is_false(node):
+    src = random_pages(1, 8 * KIB)
+    assert node.batch_set(["page"], src.ptrs, src.lens) == [True]
+    dst = Pages.filled(1, 4 * KIB)
+    assert node.batch_get(["page"], dst.ptrs, dst.lens) == [False]
+    assert node.stats()["read_failures"] == 1
+
+
+def test_null_pointers_are_false(node):
+    assert node.batch_set(["null"], [0], [4096]) == [False]
+    src = random_pages(1, 4096)
+    assert node.batch_set(["page"], src.ptrs, src.lens) == [True]
+    assert node.batch_get(["page"], [0], [4096]) == [False]
+
+
+def test_exists_is_the_present_prefix(node):
+    names = keys("ex", 10)
+    src = random_pages(10, 4 * KIB)
+    assert node.batch_set(names, src.ptrs, src.lens) == [True] * 10
+
+    assert node.batch_exists(names) == 10
+    assert node.batch_exists(names[:3]) == 3
+    assert node.batch_exists(names[:6] + ["absent"] + names[6:]) == 6
+    assert node.batch_exists(["absent"] + names) == 0
+    assert node.batch_exists([]) == 0
+
+
+def test_empty_batches(node):
+    assert node.batch_set([], [], []) == []
+    assert node.batch_get([], [], []) == []
+
+
+def test_clear_drops_every_page(node):
+    names = keys("clear", 8)
+    src = random_pages(8, 4 * KIB)
+    assert node.batch_set(names, src.ptrs, src.lens) == [True] * 8
+    node.clear()
+    assert node.batch_exists(names) == 0
+    dst = Pages.filled(8, 4 * KIB)
+    assert node.batch_get(names, dst.ptrs, dst.lens) == [False] * 8
+    assert node.stats()["pool_keys"] == 0
+
+
+# --- failures return False instead of raising --------------------------------
+
+
+def test_mismatched_list_lengths_return_all_false(node):
+    src = random_pages(3, 4 * KIB)
+    names = keys("mm", 3)
+    assert node.batch_set(names, src.ptrs[:2], src.lens) == [False] * 3
+    assert node.batch_set(names, src.ptrs, src.lens[:1]) == [False] * 3
+    assert node.batch_set(names[:2], src.ptrs, src.lens) == [False] * 2
+    assert node.batch_get(names, src.ptrs, src.lens[:2]) == [False] * 3
+    assert node.batch_get(names, [], []) == [False] * 3
+    # Nothing was done: not even the well-formed part of a batch.
+    stats = node.stats()
+    assert stats["write_requests"] == 0
+    assert stats["read_requests"] == 0
+    assert node.batch_exists(names) == 0
+
+
+def test_oversized_batch_returns_all_false(node):
+    n = (1 << 16) + 1  # one page more than the engine accepts in a batch
+    src = random_pages(1, 64)
+    result = node.batch_set(keys("big", n), src.ptrs * n, src.lens * n)
+    assert result == [False] * n
+    assert node.stats()["write_requests"] == 0
+
+
+def test_arguments_of_the_wrong_type_raise_type_error(node):
+    # Caller bugs, refused before any work starts (not data-path failures).
+    with pytest.raises(TypeError):
+        node.batch_exists("a-str-is-not-a-list-of-keys")
+    with pytest.raises(TypeError):
+        node.batch_set(["k"], ["not-an-int"], [1])
+
+
+def test_close_is_idempotent_and_later_calls_fail_softly(make_node):
+    node = make_node()
+    names = keys("closed", 4)
+    src = random_pages(4, 4 * KIB)
+    assert node.batch_set(names, src.ptrs, src.lens) == [True] * 4
+
+    node.close()
+    node.close()
+    assert node.closed is True
+    assert node.batch_set(names, src.ptrs, src.lens) == [False] * 4
+    dst = Pages.filled(4, 4 * KIB)
+    assert node.batch_get(names, dst.ptrs, dst.lens) == [False] * 4
+    assert dst.contents() == Pages.filled(4, 4 * KIB).contents()
+    assert node.batch_exists(names) == 0
+    node.clear()
+    # stats() keeps answering with the counters the node had when it closed.
+    stats = node.stats()
+    assert set(stats) == STATS_FIELDS
+    assert stats["write_requests"] == 4
+    assert stats["read_requests"] == 0
+    assert node.shards == 2
+    node.close()
+
+
+def test_close_while_other_threads_run_batches(make_node):
+    node = make_node()
+    names = keys("race", 16)
+    src = random_pages(16, 64 * KIB)
+    assert node.batch_set(names, src.ptrs, src.lens) == [True] * 16
+
+    outcomes = []
+    errors = []
+
+    def reader():
+        dst = Pages.filled(16, 64 * KIB)
+        try:
+            while True:
+                got = node.batch_get(names, dst.ptrs, dst.lens)
+                outcomes.append(got)
+                if got != [True] * 16:
+                    break
+        except BaseException as e:  # noqa: BLE001 - reported by the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    while len(outcomes) < 6 and any(t.is_alive() for t in threads):
+        time.sleep(0.001)
+    node.close()
+    for t in threads:
+        t.join()
+    assert errors == []
+    # Each call saw the node either open (every page) or closed (no page).
+    assert all(o in ([True] * 16, [False] * 16) for o in outcomes)
+    assert outcomes.count([False] * 16) == 3
+
+
+# --- stats -------------------------------------------------------------------
+
+
+def test_stats_counters_are_consistent(node):
+    size = 32 * KIB
+    stats = node.stats()
+    assert set(stats) == STATS_FIELDS
+    assert all(isinstance(v, int) for v in stats.values())
+    assert stats["pool_keys"] == 0
+    assert 0 < stats["pool_capacity_bytes"] <= node.pool_bytes
+
+    names = keys("st", 20)
+    src = random_pages(20, size)
+    assert node.batch_set(names, src.ptrs, src.lens) == [True] * 20
+    # The same keys again: accepted (keys name contents) but nothing copied.
+    assert node.batch_set(names[:5], src.ptrs[:5], src.lens[:5]) == [True] * 5
+    stats = node.stats()
+    assert stats["write_requests"] == 25
+    assert stats["write_failures"] == 0
+    assert stats["bytes_written"] == 20 * size
+    assert stats["pool_keys"] == 20
+    assert stats["pool_bytes_used"] == 20 * size
+
+    wanted = names + keys("absent", 7)
+    dst = Pages.filled(len(wanted), size)
+    assert node.batch_get(wanted, dst.ptrs, dst.lens) == [True] * 20 + [False] * 7
+    stats = node.stats()
+    assert stats["read_requests"] == 27
+    assert stats["read_hits"] == 20
+    assert stats["read_local_hits"] == 20
+    assert stats["read_misses"] == 7
+    assert stats["read_failures"] == 0
+    assert stats["bytes_read"] == 20 * size
+    assert stats["read_hits"] + stats["read_misses"] == stats["read_requests"]
+
+    assert node.batch_exists(names[:10] + ["absent"]) == 10
+    stats = node.stats()
+    assert stats["exists_requests"] == 11
+    assert stats["exists_pages_found"] == 10
+    assert stats["evictions"] == 0
+
+
+# --- GIL ---------------------------------------------------------------------
+
+
+def test_batch_get_releases_the_gil(make_node):
+    """Another Python thread runs while a large batch_get is in progress.
+
+    With a huge switch interval the interpreter never takes the GIL away from
+    a running thread: the counter thread, woken right before each call, can
+    only run while the getting thread gives the GIL up of its own accord. The
+    getter reads the counter right before and right after each call, so any
+    difference was made during the call.
+    """
+    node = make_node(global_segment_size="256mb")
+    pages, size = 32, 1 * MIB
+    names = keys("gil", pages)
+    src = random_pages(pages, size)
+    assert node.batch_set(names, src.ptrs, src.lens) == [True] * pages
+    dst = Pages.filled(pages, size)
+
+    counter = [0]
+    go = threading.Event()
+    stop = threading.Event()
+
+    def count():
+        while True:
+            go.wait()  # blocks with the GIL released
+            go.clear()
+            if stop.is_set():
+                return
+            counter[0] += 1
+
+    old_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1000.0)
+    counter_thread = threading.Thread(target=count)
+    counter_thread.start()
+    during_calls = 0
+    try:
+        for _ in range(10):
+            before = counter[0]
+            go.set()  # wakes the counter thread, which now waits for the GIL
+            ok = node.batch_get(names, dst.ptrs, dst.lens)
+            during_calls += counter[0] - before
+            assert ok == [True] * pages
+    finally:
+        stop.set()
+        go.set()
+        counter_thread.join()
+        sys.setswitchinterval(old_interval)
+    assert dst.contents() == src.contents()
+    assert during_calls > 0
