@@ -240,33 +240,11 @@ impl PyNode {
 /// Every [`NodeStats`] field under its own name. The pattern is exhaustive, so
 /// a counter added to the engine fails this build until it is listed here.
 fn stats_dict(py: Python<'_>, stats: NodeStats) -> PyResult<Bound<'_, PyDict>> {
-    macro_rules! fields {
-        ($($name:ident),* $(,)?) => {{
-            let NodeStats { $($name),* } = stats;
-            let dict = PyDict::new(py);
-            $( dict.set_item(stringify!($name), $name)?; )*
-            dict
-        }};
+    let dict = PyDict::new(py);
+    for (name, value) in stats.fields() {
+        dict.set_item(name, value)?;
     }
-    Ok(fields!(
-        write_requests,
-        write_failures,
-        bytes_written,
-        read_requests,
-        read_hits,
-        read_misses,
-        read_local_hits,
-        read_failures,
-        bytes_read,
-        exists_requests,
-        exists_pages_found,
-        pool_keys,
-        pool_bytes_used,
-        pool_capacity_bytes,
-        evictions,
-        quarantine_early_reuses,
-        segment_steals,
-    ))
+    Ok(dict)
 }
 
 /// The `peercache._native` module.

@@ -1,6 +1,8 @@
-//! Networking of a shard: channel pools to peers (and, as the cluster work
-//! lands, the framed TCP server and client built on `crate::wire`).
+//! Networking of a shard: framed connections over glommio streams and the
+//! per-peer channel pools that reuse them.
 
 pub mod channels;
+pub mod framed;
 
 pub use channels::{ChannelCounters, Channels, Lease, LeaseError};
+pub use framed::FramedConn;

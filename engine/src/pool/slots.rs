@@ -336,6 +336,17 @@ impl ShardPool {
         self.index.get(&key).map(|&slot| self.location_of(slot))
     }
 
+    /// Appends every resident page as (key, location) to `out`: what a shard
+    /// re-publishes to the directory after a membership change.
+    pub fn live_entries(&self, out: &mut Vec<(KeyHash, Location)>) {
+        out.reserve(self.index.len());
+        out.extend(
+            self.index
+                .iter()
+                .map(|(&key, &slot)| (key, self.location_of(slot))),
+        );
+    }
+
     /// Checks a location named by a remote reader: the offset must be the
     /// start of a live slot in this shard's range whose generation and length
     /// still match. Returns the slot's bytes.
@@ -723,6 +734,9 @@ mod tests {
         let mut ev = Vec::new();
         let first = fresh(&mut pool, k(1), 4000, now, &mut ev);
         assert_eq!(pool.location(k(1)), Some(first));
+        let mut live = Vec::new();
+        pool.live_entries(&mut live);
+        assert_eq!(live, vec![(k(1), first)]);
         assert!(pool.validate(first).is_some());
         assert!(
             matches!(pool.insert(k(1), 4000, now, &mut ev), Ok(Insert::Present(l)) if l == first)

@@ -32,6 +32,12 @@ pub trait ShardService: 'static {
     /// work that waits (network, disk) is spawned as a glommio task, which is
     /// why the service is shared through an `Rc`.
     fn handle(this: &Rc<Self>, job: Self::Job);
+
+    /// Called once on the shard thread, inside the executor, right after the
+    /// service is built: the place to spawn long-lived tasks (an accept loop).
+    fn start(this: &Rc<Self>) {
+        let _ = this;
+    }
 }
 
 /// Where a shard runs; decided by the numa crate before start.
@@ -295,6 +301,7 @@ fn shard_main<S, F>(
                 return;
             }
         };
+        S::start(&service);
         let _ = ready.send(Ok(context));
         loop {
             let mut handled = 0;

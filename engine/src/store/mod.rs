@@ -6,17 +6,22 @@
 //! shard that owns each key, submits one part per shard, and blocks once for
 //! the whole batch. Pages of one shard never take a lock another shard uses.
 
+mod remote;
+mod server;
 pub mod shard;
 pub mod stats;
 
-pub use shard::{BatchPart, Op, ShardStore, StoreJob};
+pub use shard::{BatchPart, Op, ShardIdentity, ShardStore, StoreJob};
 pub use stats::{NodeStats, ShardStats};
 
+use crate::cluster::{ClusterView, MemberRoute};
 use crate::config::Config;
+use crate::directory::NodeRef;
 use crate::keys::{KeyHash, Namespace};
 use crate::pool::{region, slots, PageBacking, PoolRegion, ShardPool};
 use crate::runtime::{BatchCompletion, Runtime, RuntimeError, RuntimeOptions, ShardSite};
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Most pages in one batch call. SGLang's batches are at most a few thousand
@@ -30,6 +35,14 @@ const AUTO_SHARDS_MAX: usize = 4;
 /// How long a batch waits for room in a full shard queue before its pages of
 /// that shard are reported as failed.
 const SUBMIT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long one exchange with a peer (directory or data) may take before its
+/// pages are misses and its channel is dropped.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Page size assumed when sizing a shard's directory table up front (the
+/// table grows past it on its own).
+const DIRECTORY_SIZING_PAGE_BYTES: usize = 128 << 10;
 
 /// A node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +66,16 @@ pub enum NodeError {
     /// The shard runtime failed to start.
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    /// A shard could not listen for peers.
+    #[error("cannot listen on {host}:{port} for peer requests: {reason}; check control_bind_host / control_port")]
+    Listen {
+        /// Bind host.
+        host: String,
+        /// Bind port (0 = any).
+        port: u16,
+        /// The OS error.
+        reason: String,
+    },
 }
 
 /// A batch call's arguments are malformed; nothing was done.
@@ -75,6 +98,10 @@ pub enum BatchError {
 
 /// One PeerCache node: the published pool and the shards that own it.
 pub struct Node {
+    node_id: String,
+    endpoints: Vec<SocketAddr>,
+    vnodes: u32,
+    replicas: usize,
     namespace: Namespace,
     runtime: Runtime<StoreJob>,
     stats: Vec<Arc<ShardStats>>,
@@ -150,11 +177,39 @@ impl Node {
             .map(|_| Arc::new(ShardStats::default()))
             .collect();
 
+        let host = advertised_host(&config);
+        let node_id = config
+            .node_id
+            .clone()
+            .unwrap_or_else(|| format!("{host}-{:04x}", random_u64() & 0xffff));
+        let bound_ports: Arc<Mutex<Vec<u16>>> = Arc::new(Mutex::new(vec![0; shard_count]));
         let base_addr = region.base() as usize;
         let quarantine = config.pool_quarantine();
         let prefault = config.prefault_pool;
         let shard_stats = stats.clone();
+        let (bind_host, base_port) = (config.control_bind_host.clone(), config.control_port);
+        let ports = Arc::clone(&bound_ports);
+        let replicas = config.directory_replicas as usize;
+        let identity = ShardIdentity {
+            node_id: node_id.clone(),
+            shard: 0,
+            max_channels_per_peer: config.max_channels_per_peer as usize,
+            request_timeout: REQUEST_TIMEOUT,
+            read_cache_ttl: config.directory_read_cache_ttl(),
+        };
         let make = move |ctx: &crate::runtime::ShardContext| {
+            // A fixed control_port gives shard i the port control_port + i.
+            let port = if base_port == 0 {
+                0
+            } else {
+                base_port.saturating_add(ctx.index as u16)
+            };
+            let listener = glommio::net::TcpListener::bind((bind_host.as_str(), port))
+                .map_err(|e| format!("listen on {bind_host}:{port}: {e}"))?;
+            let bound = listener
+                .local_addr()
+                .map_err(|e| format!("listener address: {e}"))?;
+            ports.lock().expect("start-up only")[ctx.index] = bound.port();
             let (offset, len) = ranges[ctx.index];
             let ptr = (base_addr + offset) as *mut u8;
             if let Some(node) = ctx.site.numa_node {
@@ -177,13 +232,39 @@ impl Node {
                     quarantine,
                 )
             };
-            Ok(ShardStore::new(pool, Arc::clone(&shard_stats[ctx.index])))
+            let directory_hint = (len / DIRECTORY_SIZING_PAGE_BYTES).max(1024) * replicas;
+            let id = ShardIdentity {
+                shard: ctx.index as u16,
+                ..identity.clone()
+            };
+            Ok(ShardStore::new(
+                id,
+                pool,
+                directory_hint,
+                Some(listener),
+                Arc::clone(&shard_stats[ctx.index]),
+            ))
         };
         let options = RuntimeOptions {
             io_memory_bytes: config.shard_io_memory as usize,
             ..RuntimeOptions::default()
         };
-        let runtime = Runtime::start(sites, options, make)?;
+        let runtime = Runtime::start(sites, options, make).map_err(|e| match e {
+            RuntimeError::ShardStart { reason, .. } if reason.starts_with("listen") => {
+                NodeError::Listen {
+                    host: config.control_bind_host.clone(),
+                    port: config.control_port,
+                    reason,
+                }
+            }
+            other => NodeError::Runtime(other),
+        })?;
+        let endpoints: Vec<SocketAddr> = bound_ports
+            .lock()
+            .expect("shards started")
+            .iter()
+            .map(|&port| SocketAddr::new(host, port))
+            .collect();
 
         let cpus: Vec<String> = runtime
             .contexts()
@@ -195,8 +276,9 @@ impl Node {
             })
             .collect();
         tracing::info!(
-            "PeerCache node started: shards={shard_count} cpus=[{}] pool={} bytes ({}) model={:?}",
+            "PeerCache node started: node={node_id} shards={shard_count} cpus=[{}] control=[{}] pool={} bytes ({}) model={:?}",
             cpus.join(","),
+            endpoints.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(","),
             region.len_bytes(),
             match region.backing() {
                 PageBacking::HugeTlb => "2 MiB huge pages",
@@ -206,11 +288,56 @@ impl Node {
             config.model_name,
         );
         Ok(Node {
+            node_id,
+            endpoints,
+            vnodes: config.vnodes,
+            replicas,
             namespace: Namespace::new(&config.model_name, config.extra_backend_tag.as_deref()),
             runtime,
             stats,
             region,
         })
+    }
+
+    /// This node's id (`node_id`, or generated from the advertised host).
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// Where each shard listens for peers, as advertised to them.
+    pub fn endpoints(&self) -> &[SocketAddr] {
+        &self.endpoints
+    }
+
+    /// This node as the data path of its peers needs to know it.
+    pub fn route(&self) -> MemberRoute {
+        MemberRoute {
+            node_id: self.node_id.clone(),
+            node_ref: NodeRef::of(&self.node_id),
+            shard_endpoints: self.endpoints.clone(),
+        }
+    }
+
+    /// Installs a new membership (normally called by discovery on every
+    /// change). Each shard drops directory entries of departed nodes and
+    /// entries it no longer owns, and re-publishes its pages to their owners.
+    pub fn set_membership(&self, epoch: u64, members: Vec<MemberRoute>) {
+        let view = Arc::new(ClusterView::new(
+            epoch,
+            &self.node_id,
+            members,
+            self.vnodes,
+            self.replicas,
+        ));
+        for shard in 0..self.shards() {
+            if let Err((e, _)) = self.runtime.submit(
+                shard,
+                StoreJob::Membership(Arc::clone(&view)),
+                SUBMIT_TIMEOUT,
+            ) {
+                tracing::warn!("membership epoch {epoch} not delivered to shard {shard}: {e}");
+            }
+        }
     }
 
     /// Number of shards.
@@ -405,6 +532,42 @@ impl Node {
         done.wait();
         Ok(results)
     }
+}
+
+/// The IP peers should use to reach this node: `local_hostname` when set,
+/// else the local address the OS would use to reach the discovery head (no
+/// packet is sent: connecting a UDP socket only picks a route).
+fn advertised_host(config: &Config) -> IpAddr {
+    if let Some(ip) = config
+        .local_hostname
+        .as_deref()
+        .and_then(|h| h.parse().ok())
+    {
+        return ip;
+    }
+    let head = config.discovery_head();
+    let routed = UdpSocket::bind(("0.0.0.0", 0))
+        .and_then(|s| s.connect((head.host.as_str(), head.port)).map(|_| s))
+        .and_then(|s| s.local_addr());
+    match routed {
+        Ok(addr) if !addr.ip().is_unspecified() => addr.ip(),
+        _ => IpAddr::from([127, 0, 0, 1]),
+    }
+}
+
+/// A random-enough u64 for node id suffixes, without a random-number crate:
+/// std's hasher keys are seeded from the OS per process.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
 }
 
 impl Drop for Node {

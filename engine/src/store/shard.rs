@@ -1,17 +1,31 @@
-//! What a shard does with its part of a batch.
+//! What a shard does with its part of a batch, and what it owns.
 //!
 //! A batch call is split by key hash into one [`BatchPart`] per shard. The part
 //! points into the caller's arrays (the caller blocks until every part is done,
 //! so those arrays outlive the part); the shard reads the entries listed in its
 //! part and writes only their result bytes. Two shards never share an index, so
 //! their writes never overlap.
+//!
+//! A shard owns, with no lock: its pool range, its part of this node's
+//! directory (the same key-to-shard function places a key's page and, when
+//! this node is an owner, its directory entry on the same shard), its reader
+//! location cache, its channels to peers and its listener. The local part of
+//! every operation runs synchronously; anything that crosses the network runs
+//! as a glommio task on the shard (see `remote.rs` and `server.rs`).
 
 use super::stats::ShardStats;
+use crate::cluster::ClusterView;
+use crate::directory::{
+    DirectoryTable, LocationCache, NodeRef, DEFAULT_CACHE_ENTRIES, HANDOFF_TTL,
+};
 use crate::keys::KeyHash;
 use crate::logging::RateLimiter;
-use crate::pool::{Insert, PoolError, ShardPool};
+use crate::net::{Channels, FramedConn};
+use crate::pool::{Insert, Location, PoolError, ShardPool};
 use crate::runtime::{BatchCompletion, ShardService};
-use std::cell::RefCell;
+use glommio::net::{TcpListener, TcpStream};
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,11 +33,11 @@ use std::time::{Duration, Instant};
 /// The operation a part performs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
-    /// Copy pages from `addrs` into the pool.
+    /// Copy pages from `addrs` into the pool and publish them to the directory.
     Set,
-    /// Copy pages from the pool to `addrs`.
+    /// Copy pages from the pool (local or remote) to `addrs`.
     Get,
-    /// Probe for presence.
+    /// Probe for presence anywhere in the cluster.
     Exists,
 }
 
@@ -53,6 +67,39 @@ pub struct BatchPart {
 // until `done` reaches zero, and each position is written by one shard only.
 unsafe impl Send for BatchPart {}
 
+impl BatchPart {
+    /// The positions of this part.
+    pub(super) fn indices(&self) -> &[u32] {
+        // SAFETY: `indices` has `count` entries (see the struct docs).
+        unsafe { std::slice::from_raw_parts(self.indices, self.count) }
+    }
+
+    pub(super) fn hash(&self, i: usize) -> KeyHash {
+        // SAFETY: i < batch length.
+        unsafe { *self.hashes.add(i) }
+    }
+
+    pub(super) fn addr(&self, i: usize) -> usize {
+        // SAFETY: i < batch length; only read for set/get.
+        unsafe { *self.addrs.add(i) }
+    }
+
+    pub(super) fn len(&self, i: usize) -> usize {
+        // SAFETY: as above.
+        unsafe { *self.lens.add(i) }
+    }
+
+    pub(super) fn set_result(&self, i: usize, ok: bool) {
+        // SAFETY: position i belongs to this part only.
+        unsafe { *self.results.add(i) = ok };
+    }
+
+    pub(super) fn complete(self) {
+        // SAFETY: the completion outlives every part (the caller waits on it).
+        unsafe { (*self.done).part_done() };
+    }
+}
+
 /// Jobs a store shard accepts.
 #[derive(Debug)]
 pub enum StoreJob {
@@ -60,98 +107,145 @@ pub enum StoreJob {
     Batch(BatchPart),
     /// Drop every page of this shard's pool.
     Clear(*const BatchCompletion),
+    /// The cluster membership changed: here is the new view.
+    Membership(Arc<ClusterView>),
 }
 
 // SAFETY: as for BatchPart.
 unsafe impl Send for StoreJob {}
 
-/// A shard of the node store: its pool range and its counters.
+/// Identity and tuning a shard needs from the node.
+#[derive(Clone, Debug)]
+pub struct ShardIdentity {
+    /// This node's id.
+    pub node_id: String,
+    /// This shard's index.
+    pub shard: u16,
+    /// Most channels per peer endpoint.
+    pub max_channels_per_peer: usize,
+    /// How long one remote exchange may take before it counts as failed.
+    pub request_timeout: Duration,
+    /// `directory_read_cache_ttl`.
+    pub read_cache_ttl: Duration,
+}
+
+/// A shard of the node store.
 pub struct ShardStore {
-    pool: RefCell<ShardPool>,
-    stats: Arc<ShardStats>,
-    /// Keys evicted by the current batch; reused across batches to avoid
-    /// allocating. Consumers of evictions (the directory) read it per batch.
+    pub(super) id: ShardIdentity,
+    pub(super) node_ref: NodeRef,
+    pub(super) pool: RefCell<ShardPool>,
+    pub(super) directory: RefCell<DirectoryTable>,
+    pub(super) cache: RefCell<LocationCache>,
+    pub(super) view: RefCell<Option<Arc<ClusterView>>>,
+    pub(super) channels: Channels<SocketAddr, FramedConn<TcpStream>>,
+    pub(super) stats: Arc<ShardStats>,
+    listener: RefCell<Option<TcpListener>>,
+    /// Keys evicted by the current batch; reused across batches.
     evicted: RefCell<Vec<KeyHash>>,
     errors: RefCell<RateLimiter>,
+    /// Bumped on every membership change; a re-publish of an older epoch stops.
+    pub(super) epoch: Cell<u64>,
 }
 
 impl ShardStore {
-    /// A shard owning `pool` and reporting into `stats`.
-    pub fn new(pool: ShardPool, stats: Arc<ShardStats>) -> Self {
+    /// A shard owning `pool`, serving `listener` (if any) and reporting into `stats`.
+    pub fn new(
+        id: ShardIdentity,
+        pool: ShardPool,
+        directory_entries_hint: usize,
+        listener: Option<TcpListener>,
+        stats: Arc<ShardStats>,
+    ) -> Self {
         let store = Self {
+            node_ref: NodeRef::of(&id.node_id),
+            channels: Channels::new(id.max_channels_per_peer, id.request_timeout),
+            cache: RefCell::new(LocationCache::new(
+                HANDOFF_TTL,
+                id.read_cache_ttl,
+                DEFAULT_CACHE_ENTRIES,
+            )),
+            id,
             pool: RefCell::new(pool),
+            directory: RefCell::new(DirectoryTable::new(directory_entries_hint)),
+            view: RefCell::new(None),
             stats,
+            listener: RefCell::new(listener),
             evicted: RefCell::new(Vec::new()),
             errors: RefCell::new(RateLimiter::new(Duration::from_secs(10))),
+            epoch: Cell::new(0),
         };
         store.publish_pool_gauges();
         store
     }
 
-    fn run_part(&self, part: &BatchPart) {
-        // SAFETY: see BatchPart; `indices` has `count` entries, all < batch length.
-        let indices = unsafe { std::slice::from_raw_parts(part.indices, part.count) };
-        match part.op {
-            Op::Set => self.set(part, indices),
-            Op::Get => self.get(part, indices),
-            Op::Exists => self.exists(part, indices),
-        }
+    /// The current cluster view, if discovery delivered one yet.
+    pub(super) fn view(&self) -> Option<Arc<ClusterView>> {
+        self.view.borrow().clone()
     }
 
-    fn set(&self, part: &BatchPart, indices: &[u32]) {
+    /// Stores this part's pages in the pool; returns what was stored (for the
+    /// directory) and the keys evicted to make room.
+    pub(super) fn set_local(
+        &self,
+        part: &BatchPart,
+    ) -> (Vec<(usize, KeyHash, Location)>, Vec<KeyHash>) {
         let now = Instant::now();
+        let indices = part.indices();
         let mut pool = self.pool.borrow_mut();
         let mut evicted = self.evicted.borrow_mut();
         evicted.clear();
-        let (mut stored, mut bytes) = (0u64, 0u64);
+        let mut stored = Vec::with_capacity(indices.len());
+        let mut bytes = 0u64;
         for &i in indices {
             let i = i as usize;
-            // SAFETY: i < batch length (see BatchPart).
-            let (hash, src, len) =
-                unsafe { (*part.hashes.add(i), *part.addrs.add(i), *part.lens.add(i)) };
-            let ok = if src == 0 {
+            let (hash, src, len) = (part.hash(i), part.addr(i), part.len(i));
+            let location = if src == 0 {
                 self.log_error(
                     now,
                     format_args!("batch_set: page {i} has a null source pointer"),
                 );
-                false
+                None
             } else {
                 match pool.insert(hash, len, now, &mut evicted) {
-                    Ok(Insert::Fresh { dst, .. }) => {
+                    Ok(Insert::Fresh { dst, location }) => {
                         // SAFETY: the caller vouched for [src, src+len); dst is a
                         // reserved slot of at least len bytes in our own range.
                         unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst, len) };
                         bytes += len as u64;
-                        true
+                        Some(location)
                     }
-                    Ok(Insert::Present(_)) => true,
+                    Ok(Insert::Present(location)) => Some(location),
                     Err(e) => {
                         self.log_pool_error(now, &e);
-                        false
+                        None
                     }
                 }
             };
-            stored += u64::from(ok);
-            // SAFETY: position i belongs to this part only.
-            unsafe { *part.results.add(i) = ok };
+            part.set_result(i, location.is_some());
+            if let Some(location) = location {
+                stored.push((i, hash, location));
+            }
         }
         let s = &self.stats;
         ShardStats::bump(&s.write_requests, indices.len() as u64);
-        ShardStats::bump(&s.write_failures, indices.len() as u64 - stored);
+        ShardStats::bump(&s.write_failures, (indices.len() - stored.len()) as u64);
         ShardStats::bump(&s.bytes_written, bytes);
+        let evicted = std::mem::take(&mut *evicted);
         drop(pool);
         self.publish_pool_gauges();
+        (stored, evicted)
     }
 
-    fn get(&self, part: &BatchPart, indices: &[u32]) {
+    /// Serves this part's pages from the local pool. Returns the positions
+    /// not found locally (candidates for a remote read).
+    pub(super) fn get_local(&self, part: &BatchPart) -> Vec<usize> {
         let now = Instant::now();
         let mut pool = self.pool.borrow_mut();
+        let mut missing = Vec::new();
         let (mut hits, mut failures, mut bytes) = (0u64, 0u64, 0u64);
-        for &i in indices {
+        for &i in part.indices() {
             let i = i as usize;
-            // SAFETY: i < batch length (see BatchPart).
-            let (hash, dst, len) =
-                unsafe { (*part.hashes.add(i), *part.addrs.add(i), *part.lens.add(i)) };
+            let (hash, dst, len) = (part.hash(i), part.addr(i), part.len(i));
             let ok = match pool.get(hash) {
                 Some((src, location)) if location.len as usize == len && dst != 0 => {
                     // SAFETY: the caller vouched for [dst, dst+len); src is a live slot of len bytes.
@@ -170,37 +264,50 @@ impl ShardStore {
                     );
                     false
                 }
-                None => false,
+                None => {
+                    if dst != 0 && len > 0 {
+                        missing.push(i);
+                    }
+                    false
+                }
             };
             hits += u64::from(ok);
-            // SAFETY: position i belongs to this part only.
-            unsafe { *part.results.add(i) = ok };
+            part.set_result(i, ok);
         }
         let s = &self.stats;
-        ShardStats::bump(&s.read_requests, indices.len() as u64);
+        ShardStats::bump(&s.read_requests, part.count as u64);
         ShardStats::bump(&s.read_hits, hits);
         ShardStats::bump(&s.read_local_hits, hits);
-        ShardStats::bump(&s.read_misses, indices.len() as u64 - hits);
         ShardStats::bump(&s.read_failures, failures);
         ShardStats::bump(&s.bytes_read, bytes);
+        // Pages neither delivered nor worth asking the cluster for (wrong
+        // length, null destination) are misses now; the rest are counted once
+        // the remote read settles, so misses + hits always equals requests.
+        ShardStats::bump(
+            &s.read_misses,
+            part.count as u64 - hits - missing.len() as u64,
+        );
+        missing
     }
 
-    fn exists(&self, part: &BatchPart, indices: &[u32]) {
+    /// Marks locally present pages; returns the positions not found locally.
+    pub(super) fn exists_local(&self, part: &BatchPart) -> Vec<usize> {
         let pool = self.pool.borrow();
-        let mut found = 0u64;
-        for &i in indices {
+        let mut missing = Vec::new();
+        for &i in part.indices() {
             let i = i as usize;
-            // SAFETY: i < batch length (see BatchPart).
-            let present = pool.contains(unsafe { *part.hashes.add(i) });
-            found += u64::from(present);
-            // SAFETY: position i belongs to this part only.
-            unsafe { *part.results.add(i) = present };
+            let present = pool.contains(part.hash(i));
+            part.set_result(i, present);
+            if !present {
+                missing.push(i);
+            }
         }
-        ShardStats::bump(&self.stats.exists_requests, indices.len() as u64);
-        ShardStats::bump(&self.stats.exists_pages_found, found);
+        ShardStats::bump(&self.stats.exists_requests, part.count as u64);
+        missing
     }
 
-    fn publish_pool_gauges(&self) {
+    /// Refreshes the pool and directory gauges.
+    pub(super) fn publish_pool_gauges(&self) {
         let c = self.pool.borrow().counters();
         let s = &self.stats;
         ShardStats::set(&s.pool_keys, c.keys);
@@ -209,18 +316,111 @@ impl ShardStore {
         ShardStats::set(&s.evictions, c.evictions);
         ShardStats::set(&s.quarantine_early_reuses, c.quarantine_early_reuses);
         ShardStats::set(&s.segment_steals, c.segment_steals);
+        ShardStats::set(&s.directory_entries, self.directory.borrow().len() as u64);
+        let ch = self.channels.counters();
+        ShardStats::set(&s.channels_opened, ch.opened);
+        ShardStats::set(&s.channel_discards, ch.discarded);
+        ShardStats::set(&s.lease_failures, ch.lease_failures);
     }
 
     fn log_pool_error(&self, now: Instant, e: &PoolError) {
         self.log_error(now, format_args!("batch_set: page not stored: {e}"));
     }
 
-    fn log_error(&self, now: Instant, msg: std::fmt::Arguments<'_>) {
+    /// Logs a data-path problem, at most once per 10 s per shard.
+    pub(super) fn log_error(&self, now: Instant, msg: std::fmt::Arguments<'_>) {
         if let Some(suppressed) = self.errors.borrow_mut().check(now) {
             if suppressed > 0 {
-                tracing::warn!("{msg} ({suppressed} similar messages suppressed)");
+                tracing::warn!(
+                    "shard {}: {msg} ({suppressed} similar messages suppressed)",
+                    self.id.shard
+                );
             } else {
-                tracing::warn!("{msg}");
+                tracing::warn!("shard {}: {msg}", self.id.shard);
+            }
+        }
+    }
+
+    async fn run_part(self: Rc<Self>, part: BatchPart) {
+        match part.op {
+            Op::Set => {
+                let (stored, evicted) = self.set_local(&part);
+                if let Some(view) = self.view() {
+                    let accepted = self.publish(&view, &stored, &evicted).await;
+                    let mut failed = 0;
+                    for ((i, _, _), ok) in stored.iter().zip(accepted) {
+                        if !ok {
+                            part.set_result(*i, false);
+                            failed += 1;
+                        }
+                    }
+                    ShardStats::bump(&self.stats.directory_put_failures, failed);
+                    ShardStats::bump(&self.stats.write_failures, failed);
+                }
+            }
+            Op::Get => {
+                let missing = self.get_local(&part);
+                match self.view() {
+                    Some(view) if !missing.is_empty() => {
+                        self.get_remote(&view, &part, &missing).await
+                    }
+                    _ => ShardStats::bump(&self.stats.read_misses, missing.len() as u64),
+                }
+            }
+            Op::Exists => {
+                let missing = self.exists_local(&part);
+                let mut found = (part.count - missing.len()) as u64;
+                if let Some(view) = self.view() {
+                    if !missing.is_empty() {
+                        found += self.exists_remote(&view, &part, &missing).await;
+                    }
+                }
+                ShardStats::bump(&self.stats.exists_pages_found, found);
+            }
+        }
+        self.publish_pool_gauges();
+        part.complete();
+    }
+
+    fn apply_view(this: &Rc<Self>, view: Arc<ClusterView>) {
+        let old = this.view.borrow_mut().replace(Arc::clone(&view));
+        this.epoch.set(view.epoch());
+        if let Some(old) = old {
+            for member in old.members() {
+                if view.route(member.node_ref).is_none() {
+                    let dropped = this.directory.borrow_mut().drop_node(member.node_ref);
+                    for ep in &member.shard_endpoints {
+                        this.channels.forget(ep);
+                    }
+                    tracing::debug!(
+                        "shard {}: {} left; dropped {dropped} directory entries",
+                        this.id.shard,
+                        member.node_id
+                    );
+                }
+            }
+        }
+        let mut scratch = Vec::new();
+        this.directory
+            .borrow_mut()
+            .retain_owned(|key| view.owns(key, &mut scratch));
+        this.cache.borrow_mut().clear();
+        this.publish_pool_gauges();
+        let shard = Rc::clone(this);
+        glommio::spawn_local(async move { shard.republish(view).await }).detach();
+    }
+
+    async fn accept_loop(self: Rc<Self>, listener: TcpListener) {
+        loop {
+            match listener.accept().await {
+                Ok(stream) => {
+                    let shard = Rc::clone(&self);
+                    glommio::spawn_local(async move { shard.serve(stream).await }).detach();
+                }
+                Err(e) => {
+                    self.log_error(Instant::now(), format_args!("accept failed: {e}"));
+                    glommio::timer::sleep(Duration::from_millis(10)).await;
+                }
             }
         }
     }
@@ -232,16 +432,52 @@ impl ShardService for ShardStore {
     fn handle(this: &Rc<Self>, job: StoreJob) {
         match job {
             StoreJob::Batch(part) => {
-                this.run_part(&part);
-                // SAFETY: the completion outlives every part (the caller waits on it).
-                unsafe { (*part.done).part_done() };
+                let needs_network = this.view.borrow().as_ref().is_some_and(|v| v.len() > 1);
+                if needs_network {
+                    glommio::spawn_local(Rc::clone(this).run_part(part)).detach();
+                } else {
+                    // Alone (or before discovery): everything is local and
+                    // synchronous; no task to spawn.
+                    run_local_only(this, part);
+                }
             }
             StoreJob::Clear(done) => {
                 this.pool.borrow_mut().clear(Instant::now());
                 this.publish_pool_gauges();
-                // SAFETY: as above.
+                // SAFETY: the caller waits on `done`.
                 unsafe { (*done).part_done() };
             }
+            StoreJob::Membership(view) => Self::apply_view(this, view),
         }
     }
+
+    fn start(this: &Rc<Self>) {
+        if let Some(listener) = this.listener.borrow_mut().take() {
+            glommio::spawn_local(Rc::clone(this).accept_loop(listener)).detach();
+        }
+    }
+}
+
+/// A part on a node with no peers: local pool only, no await.
+fn run_local_only(this: &Rc<ShardStore>, part: BatchPart) {
+    match part.op {
+        Op::Set => {
+            // Alone there is nobody to tell: peers that join later learn these
+            // pages when this shard re-publishes on the membership change.
+            let _ = this.set_local(&part);
+        }
+        Op::Get => {
+            let missing = this.get_local(&part);
+            ShardStats::bump(&this.stats.read_misses, missing.len() as u64);
+        }
+        Op::Exists => {
+            let missing = this.exists_local(&part);
+            ShardStats::bump(
+                &this.stats.exists_pages_found,
+                (part.count - missing.len()) as u64,
+            );
+        }
+    }
+    this.publish_pool_gauges();
+    part.complete();
 }

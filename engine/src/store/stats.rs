@@ -29,6 +29,14 @@ macro_rules! stats {
             }
         }
 
+        impl NodeStats {
+            /// Every counter with its name, in declaration order (for
+            /// exporters: Python dicts, metrics, benchmark JSON).
+            pub fn fields(&self) -> Vec<(&'static str, u64)> {
+                vec![ $( (stringify!($name), self.$name), )* ]
+            }
+        }
+
         impl std::ops::AddAssign for NodeStats {
             fn add_assign(&mut self, o: NodeStats) {
                 $( self.$name += o.$name; )*
@@ -52,10 +60,32 @@ stats! {
     read_misses,
     /// Hits served from this node's own pool.
     read_local_hits,
+    /// Hits read from another node's pool over the network.
+    read_remote_hits,
     /// Pages found but not delivered (destination length differs from the page).
     read_failures,
     /// Payload bytes delivered by `batch_get`.
     bytes_read,
+    /// Remote exchanges (directory or data) that failed or timed out.
+    remote_failures,
+    /// Pages `batch_set` stored locally but no directory owner accepted (so no
+    /// other node can find them; reported as failed).
+    directory_put_failures,
+    /// Directory entries re-published after a membership change.
+    directory_republishes,
+    /// Directory lookups a get skipped thanks to a location resolved by the
+    /// preceding exists (or the read cache).
+    directory_lookups_saved,
+    /// Channels to peers opened.
+    channels_opened,
+    /// Channels dropped after a failed exchange.
+    channel_discards,
+    /// Channel leases that gave up (all channels busy, or connect failed).
+    lease_failures,
+    /// Directory entries this shard holds for the cluster.
+    directory_entries,
+    /// Malformed or unexpected frames received (connection closed).
+    protocol_errors,
     /// Pages probed by `batch_exists`.
     exists_requests,
     /// Pages `batch_exists` found.

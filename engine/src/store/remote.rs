@@ -1,0 +1,533 @@
+//! The network half of a shard's batch work: what a shard asks its peers.
+//!
+//! Everything is batched per peer endpoint: one `DirPut` (+ one `DirDelete`
+//! for the batch's evictions, pipelined on the same channel) per directory
+//! owner shard, one `DirGet` per owner shard per lookup round, one `DataRead`
+//! per data shard. Requests to different peers run concurrently as tasks on
+//! this shard's executor. A failed or timed-out exchange makes its pages
+//! misses (`false`), never an error, and discards the channel.
+
+use super::shard::{BatchPart, ShardStore};
+use super::stats::ShardStats;
+use crate::cluster::ClusterView;
+use crate::directory::{DirLocation, NodeRef};
+use crate::keys::KeyHash;
+use crate::net::FramedConn;
+use crate::pool::Location;
+use crate::wire::{
+    self, BulkDest, BulkPlan, BulkSegment, DataRead, DataReadReply, DirDelete, DirDeleteAck,
+    DirEntry, DirGet, DirGetReply, DirPut, DirPutAck, ErrorReply, Hello, HelloAck, Kind, Purpose,
+    ReadItem, ReadStatus, WireError, WireMessage, PROTOCOL_VERSION,
+};
+use glommio::net::TcpStream;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Entries re-published per request after a membership change.
+const REPUBLISH_CHUNK: usize = 4096;
+
+/// A peer's refusal, carried as an I/O error so it flows through `WireError`.
+fn peer_error(reply: &ErrorReply) -> WireError {
+    WireError::Io(std::io::Error::other(format!(
+        "peer answered error {}: {}",
+        reply.code, reply.message
+    )))
+}
+
+/// Receives the reply to request `id` and decodes it as `T` (or the peer's error).
+pub(super) async fn expect_reply<T: WireMessage>(
+    conn: &mut FramedConn<TcpStream>,
+    id: u64,
+) -> Result<T, WireError> {
+    let header = conn.recv().await?;
+    if header.kind == Kind::Error {
+        return Err(peer_error(&wire::decode_owned::<ErrorReply>(conn.meta())?));
+    }
+    header.expect_kind(T::KIND)?;
+    if header.request_id != id {
+        return Err(WireError::Io(std::io::Error::other(format!(
+            "reply to request {} arrived where {id} was expected",
+            header.request_id
+        ))));
+    }
+    wire::decode_owned::<T>(conn.meta())
+}
+
+async fn connect(
+    ep: SocketAddr,
+    node_id: String,
+    timeout: Duration,
+) -> Result<FramedConn<TcpStream>, String> {
+    let stream = TcpStream::connect_timeout(ep, timeout)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let mut conn = FramedConn::new(stream);
+    let hello = Hello {
+        protocol_version: PROTOCOL_VERSION,
+        node_id,
+        purpose: Purpose::Data,
+    };
+    let handshake = glommio::timer::timeout(timeout, async {
+        let id = conn.next_id();
+        let r = async {
+            conn.send(&hello, id, &[]).await?;
+            expect_reply::<HelloAck>(&mut conn, id).await
+        }
+        .await;
+        Ok(r)
+    })
+    .await;
+    match handshake {
+        Ok(Ok(_)) => Ok(conn),
+        Ok(Err(e)) => Err(format!("handshake: {e}")),
+        Err(_) => Err(format!("handshake: no answer within {timeout:?}")),
+    }
+}
+
+/// The writes of one batch to one directory owner shard.
+struct OwnerWrites {
+    put: DirPut,
+    /// For each entry of `put`: its index in the batch's stored list.
+    put_index: Vec<usize>,
+    delete: Vec<[u8; 16]>,
+}
+
+impl OwnerWrites {
+    fn new() -> Self {
+        Self {
+            put: DirPut {
+                entries: Vec::new(),
+            },
+            put_index: Vec::new(),
+            delete: Vec::new(),
+        }
+    }
+}
+
+/// The reads of one batch from one data shard.
+struct DataReads {
+    endpoint: SocketAddr,
+    request: DataRead,
+    /// Destination (address, length) and batch position of each item.
+    targets: Vec<(usize, usize, usize)>,
+}
+
+impl ShardStore {
+    /// Runs `exchange` on a leased channel to `ep`, bounded by the request
+    /// timeout. A failure discards the channel and is counted and logged.
+    pub(super) async fn exchange<T>(
+        &self,
+        ep: SocketAddr,
+        exchange: impl AsyncFnOnce(&mut FramedConn<TcpStream>) -> Result<T, WireError>,
+    ) -> Result<T, String> {
+        let timeout = self.id.request_timeout;
+        let node_id = self.id.node_id.clone();
+        let result = match self
+            .channels
+            .lease(&ep, || connect(ep, node_id, timeout))
+            .await
+        {
+            Err(e) => Err(e.to_string()),
+            Ok(mut lease) => {
+                let outcome =
+                    glommio::timer::timeout(timeout, async { Ok(exchange(lease.channel()).await) })
+                        .await;
+                match outcome {
+                    Ok(Ok(v)) => {
+                        self.channels.release(lease);
+                        Ok(v)
+                    }
+                    Ok(Err(e)) => {
+                        self.channels.discard(lease);
+                        Err(e.to_string())
+                    }
+                    Err(_) => {
+                        self.channels.discard(lease);
+                        Err(format!("no reply within {timeout:?}"))
+                    }
+                }
+            }
+        };
+        if let Err(e) = &result {
+            ShardStats::bump(&self.stats.remote_failures, 1);
+            self.log_error(
+                Instant::now(),
+                format_args!("exchange with {ep} failed: {e}"),
+            );
+        }
+        result
+    }
+
+    /// Publishes `stored` pages (and deletes `evicted` keys) to every
+    /// directory owner. Returns, per stored page, whether at least one owner
+    /// accepted its entry.
+    pub(super) async fn publish(
+        self: &Rc<Self>,
+        view: &ClusterView,
+        stored: &[(usize, KeyHash, Location)],
+        evicted: &[KeyHash],
+    ) -> Vec<bool> {
+        let mut accepted = vec![false; stored.len()];
+        let mut groups: HashMap<SocketAddr, OwnerWrites> = HashMap::new();
+        let mut owners = Vec::new();
+        let shard = self.id.shard;
+        {
+            let mut dir = self.directory.borrow_mut();
+            for (j, &(_, key, location)) in stored.iter().enumerate() {
+                view.owners_into(key, &mut owners);
+                for &o in &owners {
+                    let route = view.route_at(o);
+                    if route.node_ref == self.node_ref {
+                        let loc = DirLocation::from_pool(self.node_ref, shard, location, true);
+                        accepted[j] |= dir.put(key, loc).is_ok();
+                    } else if let Some(ep) = route.endpoint_for(key) {
+                        let g = groups.entry(ep).or_insert_with(OwnerWrites::new);
+                        g.put.entries.push(DirEntry::new(
+                            key,
+                            self.node_ref.0,
+                            shard,
+                            location,
+                            true,
+                        ));
+                        g.put_index.push(j);
+                    }
+                }
+            }
+            for &key in evicted {
+                view.owners_into(key, &mut owners);
+                for &o in &owners {
+                    let route = view.route_at(o);
+                    if route.node_ref == self.node_ref {
+                        dir.remove_if_node(key, self.node_ref);
+                    } else if let Some(ep) = route.endpoint_for(key) {
+                        groups
+                            .entry(ep)
+                            .or_insert_with(OwnerWrites::new)
+                            .delete
+                            .push(key.to_be_bytes());
+                    }
+                }
+            }
+        }
+        let tasks: Vec<_> = groups
+            .into_iter()
+            .map(|(ep, writes)| {
+                let this = Rc::clone(self);
+                glommio::spawn_local(async move {
+                    let node = this.node_ref.0;
+                    let ok = this
+                        .exchange(ep, async |conn| {
+                            let (mut put_id, mut del_id) = (None, None);
+                            if !writes.put.entries.is_empty() {
+                                let id = conn.next_id();
+                                conn.send(&writes.put, id, &[]).await?;
+                                put_id = Some(id);
+                            }
+                            if !writes.delete.is_empty() {
+                                let id = conn.next_id();
+                                let delete = DirDelete {
+                                    node,
+                                    keys: writes.delete.clone(),
+                                };
+                                conn.send(&delete, id, &[]).await?;
+                                del_id = Some(id);
+                            }
+                            // Both requests are in flight; replies come in order.
+                            if let Some(id) = put_id {
+                                expect_reply::<DirPutAck>(conn, id).await?;
+                            }
+                            if let Some(id) = del_id {
+                                expect_reply::<DirDeleteAck>(conn, id).await?;
+                            }
+                            Ok(())
+                        })
+                        .await
+                        .is_ok();
+                    (writes.put_index, ok)
+                })
+            })
+            .collect();
+        for task in tasks {
+            let (indexes, ok) = task.await;
+            if ok {
+                for j in indexes {
+                    accepted[j] = true;
+                }
+            }
+        }
+        accepted
+    }
+
+    /// Resolves `keys` through the directory: the local table when this node
+    /// is an owner, else one `DirGet` per owner shard, trying the next replica
+    /// for keys still unresolved. Entries of nodes outside `view`, and of this
+    /// node (whose pool was already checked), are not locations.
+    pub(super) async fn lookup(
+        self: &Rc<Self>,
+        view: &ClusterView,
+        keys: &[KeyHash],
+    ) -> Vec<Option<DirLocation>> {
+        let mut found: Vec<Option<DirLocation>> = vec![None; keys.len()];
+        let mut pending: Vec<usize> = (0..keys.len()).collect();
+        let mut owners = Vec::new();
+        let usable = |loc: DirLocation| {
+            (loc.resident && loc.node != self.node_ref && view.route(loc.node).is_some())
+                .then_some(loc)
+        };
+        for round in 0..view.replicas() {
+            let mut groups: HashMap<SocketAddr, (DirGet, Vec<usize>)> = HashMap::new();
+            {
+                let dir = self.directory.borrow();
+                for &j in &pending {
+                    view.owners_into(keys[j], &mut owners);
+                    let Some(&o) = owners.get(round) else {
+                        continue;
+                    };
+                    let route = view.route_at(o);
+                    if route.node_ref == self.node_ref {
+                        found[j] = dir.get(keys[j]).and_then(usable);
+                    } else if let Some(ep) = route.endpoint_for(keys[j]) {
+                        let g = groups
+                            .entry(ep)
+                            .or_insert_with(|| (DirGet { keys: Vec::new() }, Vec::new()));
+                        g.0.keys.push(keys[j].to_be_bytes());
+                        g.1.push(j);
+                    }
+                }
+            }
+            let tasks: Vec<_> = groups
+                .into_iter()
+                .map(|(ep, (request, index))| {
+                    let this = Rc::clone(self);
+                    glommio::spawn_local(async move {
+                        let reply = this
+                            .exchange(ep, async |conn| {
+                                let id = conn.next_id();
+                                conn.send(&request, id, &[]).await?;
+                                expect_reply::<DirGetReply>(conn, id).await
+                            })
+                            .await;
+                        (index, reply)
+                    })
+                })
+                .collect();
+            for task in tasks {
+                let (index, reply) = task.await;
+                let Ok(reply) = reply else { continue };
+                for (j, entry) in index.into_iter().zip(reply.entries) {
+                    found[j] = entry.map(|e| to_location(&e)).and_then(usable);
+                }
+            }
+            pending.retain(|&j| found[j].is_none());
+            if pending.is_empty() {
+                break;
+            }
+        }
+        found
+    }
+
+    /// Exists for pages not in the local pool: directory lookup; resolved
+    /// locations are kept for the get that usually follows (the handoff).
+    pub(super) async fn exists_remote(
+        self: &Rc<Self>,
+        view: &ClusterView,
+        part: &BatchPart,
+        missing: &[usize],
+    ) -> u64 {
+        let keys: Vec<KeyHash> = missing.iter().map(|&i| part.hash(i)).collect();
+        let locations = self.lookup(view, &keys).await;
+        let now = Instant::now();
+        let mut cache = self.cache.borrow_mut();
+        let mut found = 0;
+        for ((&i, &key), location) in missing.iter().zip(&keys).zip(locations) {
+            if let Some(location) = location {
+                part.set_result(i, true);
+                cache.insert(key, location, now);
+                found += 1;
+            }
+        }
+        found
+    }
+
+    /// Get for pages not in the local pool: resolve (handoff, read cache,
+    /// directory), then one `DataRead` per data shard, received straight into
+    /// the destinations.
+    pub(super) async fn get_remote(
+        self: &Rc<Self>,
+        view: &ClusterView,
+        part: &BatchPart,
+        missing: &[usize],
+    ) {
+        let now = Instant::now();
+        let mut resolved: Vec<(usize, DirLocation)> = Vec::with_capacity(missing.len());
+        let mut unresolved: Vec<usize> = Vec::new();
+        {
+            let mut cache = self.cache.borrow_mut();
+            for &i in missing {
+                let key = part.hash(i);
+                match cache.take(key, now).or_else(|| cache.get(key, now)) {
+                    Some(loc) if view.route(loc.node).is_some() => resolved.push((i, loc)),
+                    _ => unresolved.push(i),
+                }
+            }
+        }
+        ShardStats::bump(&self.stats.directory_lookups_saved, resolved.len() as u64);
+        if !unresolved.is_empty() {
+            let keys: Vec<KeyHash> = unresolved.iter().map(|&i| part.hash(i)).collect();
+            let locations = self.lookup(view, &keys).await;
+            resolved.extend(
+                unresolved
+                    .iter()
+                    .zip(locations)
+                    .filter_map(|(&i, l)| l.map(|l| (i, l))),
+            );
+        }
+
+        let mut groups: HashMap<(NodeRef, u16), DataReads> = HashMap::new();
+        for &(i, loc) in &resolved {
+            let len = part.len(i);
+            if loc.len as usize != len {
+                continue; // wrong destination size: a miss, as for a local page
+            }
+            let Some(endpoint) = view
+                .route(loc.node)
+                .and_then(|r| r.endpoint_of_shard(loc.shard))
+            else {
+                continue;
+            };
+            let g = groups
+                .entry((loc.node, loc.shard))
+                .or_insert_with(|| DataReads {
+                    endpoint,
+                    request: DataRead { items: Vec::new() },
+                    targets: Vec::new(),
+                });
+            g.request.items.push(ReadItem::from(loc.pool_location()));
+            g.targets.push((part.addr(i), len, i));
+        }
+        let tasks: Vec<_> = groups
+            .into_values()
+            .map(|reads| {
+                let this = Rc::clone(self);
+                glommio::spawn_local(async move {
+                    let delivered = this.read_pages(&reads).await;
+                    (reads.targets, delivered)
+                })
+            })
+            .collect();
+        let (mut hits, mut bytes) = (0u64, 0u64);
+        let mut cache_misses = Vec::new();
+        for task in tasks {
+            let (targets, delivered) = task.await;
+            for ((_, len, i), ok) in targets.into_iter().zip(delivered) {
+                if ok {
+                    part.set_result(i, true);
+                    hits += 1;
+                    bytes += len as u64;
+                } else {
+                    cache_misses.push(part.hash(i));
+                }
+            }
+        }
+        {
+            let mut cache = self.cache.borrow_mut();
+            for key in cache_misses {
+                cache.invalidate(key);
+            }
+        }
+        let s = &self.stats;
+        ShardStats::bump(&s.read_hits, hits);
+        ShardStats::bump(&s.read_remote_hits, hits);
+        ShardStats::bump(&s.bytes_read, bytes);
+        ShardStats::bump(&s.read_misses, missing.len() as u64 - hits);
+    }
+
+    /// One `DataRead` exchange. Returns, per item, whether its bytes arrived
+    /// and were still valid after the server finished sending them.
+    async fn read_pages(&self, reads: &DataReads) -> Vec<bool> {
+        let n = reads.request.items.len();
+        let result = self
+            .exchange(reads.endpoint, async |conn| {
+                let id = conn.next_id();
+                conn.send(&reads.request, id, &[]).await?;
+                let header = conn.recv().await?;
+                if header.kind == Kind::Error {
+                    return Err(peer_error(&wire::decode_owned::<ErrorReply>(conn.meta())?));
+                }
+                // SAFETY: the batch's caller vouched for each destination and
+                // blocks until this part completes.
+                let mut dests: Vec<BulkDest<'_>> = reads
+                    .targets
+                    .iter()
+                    .map(|&(addr, len, _)| unsafe { BulkDest::from_raw(addr as *mut u8, len) })
+                    .collect();
+                let segments: Vec<BulkSegment> = {
+                    let reply = wire::decode_meta::<DataReadReply>(conn.meta())?;
+                    let plan = BulkPlan::new(&header, reply, &reads.request.items, &mut dests)?;
+                    plan.segments().collect()
+                };
+                if header.request_id != id {
+                    return Err(WireError::Io(std::io::Error::other(
+                        "data reply for another request",
+                    )));
+                }
+                let mut ok = vec![false; n];
+                for seg in &segments {
+                    let dst = dests[seg.item].as_mut_ptr();
+                    // SAFETY: BulkPlan checked the length equals the destination's.
+                    let slice = unsafe { std::slice::from_raw_parts_mut(dst, seg.len_bytes) };
+                    conn.recv_bulk(slice).await?;
+                    ok[seg.item] = true;
+                }
+                // The server re-checks every slot after sending it: a page
+                // evicted while on the wire is reported here and is a miss.
+                let last = expect_reply::<DataReadReply>(conn, id).await?;
+                if last.status.len() != n {
+                    return Err(WireError::Io(std::io::Error::other(
+                        "final status list has the wrong length",
+                    )));
+                }
+                for (flag, status) in ok.iter_mut().zip(&last.status) {
+                    *flag &= *status == ReadStatus::Ok as u8;
+                }
+                Ok(ok)
+            })
+            .await;
+        result.unwrap_or_else(|_| vec![false; n])
+    }
+
+    /// Sends every resident page of this shard to its (new) directory owners.
+    pub(super) async fn republish(self: Rc<Self>, view: Arc<ClusterView>) {
+        if view.len() <= 1 {
+            return;
+        }
+        let mut entries = Vec::new();
+        self.pool.borrow().live_entries(&mut entries);
+        for chunk in entries.chunks(REPUBLISH_CHUNK) {
+            if self.epoch.get() != view.epoch() {
+                return; // a newer membership started its own re-publish
+            }
+            let stored: Vec<(usize, KeyHash, Location)> =
+                chunk.iter().map(|&(k, l)| (0, k, l)).collect();
+            self.publish(&view, &stored, &[]).await;
+            ShardStats::bump(&self.stats.directory_republishes, chunk.len() as u64);
+        }
+        self.publish_pool_gauges();
+    }
+}
+
+/// A wire directory entry as a location.
+pub(super) fn to_location(e: &DirEntry) -> DirLocation {
+    DirLocation {
+        node: NodeRef(e.node),
+        shard: e.shard,
+        offset: e.offset,
+        generation: e.generation,
+        len: e.len,
+        resident: e.resident,
+    }
+}

@@ -1,0 +1,264 @@
+//! The serving half of a shard: requests from peers on this shard's listener.
+//!
+//! Each connection is one task. The first frame must be `Hello`; then the
+//! peer sends requests, possibly several back to back (pipelined), and gets
+//! one reply per request, in order, carrying the request's id. A malformed,
+//! oversized, unexpected or unknown frame gets an `Error` reply when the
+//! stream is still in sync, then the connection is closed with a logged
+//! reason; nothing outside the named pool slots is ever read.
+//!
+//! Only the published pool can be read remotely: a `DataRead` names pool
+//! offsets, each checked against this shard's slot table (live slot, same
+//! generation, same length) before a byte is sent, and checked again after,
+//! because the shard may evict a slot while its bytes are on the wire (the
+//! memory stays mapped and quarantined, but the page is gone). A second
+//! `DataReadReply` with the final statuses follows the bulk.
+
+use super::remote::to_location;
+use super::shard::ShardStore;
+use super::stats::ShardStats;
+use crate::keys::KeyHash;
+use crate::net::FramedConn;
+use crate::pool::Location;
+use crate::wire::{
+    self, DataRead, DataReadReply, DirDelete, DirDeleteAck, DirEntry, DirGet, DirGetReply, DirPut,
+    DirPutAck, ErrorReply, FrameHeader, Hello, HelloAck, Kind, ReadStatus, WireError,
+};
+use glommio::net::TcpStream;
+use std::rc::Rc;
+use std::time::Instant;
+
+/// Kinds a peer may send after `Hello`.
+fn is_request(kind: Kind) -> bool {
+    matches!(
+        kind,
+        Kind::DirPut | Kind::DirGet | Kind::DirDelete | Kind::DataRead
+    )
+}
+
+impl ShardStore {
+    /// Serves one peer connection until it closes or misbehaves.
+    pub(super) async fn serve(self: Rc<Self>, stream: TcpStream) {
+        let peer = stream
+            .peer_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| "?".into());
+        let _ = stream.set_nodelay(true);
+        let mut conn = FramedConn::new(stream);
+        let mut greeted = false;
+        loop {
+            let header = match conn.recv().await {
+                Ok(h) => h,
+                Err(WireError::Closed) => return,
+                Err(e) => return self.refuse(&mut conn, &peer, 0, e).await,
+            };
+            let result = match header.kind {
+                Kind::Hello => self.on_hello(&mut conn, &header).await,
+                kind if !greeted || !is_request(kind) => {
+                    let why = if greeted {
+                        format!("{kind} is not a request this server answers")
+                    } else {
+                        format!("expected Hello, got {kind}")
+                    };
+                    return self.reject(&mut conn, &peer, &header, why).await;
+                }
+                Kind::DirPut => self.on_dir_put(&mut conn, &header).await,
+                Kind::DirGet => self.on_dir_get(&mut conn, &header).await,
+                Kind::DirDelete => self.on_dir_delete(&mut conn, &header).await,
+                Kind::DataRead => self.on_data_read(&mut conn, &header).await,
+                _ => unreachable!("is_request lists exactly the kinds handled above"),
+            };
+            match result {
+                Ok(()) => greeted = true,
+                Err(e) => return self.refuse(&mut conn, &peer, header.request_id, e).await,
+            }
+        }
+    }
+
+    /// Answers a well-formed frame this server does not accept with an
+    /// `Error` (when no bulk follows it, the stream is still in sync), then
+    /// drops the connection.
+    async fn reject(
+        &self,
+        conn: &mut FramedConn<TcpStream>,
+        peer: &str,
+        header: &FrameHeader,
+        why: String,
+    ) {
+        ShardStats::bump(&self.stats.protocol_errors, 1);
+        self.log_error(
+            Instant::now(),
+            format_args!("closing connection from {peer}: {why}"),
+        );
+        if header.bulk_len == 0 {
+            let reply = ErrorReply {
+                code: wire::error_code::BAD_REQUEST,
+                message: why,
+            };
+            let _ = conn.send(&reply, header.request_id, &[]).await;
+        }
+    }
+
+    /// Tells the peer why (when the stream still allows a reply), counts,
+    /// logs and drops the connection.
+    async fn refuse(
+        &self,
+        conn: &mut FramedConn<TcpStream>,
+        peer: &str,
+        request_id: u64,
+        e: WireError,
+    ) {
+        ShardStats::bump(&self.stats.protocol_errors, 1);
+        self.log_error(
+            Instant::now(),
+            format_args!("closing connection from {peer}: {e}"),
+        );
+        if e.stream_in_sync() {
+            let reply = ErrorReply {
+                code: e.code(),
+                message: e.to_string(),
+            };
+            let _ = conn.send(&reply, request_id, &[]).await;
+        }
+    }
+
+    async fn on_hello(
+        &self,
+        conn: &mut FramedConn<TcpStream>,
+        h: &FrameHeader,
+    ) -> Result<(), WireError> {
+        let hello = wire::decode_owned::<Hello>(conn.meta())?;
+        if hello.protocol_version != wire::PROTOCOL_VERSION {
+            return Err(WireError::UnsupportedVersion {
+                found: hello.protocol_version,
+            });
+        }
+        let ack = HelloAck {
+            node_id: self.id.node_id.clone(),
+        };
+        conn.send(&ack, h.request_id, &[]).await
+    }
+
+    async fn on_dir_put(
+        &self,
+        conn: &mut FramedConn<TcpStream>,
+        h: &FrameHeader,
+    ) -> Result<(), WireError> {
+        let request = wire::decode_owned::<DirPut>(conn.meta())?;
+        let mut stored = 0u32;
+        {
+            let mut dir = self.directory.borrow_mut();
+            for e in &request.entries {
+                if dir.put(e.key_hash(), to_location(e)).is_ok() {
+                    stored += 1;
+                }
+            }
+        }
+        ShardStats::set(
+            &self.stats.directory_entries,
+            self.directory.borrow().len() as u64,
+        );
+        conn.send(&DirPutAck { stored }, h.request_id, &[]).await
+    }
+
+    async fn on_dir_get(
+        &self,
+        conn: &mut FramedConn<TcpStream>,
+        h: &FrameHeader,
+    ) -> Result<(), WireError> {
+        let request = wire::decode_owned::<DirGet>(conn.meta())?;
+        let entries: Vec<Option<DirEntry>> = {
+            let dir = self.directory.borrow();
+            request
+                .keys
+                .iter()
+                .map(|&k| {
+                    let key = KeyHash::from_be_bytes(k);
+                    dir.get(key).map(|loc| {
+                        DirEntry::new(
+                            key,
+                            loc.node.0,
+                            loc.shard,
+                            loc.pool_location(),
+                            loc.resident,
+                        )
+                    })
+                })
+                .collect()
+        };
+        conn.send(&DirGetReply { entries }, h.request_id, &[]).await
+    }
+
+    async fn on_dir_delete(
+        &self,
+        conn: &mut FramedConn<TcpStream>,
+        h: &FrameHeader,
+    ) -> Result<(), WireError> {
+        let request = wire::decode_owned::<DirDelete>(conn.meta())?;
+        let keys: Vec<KeyHash> = request
+            .keys
+            .iter()
+            .map(|&k| KeyHash::from_be_bytes(k))
+            .collect();
+        let deleted = self
+            .directory
+            .borrow_mut()
+            .remove_many_if_node(&keys, crate::directory::NodeRef(request.node));
+        conn.send(
+            &DirDeleteAck {
+                deleted: deleted as u32,
+            },
+            h.request_id,
+            &[],
+        )
+        .await
+    }
+
+    async fn on_data_read(
+        &self,
+        conn: &mut FramedConn<TcpStream>,
+        h: &FrameHeader,
+    ) -> Result<(), WireError> {
+        let request = wire::decode_owned::<DataRead>(conn.meta())?;
+        let locations: Vec<Location> = request
+            .items
+            .iter()
+            .map(|it| Location {
+                offset: it.offset,
+                generation: it.generation,
+                len: it.len,
+            })
+            .collect();
+        let (status, pages) = self.check_slots(&locations);
+        let bulk: Vec<&[u8]> = pages
+            .iter()
+            // SAFETY: each pointer is a live slot of this shard's pool of
+            // `len` bytes; the pool stays mapped for the node's lifetime.
+            .map(|&(ptr, len)| unsafe { std::slice::from_raw_parts(ptr, len) })
+            .collect();
+        conn.send(&DataReadReply { status }, h.request_id, &bulk)
+            .await?;
+        // Re-check after sending: the final word on each page.
+        let (status, _) = self.check_slots(&locations);
+        conn.send(&DataReadReply { status }, h.request_id, &[])
+            .await?;
+        Ok(())
+    }
+
+    /// Status of each location, and the bytes of the valid ones, in order.
+    fn check_slots(&self, locations: &[Location]) -> (Vec<u8>, Vec<(*const u8, usize)>) {
+        let pool = self.pool.borrow();
+        let mut status = Vec::with_capacity(locations.len());
+        let mut pages = Vec::with_capacity(locations.len());
+        for &loc in locations {
+            match pool.validate(loc) {
+                Some(ptr) => {
+                    status.push(ReadStatus::Ok as u8);
+                    pages.push((ptr, loc.len as usize));
+                }
+                None => status.push(ReadStatus::StaleGeneration as u8),
+            }
+        }
+        (status, pages)
+    }
+}

@@ -1,0 +1,218 @@
+//! Several nodes in one process, talking over real TCP on 127.0.0.1, with
+//! membership installed by hand (no discovery): the data plane on its own.
+
+use peercache_engine::{Config, Node};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+fn node(name: &str, extra: &str) -> Node {
+    let config = Config::from_json(&format!(
+        r#"{{"discovery_addr":"127.0.0.1:1","global_segment_size":"32mb","shards":2,
+            "node_id":"{name}","local_hostname":"127.0.0.1","control_bind_host":"127.0.0.1",
+            "disk_enabled":false,"metrics_enabled":false,"pool_quarantine_ms":0{extra}}}"#
+    ))
+    .unwrap();
+    Node::start(config).unwrap()
+}
+
+fn join(nodes: &[&Node], epoch: u64) {
+    let routes: Vec<_> = nodes.iter().map(|n| n.route()).collect();
+    for n in nodes {
+        n.set_membership(epoch, routes.clone());
+    }
+}
+
+fn page(key: &str, len: usize) -> Vec<u8> {
+    let seed = key
+        .bytes()
+        .fold(0u64, |h, b| h.wrapping_mul(131).wrapping_add(u64::from(b)));
+    (0..len)
+        .map(|i| (seed.wrapping_add(i as u64 * 2654435761) >> 7) as u8)
+        .collect()
+}
+
+fn keys(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}-{i}")).collect()
+}
+
+fn set_all(node: &Node, keys: &[String], len: usize) -> Vec<bool> {
+    let pages: Vec<Vec<u8>> = keys.iter().map(|k| page(k, len)).collect();
+    let refs: Vec<&[u8]> = pages.iter().map(|p| p.as_slice()).collect();
+    node.batch_set_pages(keys, &refs).unwrap()
+}
+
+fn get_all(node: &Node, keys: &[String], len: usize) -> (Vec<bool>, Vec<Vec<u8>>) {
+    let mut out: Vec<Vec<u8>> = keys.iter().map(|_| vec![0u8; len]).collect();
+    let mut dsts: Vec<&mut [u8]> = out.iter_mut().map(|v| v.as_mut_slice()).collect();
+    let ok = node.batch_get_into(keys, &mut dsts).unwrap();
+    (ok, out)
+}
+
+/// Waits (bounded) until `cond` holds.
+fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn pages_set_on_one_node_are_read_byte_exact_on_another() {
+    let a = node("node-a", "");
+    let b = node("node-b", "");
+    join(&[&a, &b], 1);
+    let ks = keys("shared", 64);
+    assert_eq!(set_all(&a, &ks, 64 << 10), vec![true; 64]);
+    assert_eq!(b.batch_exists(&ks).unwrap(), 64);
+    let (ok, out) = get_all(&b, &ks, 64 << 10);
+    assert_eq!(ok, vec![true; 64]);
+    for (k, got) in ks.iter().zip(&out) {
+        assert_eq!(got, &page(k, 64 << 10), "page {k} differs");
+    }
+    let sb = b.stats();
+    assert_eq!(sb.read_remote_hits, 64);
+    assert_eq!(sb.read_hits + sb.read_misses, sb.read_requests);
+    assert_eq!(sb.bytes_read, 64 * (64 << 10));
+    assert!(sb.directory_lookups_saved > 0, "exists primed the get");
+    // A key nobody wrote is a miss on every node, and the prefix stops there.
+    let mut mixed = ks[..3].to_vec();
+    mixed.push("nobody-wrote-this".into());
+    mixed.extend_from_slice(&ks[3..6]);
+    assert_eq!(b.batch_exists(&mixed).unwrap(), 3);
+    let (ok, _) = get_all(&b, &mixed, 64 << 10);
+    assert_eq!(ok, vec![true, true, true, false, true, true, true]);
+}
+
+#[test]
+fn a_node_joining_later_finds_every_key() {
+    let a = node("late-a", "");
+    let b = node("late-b", "");
+    join(&[&a, &b], 1);
+    let ks = keys("early", 200);
+    assert!(set_all(&a, &ks, 8192).iter().all(|&x| x));
+    let c = node("late-c", "");
+    let before = a.stats().directory_republishes;
+    join(&[&a, &b, &c], 2);
+    eventually("node-a to re-publish its pages", || {
+        a.stats().directory_republishes >= before + 200
+    });
+    assert_eq!(c.batch_exists(&ks).unwrap(), 200);
+    let (ok, out) = get_all(&c, &ks, 8192);
+    assert!(ok.iter().all(|&x| x));
+    assert!(ks.iter().zip(&out).all(|(k, got)| *got == page(k, 8192)));
+}
+
+#[test]
+fn evicted_pages_are_misses_never_other_bytes() {
+    // 4 MiB pool, 2 shards: 64 KiB pages, 32 slots per node.
+    let a = node("evict-a", r#","global_segment_size":"4mb""#);
+    let b = node("evict-b", "");
+    join(&[&a, &b], 1);
+    let first = keys("first", 24);
+    assert!(set_all(&a, &first, 64 << 10).iter().all(|&x| x));
+    // b resolves locations (exists primes its handoff cache) ...
+    assert_eq!(b.batch_exists(&first).unwrap(), 24);
+    // ... then a overwrites its whole pool with other pages.
+    for round in 0..4 {
+        set_all(&a, &keys(&format!("flood{round}"), 24), 64 << 10);
+    }
+    assert!(a.stats().evictions > 0);
+    let (ok, out) = get_all(&b, &first, 64 << 10);
+    for ((k, hit), got) in first.iter().zip(&ok).zip(&out) {
+        if *hit {
+            assert_eq!(
+                got,
+                &page(k, 64 << 10),
+                "a hit must carry the page's own bytes"
+            );
+        }
+    }
+    assert!(
+        ok.iter().any(|&x| !x),
+        "evicted pages must be reported as misses"
+    );
+}
+
+#[test]
+fn garbage_and_oversized_frames_close_only_that_connection() {
+    let a = node("garbage-a", "");
+    let b = node("garbage-b", "");
+    join(&[&a, &b], 1);
+    let ks = keys("keep-serving", 16);
+    assert!(set_all(&a, &ks, 4096).iter().all(|&x| x));
+    let endpoint = a.endpoints()[0];
+
+    // 1. Random bytes instead of a frame.
+    let mut s = TcpStream::connect(endpoint).unwrap();
+    s.write_all(&[0xde; 100]).unwrap();
+    let mut buf = [0u8; 256];
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert!(
+        matches!(s.read(&mut buf), Ok(0) | Err(_)),
+        "the server closes a garbage connection"
+    );
+
+    // 2. A valid-looking header announcing a 1 TiB meta section.
+    let mut header = Vec::new();
+    header.extend_from_slice(&peercache_engine::wire::MAGIC.to_le_bytes());
+    header.extend_from_slice(&peercache_engine::wire::PROTOCOL_VERSION.to_le_bytes());
+    header.extend_from_slice(&0x22u16.to_le_bytes()); // DirGet
+    header.extend_from_slice(&7u64.to_le_bytes());
+    header.extend_from_slice(&u32::MAX.to_le_bytes());
+    header.extend_from_slice(&0u32.to_le_bytes());
+    let mut s = TcpStream::connect(endpoint).unwrap();
+    s.write_all(&header).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut reply = Vec::new();
+    let _ = s.read_to_end(&mut reply);
+
+    // 3. A request before Hello.
+    let mut s = TcpStream::connect(endpoint).unwrap();
+    let mut frame = Vec::new();
+    peercache_engine::wire::encode_frame(
+        &peercache_engine::wire::DirGet {
+            keys: vec![[0u8; 16]],
+        },
+        1,
+        0,
+        &mut frame,
+    )
+    .unwrap();
+    s.write_all(&frame).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut reply = Vec::new();
+    let _ = s.read_to_end(&mut reply);
+    assert!(
+        reply.len() >= peercache_engine::wire::HEADER_BYTES,
+        "an Error reply precedes the close"
+    );
+
+    eventually("the protocol errors to be counted", || {
+        a.stats().protocol_errors >= 3
+    });
+    // The node keeps serving everyone else.
+    let (ok, out) = get_all(&b, &ks, 4096);
+    assert!(ok.iter().all(|&x| x));
+    assert!(ks.iter().zip(&out).all(|(k, got)| *got == page(k, 4096)));
+}
+
+#[test]
+fn a_dead_peer_makes_its_pages_misses_quickly() {
+    let a = node("dead-a", "");
+    let b = node("dead-b", "");
+    join(&[&a, &b], 1);
+    let ks = keys("doomed", 32);
+    assert!(set_all(&a, &ks, 4096).iter().all(|&x| x));
+    assert_eq!(b.batch_exists(&ks).unwrap(), 32);
+    drop(a); // its listeners close: connections are refused from now on
+    let started = Instant::now();
+    let (ok, _) = get_all(&b, &ks, 4096);
+    assert!(ok.iter().all(|&x| !x), "pages of a dead node are misses");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "bounded: no hang"
+    );
+    assert!(b.stats().remote_failures > 0);
+}
