@@ -11,6 +11,7 @@
 pub mod cluster;
 pub mod config;
 pub mod directory;
+pub mod discovery;
 pub mod keys;
 pub mod logging;
 pub mod net;
