@@ -29,7 +29,7 @@ use std::time::Instant;
 /// The engine node, or the counters it had when it was closed.
 enum State {
     Open(Box<EngineNode>),
-    Closed(NodeStats),
+    Closed(Box<NodeStats>),
 }
 
 /// A PeerCache node running inside this process.
@@ -180,7 +180,7 @@ impl PyNode {
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let stats = py.detach(|| match &*self.read() {
             State::Open(node) => node.stats(),
-            State::Closed(stats) => *stats,
+            State::Closed(stats) => **stats,
         });
         stats_dict(py, stats)
     }
@@ -195,7 +195,7 @@ impl PyNode {
                 let stats = node.stats();
                 // Drops the node: its pool is unmapped here, with the lock held,
                 // so no batch call can still be using it.
-                *state = State::Closed(stats);
+                *state = State::Closed(Box::new(stats));
                 tracing::info!("PeerCache node closed");
             }
         });

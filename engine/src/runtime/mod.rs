@@ -108,7 +108,7 @@ pub enum RuntimeError {
 /// A running set of shards accepting jobs of type `J`.
 pub struct Runtime<J: Send + 'static> {
     inboxes: Vec<Arc<Inbox<J>>>,
-    threads: Vec<JoinHandle<()>>,
+    threads: std::sync::Mutex<Vec<JoinHandle<()>>>,
     contexts: Vec<ShardContext>,
 }
 
@@ -141,7 +141,7 @@ impl<J: Send + 'static> Runtime<J> {
         let make = Arc::new(make);
         let mut runtime = Runtime {
             inboxes: Vec::with_capacity(sites.len()),
-            threads: Vec::with_capacity(sites.len()),
+            threads: std::sync::Mutex::new(Vec::with_capacity(sites.len())),
             contexts: Vec::with_capacity(sites.len()),
         };
         for (index, site) in sites.into_iter().enumerate() {
@@ -175,7 +175,11 @@ impl<J: Send + 'static> Runtime<J> {
                 }
             };
             runtime.inboxes.push(inbox);
-            runtime.threads.push(handle);
+            runtime
+                .threads
+                .get_mut()
+                .expect("not shared yet")
+                .push(handle);
             match ready_rx.recv() {
                 Ok(Ok(context)) => runtime.contexts.push(context),
                 Ok(Err(reason)) => {
@@ -242,11 +246,13 @@ impl<J: Send + 'static> Runtime<J> {
 
     /// Stops every shard after it has handled everything already queued, and
     /// joins the threads. Idempotent.
-    pub fn shutdown(&mut self) {
+    pub fn shutdown(&self) {
         for inbox in &self.inboxes {
             inbox.close();
         }
-        for handle in self.threads.drain(..) {
+        let threads: Vec<JoinHandle<()>> =
+            std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        for handle in threads {
             if handle.join().is_err() {
                 tracing::error!("a shard thread panicked; see the panic message above");
             }
@@ -406,7 +412,7 @@ mod tests {
     fn shutdown_under_load_handles_every_accepted_job() {
         let seen = Arc::new((0..4 * 2000).map(|_| AtomicU64::new(0)).collect::<Vec<_>>());
         let s2 = Arc::clone(&seen);
-        let mut runtime = Runtime::start(sites(2), RuntimeOptions::default(), move |_| {
+        let runtime = Runtime::start(sites(2), RuntimeOptions::default(), move |_| {
             Ok(Counter {
                 seen: Arc::clone(&s2),
                 handled: Cell::new(0),

@@ -14,9 +14,10 @@ pub mod stats;
 pub use shard::{BatchPart, Op, ShardIdentity, ShardStore, StoreJob};
 pub use stats::{NodeStats, ShardStats};
 
-use crate::cluster::{ClusterView, MemberRoute};
+use crate::cluster::{ClusterView, DiscoveryRuntime, MemberRoute};
 use crate::config::Config;
 use crate::directory::NodeRef;
+use crate::discovery::Member;
 use crate::keys::{KeyHash, Namespace};
 use crate::pool::{region, slots, PageBacking, PoolRegion, ShardPool};
 use crate::runtime::{BatchCompletion, Runtime, RuntimeError, RuntimeOptions, ShardSite};
@@ -66,6 +67,9 @@ pub enum NodeError {
     /// The shard runtime failed to start.
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    /// Discovery could not start.
+    #[error("discovery: {0}")]
+    Discovery(String),
     /// A shard could not listen for peers.
     #[error("cannot listen on {host}:{port} for peer requests: {reason}; check control_bind_host / control_port")]
     Listen {
@@ -103,7 +107,9 @@ pub struct Node {
     vnodes: u32,
     replicas: usize,
     namespace: Namespace,
-    runtime: Runtime<StoreJob>,
+    runtime: Arc<Runtime<StoreJob>>,
+    discovery: Option<DiscoveryRuntime>,
+    pool_bytes_advertised: u64,
     stats: Vec<Arc<ShardStats>>,
     // Keeps the pool mapped for as long as any shard can touch it; dropped
     // after `runtime` (field order), i.e. after every shard thread joined.
@@ -181,7 +187,7 @@ impl Node {
         let node_id = config
             .node_id
             .clone()
-            .unwrap_or_else(|| format!("{host}-{:04x}", random_u64() & 0xffff));
+            .unwrap_or_else(|| format!("{host}-{:04x}", crate::cluster::random_u64() & 0xffff));
         let bound_ports: Arc<Mutex<Vec<u16>>> = Arc::new(Mutex::new(vec![0; shard_count]));
         let base_addr = region.base() as usize;
         let quarantine = config.pool_quarantine();
@@ -293,10 +299,71 @@ impl Node {
             vnodes: config.vnodes,
             replicas,
             namespace: Namespace::new(&config.model_name, config.extra_backend_tag.as_deref()),
-            runtime,
+            runtime: Arc::new(runtime),
+            discovery: None,
+            pool_bytes_advertised: pool_bytes,
             stats,
             region,
         })
+    }
+
+    /// Starts a node and joins the cluster: runs this host's embedded
+    /// discovery master on the meta port (shared with co-located ranks),
+    /// registers with the masters and keeps every shard's membership view
+    /// current. A node started before the discovery head waits and retries,
+    /// logging periodically, instead of failing.
+    pub fn start_cluster(config: Config) -> Result<Node, NodeError> {
+        let mut node = Node::start(config.clone())?;
+        let host = node
+            .endpoints
+            .first()
+            .map(|e| e.ip().to_string())
+            .unwrap_or_default();
+        let incarnation = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64;
+        let me = Member {
+            node_id: node.node_id.clone(),
+            host: host.clone(),
+            meta_port: config.discovery_head().port,
+            control_endpoints: node
+                .endpoints
+                .iter()
+                .map(|e| (e.ip().to_string(), e.port()))
+                .collect(),
+            shard_count: node.shards() as u32,
+            incarnation,
+            pool_bytes: node.pool_bytes_advertised,
+        };
+        let runtime = Arc::clone(&node.runtime);
+        let (self_id, vnodes, replicas) = (node.node_id.clone(), node.vnodes, node.replicas);
+        let on_change: crate::cluster::MembershipCallback = Box::new(move |epoch, members| {
+            let routes = members.iter().filter_map(route_of).collect();
+            deliver_membership(&runtime, &self_id, epoch, routes, vnodes, replicas);
+        });
+        let discovery =
+            DiscoveryRuntime::start(&config, me, on_change).map_err(NodeError::Discovery)?;
+        let head = config.discovery_head();
+        tracing::info!(
+            "PeerCacheStore up: node={} rdma=unavailable control={} discovery={}:{}",
+            node.node_id,
+            node.endpoints
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+            head.host,
+            head.port
+        );
+        node.discovery = Some(discovery);
+        Ok(node)
+    }
+
+    /// Live cluster members as discovery last saw them (1 for a node started
+    /// without discovery).
+    pub fn members(&self) -> usize {
+        self.discovery.as_ref().map_or(1, |d| d.member_count())
     }
 
     /// This node's id (`node_id`, or generated from the advertised host).
@@ -452,8 +519,12 @@ impl Node {
         self.stats.iter().map(|s| s.snapshot()).collect()
     }
 
-    /// Stops every shard (after the work already queued) and joins them.
+    /// Leaves the cluster (deregisters from discovery), then stops every
+    /// shard after the work already queued and joins them. Idempotent.
     pub fn shutdown(&mut self) {
+        if let Some(mut discovery) = self.discovery.take() {
+            discovery.shutdown();
+        }
         self.runtime.shutdown();
     }
 
@@ -534,6 +605,46 @@ impl Node {
     }
 }
 
+/// Builds the view of `members` and hands it to every shard.
+fn deliver_membership(
+    runtime: &Runtime<StoreJob>,
+    self_id: &str,
+    epoch: u64,
+    members: Vec<MemberRoute>,
+    vnodes: u32,
+    replicas: usize,
+) {
+    let view = Arc::new(ClusterView::new(epoch, self_id, members, vnodes, replicas));
+    for shard in 0..runtime.shards() {
+        if let Err((e, _)) = runtime.submit(
+            shard,
+            StoreJob::Membership(Arc::clone(&view)),
+            SUBMIT_TIMEOUT,
+        ) {
+            tracing::warn!("membership epoch {epoch} not delivered to shard {shard}: {e}");
+        }
+    }
+}
+
+/// A discovery record as a data-path route (None when its endpoints are not
+/// IP:port, which discovery's own checks should already have refused).
+fn route_of(m: &Member) -> Option<MemberRoute> {
+    let endpoints: Option<Vec<SocketAddr>> = m
+        .control_endpoints
+        .iter()
+        .map(|(host, port)| {
+            host.parse::<IpAddr>()
+                .ok()
+                .map(|ip| SocketAddr::new(ip, *port))
+        })
+        .collect();
+    Some(MemberRoute {
+        node_id: m.node_id.clone(),
+        node_ref: NodeRef::of(&m.node_id),
+        shard_endpoints: endpoints?,
+    })
+}
+
 /// The IP peers should use to reach this node: `local_hostname` when set,
 /// else the local address the OS would use to reach the discovery head (no
 /// packet is sent: connecting a UDP socket only picks a route).
@@ -553,21 +664,6 @@ fn advertised_host(config: &Config) -> IpAddr {
         Ok(addr) if !addr.ip().is_unspecified() => addr.ip(),
         _ => IpAddr::from([127, 0, 0, 1]),
     }
-}
-
-/// A random-enough u64 for node id suffixes, without a random-number crate:
-/// std's hasher keys are seeded from the OS per process.
-fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos(),
-    );
-    h.write_u32(std::process::id());
-    h.finish()
 }
 
 impl Drop for Node {

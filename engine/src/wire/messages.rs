@@ -116,14 +116,15 @@ pub struct Register {
 }
 
 /// Keeps a registration alive (soft state; answered with [`MembersReply`]).
+///
+/// Carries the whole record, not just the id: a master that was just
+/// promoted or restarted (empty registry) rebuilds its list from heartbeats
+/// alone, within one heartbeat interval.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct Heartbeat {
-    /// The member's node id.
-    pub node_id: String,
-    /// The incarnation it registered with; a mismatch tells the master the
-    /// member restarted and must re-register.
-    pub incarnation: u64,
+    /// The member, as in [`Register`].
+    pub member: MemberInfo,
 }
 
 /// Leaves the cluster cleanly (answered with [`MembersReply`]).
@@ -142,14 +143,45 @@ pub struct Deregister {
 #[rkyv(derive(Debug))]
 pub struct MembersRequest;
 
-/// A master's current view of the cluster.
+/// A discovery service's answer to any discovery request.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct MembersReply {
-    /// Every live member.
+    /// What the answer is: [`MembersOutcome`] as a byte.
+    pub outcome: u8,
+    /// Random id of the answering registry's lifetime (`Ack` and `Members`).
+    pub registry_instance: u64,
+    /// Changes the registry has seen (`Ack` and `Members`): lets a member
+    /// skip re-fetching a list it already holds.
+    pub registry_changes: u64,
+    /// The live members (`Members`), or the answering host's own view
+    /// (`Referral`); empty otherwise.
     pub members: Vec<MemberInfo>,
-    /// Node ids of the current masters (at most `max_masters`).
-    pub masters: Vec<String>,
+    /// Why the request was refused (`Rejected`); empty otherwise.
+    pub reason: String,
+}
+
+/// The kinds of [`MembersReply`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum MembersOutcome {
+    /// Register / heartbeat / deregister accepted.
+    Ack = 0,
+    /// The registry's member list.
+    Members = 1,
+    /// Not a master (empty registry): the co-located member's view instead.
+    Referral = 2,
+    /// Refused; see `reason`.
+    Rejected = 3,
+}
+
+impl MembersOutcome {
+    /// The outcome with this code, `None` for codes this version does not know.
+    pub fn from_u8(code: u8) -> Option<Self> {
+        [Self::Ack, Self::Members, Self::Referral, Self::Rejected]
+            .into_iter()
+            .find(|o| *o as u8 == code)
+    }
 }
 
 /// One directory entry: where the page of `key` lives.
@@ -434,7 +466,12 @@ wire_message!(
     |m| m.member.control_endpoints.len(),
     |a| a.member.control_endpoints.len()
 );
-wire_message!(Heartbeat, Heartbeat, |_m| 0, |_a| 0);
+wire_message!(
+    Heartbeat,
+    Heartbeat,
+    |m| m.member.control_endpoints.len(),
+    |a| a.member.control_endpoints.len()
+);
 wire_message!(Deregister, Deregister, |_m| 0, |_a| 0);
 wire_message!(MembersRequest, MembersRequest, |_m| 0, |_a| 0);
 wire_message!(
@@ -442,17 +479,11 @@ wire_message!(
     MembersReply,
     |m| {
         let endpoints = m.members.iter().map(|x| x.control_endpoints.len()).max();
-        m.members
-            .len()
-            .max(m.masters.len())
-            .max(endpoints.unwrap_or(0))
+        m.members.len().max(endpoints.unwrap_or(0))
     },
     |a| {
         let endpoints = a.members.iter().map(|x| x.control_endpoints.len()).max();
-        a.members
-            .len()
-            .max(a.masters.len())
-            .max(endpoints.unwrap_or(0))
+        a.members.len().max(endpoints.unwrap_or(0))
     }
 );
 wire_message!(DirPut, DirPut, |m| m.entries.len(), |a| a.entries.len());

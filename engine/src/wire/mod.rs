@@ -65,8 +65,8 @@ pub use messages::{
     ArchivedHelloAck, ArchivedMemberInfo, ArchivedMembersReply, ArchivedMembersRequest,
     ArchivedPurpose, ArchivedReadItem, ArchivedRegister, DataRead, DataReadReply, Deregister,
     DirDelete, DirDeleteAck, DirEntry, DirGet, DirGetReply, DirPut, DirPutAck, Endpoint,
-    ErrorReply, Heartbeat, Hello, HelloAck, MemberInfo, MembersReply, MembersRequest, Message,
-    Purpose, ReadItem, ReadStatus, Register,
+    ErrorReply, Heartbeat, Hello, HelloAck, MemberInfo, MembersOutcome, MembersReply,
+    MembersRequest, Message, Purpose, ReadItem, ReadStatus, Register,
 };
 
 /// Bytes of the fixed frame header.

@@ -90,8 +90,7 @@ fn samples() -> Vec<Message> {
         }
         .into(),
         Heartbeat {
-            node_id: "node-a".into(),
-            incarnation: 42,
+            member: member("node-a", 2),
         }
         .into(),
         Deregister {
@@ -106,7 +105,10 @@ fn samples() -> Vec<Message> {
                 member("node-b", 0),
                 member("node-c", 8),
             ],
-            masters: vec!["node-a".into(), "node-c".into()],
+            outcome: MembersOutcome::Members as u8,
+            registry_instance: 7,
+            registry_changes: 3,
+            reason: String::new(),
         }
         .into(),
         DirPut {
@@ -447,8 +449,11 @@ fn batch_limit_is_enforced_on_encode_and_decode() {
         MAX_BATCH_ITEMS + 1
     ];
     let reply = MembersReply {
+        outcome: MembersOutcome::Referral as u8,
+        registry_instance: 0,
+        registry_changes: 0,
         members: vec![m],
-        masters: vec![],
+        reason: String::new(),
     };
     let err = encode_frame(&reply, 1, 0, &mut Vec::new()).unwrap_err();
     assert!(matches!(err, WireError::BatchTooLarge { .. }), "{err}");
