@@ -153,6 +153,33 @@ impl Drop for DiscoveryRuntime {
     }
 }
 
+/// Runs a dedicated discovery host (`peercache-meta`): this host's
+/// discovery service on `bind`, with no node of its own, until `stop` is set.
+/// Members prune after `member_ttl`; `retry` is how often to retry binding
+/// while another process holds the port.
+pub fn run_standalone_meta(
+    bind: SocketAddr,
+    member_ttl: Duration,
+    retry: Duration,
+    stop: Arc<AtomicBool>,
+) {
+    let shared = Arc::new(Shared {
+        stop: AtomicBool::new(false),
+        members: Mutex::new(Vec::new()),
+        epoch: AtomicU64::new(0),
+        serving_meta: AtomicBool::new(false),
+    });
+    let watcher_shared = Arc::clone(&shared);
+    let watcher = std::thread::spawn(move || {
+        while !stop.load(Ordering::SeqCst) {
+            std::thread::sleep(POLL_INTERVAL);
+        }
+        watcher_shared.stop.store(true, Ordering::SeqCst);
+    });
+    meta_server(bind, member_ttl.as_millis() as u64, retry, shared);
+    let _ = watcher.join();
+}
+
 fn now_ms(started: Instant) -> u64 {
     started.elapsed().as_millis() as u64
 }

@@ -4,7 +4,7 @@
 pub mod discovery_io;
 pub mod view;
 
-pub use discovery_io::{DiscoveryRuntime, MembershipCallback};
+pub use discovery_io::{run_standalone_meta, DiscoveryRuntime, MembershipCallback};
 pub use view::{ClusterView, MemberRoute};
 
 /// A random-enough u64 (node id suffixes, registry instances) without a
