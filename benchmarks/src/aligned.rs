@@ -10,6 +10,11 @@ pub struct AlignedBuf {
     layout: Layout,
 }
 
+// SAFETY: plain owned memory; benchmark threads write disjoint ranges of it
+// through raw pointers, which is their own contract to keep.
+unsafe impl Send for AlignedBuf {}
+unsafe impl Sync for AlignedBuf {}
+
 impl AlignedBuf {
     /// Allocates `len` zeroed bytes (len > 0).
     pub fn new(len: usize) -> Self {

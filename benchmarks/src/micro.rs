@@ -221,7 +221,8 @@ pub fn run(args: &MicroArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn host_info() -> serde_json::Value {
+/// CPU, core count and kernel of this machine, for result files.
+pub fn host_info() -> serde_json::Value {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
