@@ -26,6 +26,17 @@ use peercache_tests::pages;
 use std::io::{BufRead, Write};
 use std::time::{Duration, Instant};
 
+const USAGE: &str = "usage: peercache-node --config '<extra_config JSON>'
+commands on stdin, one per line (answers: one line, OK ... or ERR ...):
+  set LEN KEY...          store pages (content derived from each key)
+  get LEN KEY...          read pages, byte-checked: <0/1 per key> corrupt=<n>
+  exists KEY...           longest present prefix
+  request LEN KEY...      exists, get the hit prefix, set the rest
+  stats                   every counter as JSON (plus members)
+  members                 live members
+  wait-members N SECS     wait until N members are live
+  quit                    deregister and exit";
+
 fn main() {
     peercache_engine::logging::init();
     let args: Vec<String> = std::env::args().collect();
