@@ -508,6 +508,11 @@ pub fn run(args: &RemoteArgs) -> Result<(), String> {
             Some(after.saturating_sub(rss_before) as f64 / (per * endpoints.len()) as f64);
     }
     let rss_end = rss_bytes();
+    // Every byte of the benchmark's own buffers was written, so all of it is
+    // resident: get destinations (one working set per thread slot), the set
+    // source and the memcpy destination.
+    let bench_buffers = (ws_bytes * args.concurrencies.iter().copied().max().unwrap_or(1) + 2 * ws_bytes) as u64;
+    let node_beyond_pool = rss_end.saturating_sub(node.pool_bytes() as u64 + bench_buffers);
     let stats = node.stats();
 
     println!("\nremote get, {page} B pages, batch {batch}, 2 processes on 127.0.0.1");
@@ -555,10 +560,12 @@ pub fn run(args: &RemoteArgs) -> Result<(), String> {
         println!("directory: {b:.1} resident bytes per entry (1 M entries, RSS delta)");
     }
     println!(
-        "driver RSS {:.1} MiB, pool {:.1} MiB, beyond pool {:.1} MiB",
+        "driver RSS {:.1} MiB = pool {:.1} MiB + benchmark buffers {:.1} MiB + node beyond its pool {:.1} MiB{}",
         rss_end as f64 / 1048576.0,
         node.pool_bytes() as f64 / 1048576.0,
-        rss_end.saturating_sub(node.pool_bytes() as u64) as f64 / 1048576.0
+        bench_buffers as f64 / 1048576.0,
+        node_beyond_pool as f64 / 1048576.0,
+        if args.skip_memory { "" } else { " (incl. 1 M directory entries)" }
     );
 
     let result = json!({
@@ -585,6 +592,7 @@ pub fn run(args: &RemoteArgs) -> Result<(), String> {
             "set_gbps": set, "memcpy_gbps": memcpy, "set_vs_memcpy": set / memcpy,
             "directory_rss_bytes_per_entry": dir_bytes_per_entry,
             "driver_rss_bytes": rss_end, "driver_pool_bytes": node.pool_bytes(),
+            "benchmark_buffer_bytes": bench_buffers, "node_rss_beyond_pool_bytes": node_beyond_pool,
             "node_stats": stats.fields().into_iter().collect::<std::collections::BTreeMap<_, _>>(),
         },
     });
