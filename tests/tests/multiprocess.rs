@@ -524,21 +524,16 @@ fn a_stale_location_never_returns_another_pages_bytes() {
     assert_get_all(&mut reader, &last, PAGE);
 }
 
-/// Engine bug (discovery/agent.rs), so ignored: the leaver stays in the
-/// others' views for about member_ttl (30 s here) although every master
-/// removed it from its registry at once. Two causes, each enough:
-/// - `MemberAgent::merged_view` keeps the previous view as one of the lists
-///   while no master is *settled* (a master for member_ttl), so within
-///   member_ttl of any master change (here: of the cluster's formation) no
-///   removal takes effect;
-/// - the leaver's own host was a master (every host is, below max_masters
-///   hosts); its last list, still naming the leaver, stays in the union
-///   until that master is declared dead, member_ttl after it went silent.
+/// A clean shutdown right after the cluster formed, by the only rank of a
+/// master host: the others must drop the leaver long before member_ttl
+/// (30 s here), although no master is settled yet (a master for
+/// member_ttl) and the leaver's own host, a master, stops answering with its
+/// last list still naming the leaver. The deregistrations the answering
+/// masters report are what removes it.
 ///
-/// `a_clean_shutdown_deregisters_once_the_masters_settled` covers the case
-/// that works.
+/// `a_clean_shutdown_deregisters_once_the_masters_settled` covers settled
+/// masters and a leaver whose host keeps serving discovery.
 #[test]
-#[ignore = "engine bug: peers keep a cleanly shut down node for ~member_ttl (MemberAgent::merged_view keeps unsettled and silent masters' lists)"]
 fn a_clean_shutdown_deregisters_at_once() {
     let mut c = Cluster::new("quit", &[1, 2, 3]);
     let seeds = c.seeds(&[1]);

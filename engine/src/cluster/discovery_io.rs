@@ -13,8 +13,8 @@
 
 use crate::config::{Config, HostPort};
 use crate::discovery::{
-    Action, AgentConfig, LogLevel, Member, MemberAgent, Registry, RegistryVersion, Reply, Request,
-    Service,
+    Action, AgentConfig, Departure, LogLevel, Member, MemberAgent, Registry, RegistryVersion,
+    Reply, Request, Service,
 };
 use crate::wire::{
     self, Deregister, Endpoint, Heartbeat, Kind, MemberInfo, MembersOutcome, MembersReply,
@@ -507,6 +507,7 @@ fn from_info(m: MemberInfo) -> Member {
 }
 
 fn to_wire_reply(reply: Reply) -> MembersReply {
+    let mut departures = Vec::new();
     let (outcome, version, members, reason) = match reply {
         Reply::Ack { version } => (
             MembersOutcome::Ack,
@@ -514,12 +515,19 @@ fn to_wire_reply(reply: Reply) -> MembersReply {
             Vec::new(),
             String::new(),
         ),
-        Reply::Members { version, members } => (
-            MembersOutcome::Members,
-            Some(version),
+        Reply::Members {
+            version,
             members,
-            String::new(),
-        ),
+            departed,
+        } => {
+            departures = departed;
+            (
+                MembersOutcome::Members,
+                Some(version),
+                members,
+                String::new(),
+            )
+        }
         Reply::Referral { members } => (MembersOutcome::Referral, None, members, String::new()),
         Reply::Rejected { reason } => (MembersOutcome::Rejected, None, Vec::new(), reason),
     };
@@ -532,6 +540,13 @@ fn to_wire_reply(reply: Reply) -> MembersReply {
         registry_instance: version.instance,
         registry_changes: version.changes,
         members: members.iter().map(to_info).collect(),
+        departed: departures
+            .into_iter()
+            .map(|d| Deregister {
+                node_id: d.node_id,
+                incarnation: d.incarnation,
+            })
+            .collect(),
         reason,
     }
 }
@@ -547,6 +562,14 @@ fn from_wire_reply(reply: MembersReply) -> Result<Reply, String> {
         Some(MembersOutcome::Members) => Reply::Members {
             version,
             members: members(),
+            departed: reply
+                .departed
+                .iter()
+                .map(|d| Departure {
+                    node_id: d.node_id.clone(),
+                    incarnation: d.incarnation,
+                })
+                .collect(),
         },
         Some(MembersOutcome::Referral) => Reply::Referral { members: members() },
         Some(MembersOutcome::Rejected) => Reply::Rejected {
@@ -554,4 +577,36 @@ fn from_wire_reply(reply: MembersReply) -> Result<Reply, String> {
         },
         None => return Err(format!("unknown discovery outcome {}", reply.outcome)),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_replies_keep_their_departures_on_the_wire() {
+        let member = Member {
+            node_id: "a".to_owned(),
+            host: "10.0.0.1".to_owned(),
+            meta_port: 31998,
+            control_endpoints: vec![("10.0.0.1".to_owned(), 40_000)],
+            shard_count: 1,
+            incarnation: 3,
+            pool_bytes: 4096,
+        };
+        let reply = Reply::Members {
+            version: RegistryVersion {
+                instance: 9,
+                changes: 4,
+            },
+            members: vec![member],
+            departed: vec![Departure {
+                node_id: "b".to_owned(),
+                incarnation: 2,
+            }],
+        };
+        let wire_reply = to_wire_reply(reply.clone());
+        assert_eq!(wire_reply.departed.len(), 1);
+        assert_eq!(from_wire_reply(wire_reply), Ok(reply));
+    }
 }

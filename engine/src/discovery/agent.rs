@@ -10,7 +10,7 @@ use crate::config::{Config, HostPort};
 use super::masters::select_masters;
 use super::member::Member;
 use super::membership::{diff, merge_lists, MembershipChange};
-use super::registry::{RegistryVersion, MAX_MEMBERS};
+use super::registry::{Departure, RegistryVersion, MAX_MEMBERS};
 use super::service::{Reply, Request};
 
 /// Most `discovery_addr` seeds accepted (a seed list is a handful of hosts;
@@ -182,6 +182,15 @@ struct Peer {
     settled: bool,
 }
 
+/// A clean shutdown this agent learned from a master's list.
+#[derive(Debug, Clone, Copy)]
+struct Departed {
+    /// The incarnation that left; it and older ones are out of the view.
+    incarnation: u64,
+    /// When the agent learned it (or learned a newer incarnation leaving).
+    learned_ms: u64,
+}
+
 /// The client side of discovery for one node (one rank).
 ///
 /// Sans-IO, in the manner of foca: inputs are method calls with the current
@@ -196,7 +205,11 @@ struct Peer {
 ///   (newest incarnation per node). A master counts as *settled* after being
 ///   a master for `member_ttl`; only settled lists can remove a member, so a
 ///   freshly promoted or restarted master, still filling up, never makes
-///   live members flap out of the view;
+///   live members flap out of the view. A *deregistration* a master reports
+///   is different: it is positive news that the process left, so it removes
+///   that member at once, from the union of every list the agent holds —
+///   settled or not, answering or not (the leaver's own host may have been a
+///   master whose service stopped with it);
 /// - treats a master that has not answered for `member_ttl` as dead (the next
 ///   host takes its place) and probes it every `member_ttl`; the head takes
 ///   its first place back as soon as it answers;
@@ -221,6 +234,11 @@ pub struct MemberAgent {
     masters: Vec<HostPort>,
     view: Vec<Member>,
     hint: Vec<Member>,
+    /// Departures reported by masters, by node id; at most [`MAX_MEMBERS`].
+    /// Kept for `member_ttl`, and for as long as any list held still names
+    /// the departed process (so a silent master's last list cannot bring it
+    /// back once the answering masters forgot their tombstones).
+    departed: BTreeMap<String, Departed>,
     epoch: u64,
 }
 
@@ -247,6 +265,7 @@ impl MemberAgent {
             masters: Vec::new(),
             view: Vec::new(),
             hint: Vec::new(),
+            departed: BTreeMap::new(),
             epoch: 0,
         })
     }
@@ -403,20 +422,30 @@ impl MemberAgent {
                     }
                 }
             }
-            Reply::Members { version, members } => {
-                if members.len() > MAX_MEMBERS {
-                    out.push(oversized(from, members.len()));
-                } else if is_master {
-                    // Replies may overtake each other: never go back to an
-                    // older version of the same registry.
-                    let older = peer.list.as_ref().is_some_and(|(held, _)| {
-                        held.instance == version.instance && held.changes > version.changes
-                    });
-                    if !older {
-                        peer.list = Some((version, members));
-                    }
+            Reply::Members {
+                version,
+                members,
+                departed,
+            } => {
+                if members.len() > MAX_MEMBERS || departed.len() > MAX_MEMBERS {
+                    out.push(oversized(from, members.len().max(departed.len())));
                 } else {
-                    self.hint = members;
+                    // A fact whoever reports it and in whatever order the
+                    // replies come: that process deregistered and never
+                    // heartbeats again.
+                    learn_departures(&mut self.departed, departed, now_ms);
+                    if is_master {
+                        // Replies may overtake each other: never go back to
+                        // an older version of the same registry.
+                        let older = peer.list.as_ref().is_some_and(|(held, _)| {
+                            held.instance == version.instance && held.changes > version.changes
+                        });
+                        if !older {
+                            peer.list = Some((version, members));
+                        }
+                    } else {
+                        self.hint = members;
+                    }
                 }
             }
             Reply::Referral { members } => {
@@ -673,6 +702,7 @@ impl MemberAgent {
     /// it never adds hosts, and dropping a demoted master's list can only
     /// remove hosts; the round bound is a safety net.
     fn recompute(&mut self, now_ms: u64, out: &mut Vec<Action>) {
+        self.forget_departures(now_ms);
         let old_view = self.view.clone();
         let old_masters = self.masters.clone();
         // Merge first: the masters are chosen from the hosts in the view, so
@@ -785,9 +815,26 @@ impl MemberAgent {
         self.masters = masters;
     }
 
-    /// The union of the masters' lists; see the type docs for why only
-    /// settled masters may remove members.
+    /// The union of the masters' lists without the departed members; see
+    /// the type docs for why only settled masters may remove members that
+    /// are merely absent from their lists.
     fn merged_view(&self) -> Vec<Member> {
+        let mut merged = self.union_of_lists();
+        merged.retain(|m| !self.has_departed(m));
+        merged.truncate(MAX_MEMBERS);
+        merged
+    }
+
+    /// Whether a master reported this member's process as deregistered.
+    fn has_departed(&self, member: &Member) -> bool {
+        self.departed
+            .get(&member.node_id)
+            .is_some_and(|d| d.incarnation >= member.incarnation)
+    }
+
+    /// The union of the masters' lists, newest incarnation per node; while
+    /// no master is settled, the current view is part of it.
+    fn union_of_lists(&self) -> Vec<Member> {
         let mut settled: Vec<&[Member]> = Vec::new();
         let mut warming: Vec<&[Member]> = Vec::new();
         for master in &self.masters {
@@ -810,9 +857,35 @@ impl MemberAgent {
         }
         lists.extend(settled);
         lists.extend(warming);
-        let mut merged = merge_lists(lists);
-        merged.truncate(MAX_MEMBERS);
-        merged
+        merge_lists(lists)
+    }
+
+    /// Forgets departures learned more than `member_ttl` ago that no list
+    /// held still names (with that incarnation or an older one). The masters
+    /// keep a tombstone for `member_ttl` and prune the departed node by then
+    /// anyway, so no fresh list names it again; only a list held from
+    /// before (a silent master's) could, and it keeps the departure alive.
+    fn forget_departures(&mut self, now_ms: u64) {
+        if self.departed.is_empty() {
+            return;
+        }
+        let ttl = self.config.member_ttl_ms;
+        let mut oldest_listed: BTreeMap<&str, u64> = BTreeMap::new();
+        for (_, list) in self.peers.values().filter_map(|p| p.list.as_ref()) {
+            for member in list {
+                oldest_listed
+                    .entry(member.node_id.as_str())
+                    .and_modify(|inc| *inc = (*inc).min(member.incarnation))
+                    .or_insert(member.incarnation);
+            }
+        }
+        self.departed.retain(|node_id, d| {
+            let recent = now_ms.saturating_sub(d.learned_ms) <= ttl;
+            let listed = oldest_listed
+                .get(node_id.as_str())
+                .is_some_and(|inc| *inc <= d.incarnation);
+            recent || listed
+        });
     }
 
     /// Drops state about addresses that no longer matter, keeping seeds,
@@ -825,6 +898,43 @@ impl MemberAgent {
         self.peers.retain(|addr, peer| {
             seeds.contains(addr) || masters.contains(addr) || (peer.dead && known.contains(addr))
         });
+    }
+}
+
+/// Records the departures a discovery service reported, keeping the newest
+/// incarnation per node and at most [`MAX_MEMBERS`] entries (the oldest
+/// learned is forgotten first).
+fn learn_departures(known: &mut BTreeMap<String, Departed>, reported: Vec<Departure>, now_ms: u64) {
+    for Departure {
+        node_id,
+        incarnation,
+    } in reported
+    {
+        if let Some(held) = known.get_mut(&node_id) {
+            if incarnation > held.incarnation {
+                *held = Departed {
+                    incarnation,
+                    learned_ms: now_ms,
+                };
+            }
+            continue;
+        }
+        if known.len() >= MAX_MEMBERS {
+            let oldest = known
+                .iter()
+                .min_by_key(|(_, d)| d.learned_ms)
+                .map(|(id, _)| id.clone());
+            if let Some(id) = oldest {
+                known.remove(&id);
+            }
+        }
+        known.insert(
+            node_id,
+            Departed {
+                incarnation,
+                learned_ms: now_ms,
+            },
+        );
     }
 }
 
@@ -961,6 +1071,7 @@ mod tests {
             Reply::Members {
                 version: version(9, 1),
                 members: list.clone(),
+                departed: Vec::new(),
             },
             10,
         );
@@ -1007,6 +1118,7 @@ mod tests {
             Reply::Members {
                 version: version(9, 2),
                 members: list,
+                departed: Vec::new(),
             },
             HB + 7,
         );
@@ -1097,6 +1209,7 @@ mod tests {
                     Request::Members => Reply::Members {
                         version: version(7, 1),
                         members: list.to_vec(),
+                        departed: Vec::new(),
                     },
                     _ => Reply::Ack {
                         version: version(7, 1),
@@ -1156,6 +1269,7 @@ mod tests {
             Reply::Members {
                 version: version(2, 0),
                 members: Vec::new(),
+                departed: Vec::new(),
             },
             now + 3,
         );
@@ -1196,6 +1310,7 @@ mod tests {
             Reply::Members {
                 version: version(8, 0),
                 members: Vec::new(),
+                departed: Vec::new(),
             },
             11,
         );
@@ -1209,6 +1324,111 @@ mod tests {
         a.tick(10 + TTL);
         assert!(a.live_members().is_empty());
         assert_eq!(a.membership_epoch(), epoch + 1);
+    }
+
+    fn departure(id: &str, incarnation: u64) -> Departure {
+        Departure {
+            node_id: id.to_owned(),
+            incarnation,
+        }
+    }
+
+    fn listing(version: RegistryVersion, members: &[Member], departed: &[Departure]) -> Reply {
+        Reply::Members {
+            version,
+            members: members.to_vec(),
+            departed: departed.to_vec(),
+        }
+    }
+
+    #[test]
+    fn reported_departures_remove_members_from_unsettled_and_silent_lists() {
+        let me = member("me", "h-me", 1);
+        let x = member("x", "head", 1);
+        let y = member("y", "h-y", 1);
+        let mut a = agent(&["head"], 3);
+        let out = a.start(0);
+        serve(&mut a, out, &[], &[me.clone(), x.clone(), y.clone()], 1);
+        assert_eq!(a.masters(), &[hp("head"), hp("h-me"), hp("h-y")]);
+        assert_eq!(a.live_members(), [me.clone(), x.clone(), y.clone()]);
+
+        // x, the only rank on the head, leaves: the head's service stops
+        // with it (its last list still names x), and no master is settled.
+        // One answering master reporting the deregistration is enough.
+        let out = a.on_reply(
+            &hp("h-y"),
+            listing(
+                version(7, 2),
+                &[me.clone(), y.clone()],
+                &[departure("x", 1)],
+            ),
+            100,
+        );
+        assert_eq!(a.live_members(), [me.clone(), y.clone()]);
+        assert!(logs(&out).contains(&"member left: x (2 members)".to_owned()));
+        // Absence alone still removes nobody from an unsettled master.
+        a.on_reply(
+            &hp("h-me"),
+            listing(version(7, 2), std::slice::from_ref(&me), &[]),
+            110,
+        );
+        assert_eq!(a.live_members(), [me.clone(), y.clone()]);
+        a.on_reply(
+            &hp("h-me"),
+            listing(
+                version(7, 3),
+                &[me.clone(), y.clone()],
+                &[departure("x", 1)],
+            ),
+            120,
+        );
+
+        // member_ttl later the masters forgot their tombstones and list a
+        // newcomer; the head's last list (it is not declared dead yet) must
+        // not bring x back.
+        let z = member("z", "h-y", 1);
+        let now = 200 + TTL;
+        let fresh = [me.clone(), y.clone(), z.clone()];
+        a.on_reply(&hp("h-y"), listing(version(7, 4), &fresh, &[]), now);
+        a.on_reply(&hp("h-me"), listing(version(7, 4), &fresh, &[]), now);
+        assert_eq!(a.masters(), &[hp("head"), hp("h-me"), hp("h-y")]);
+        assert_eq!(a.live_members(), fresh);
+        assert!(
+            a.departed.contains_key("x"),
+            "still named by the head's list"
+        );
+
+        // A restarted x (larger incarnation) is a new process: welcome.
+        let x2 = member("x", "head", 2);
+        let back = [me.clone(), x2.clone(), y.clone(), z.clone()];
+        a.on_reply(&hp("h-y"), listing(version(7, 5), &back, &[]), now + 1);
+        assert_eq!(a.live_members(), back);
+        a.on_reply(&hp("h-y"), listing(version(7, 6), &fresh, &[]), now + 2);
+        a.on_reply(&hp("h-me"), listing(version(7, 6), &fresh, &[]), now + 2);
+
+        // Once the silent head is declared dead its list goes, and with it
+        // the last reason to remember the departure.
+        while a.masters().contains(&hp("head")) {
+            let t = a.next_tick_ms().unwrap();
+            let out = a.tick(t);
+            for (to, _) in sends(&out) {
+                if to == hp("head") {
+                    a.on_unreachable(&to, t + 1);
+                } else {
+                    a.on_reply(
+                        &to,
+                        Reply::Ack {
+                            version: version(7, 6),
+                        },
+                        t + 1,
+                    );
+                }
+            }
+            assert!(t < now + 3 * TTL, "the head is never declared dead");
+        }
+        assert_eq!(a.masters(), &[hp("h-me"), hp("h-y")]);
+        assert_eq!(a.live_members(), fresh);
+        assert!(a.departed.is_empty(), "{:?}", a.departed);
     }
 
     #[test]
@@ -1280,6 +1500,7 @@ mod tests {
             Reply::Members {
                 version: version(1, 1),
                 members: huge,
+                departed: Vec::new(),
             },
             3,
         );

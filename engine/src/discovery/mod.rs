@@ -19,7 +19,10 @@
 //! Members pull the list from the masters whenever a master's
 //! [`RegistryVersion`] changes and keep the union as their live view
 //! ([`MemberAgent::live_members`]), so losing any one master — the head
-//! included — loses nothing. A master that has not answered for `member_ttl`
+//! included — loses nothing. A list also reports the recent clean shutdowns
+//! ([`Departure`]s): those leave the view at once, even while the lists that
+//! still name them come from masters not yet trusted to remove anyone, or
+//! from a master that stopped answering (the leaver's own host). A master that has not answered for `member_ttl`
 //! is treated as down, the next host takes its place, and it is probed until
 //! it answers again (the head then takes its first place back). A node
 //! started before any master is reachable waits, retries every heartbeat
@@ -56,5 +59,5 @@ pub use agent::{
 pub use masters::select_masters;
 pub use member::{Member, MAX_CONTROL_ENDPOINTS, MAX_NODE_ID_CHARS};
 pub use membership::{diff, merge_lists, MembershipChange};
-pub use registry::{Registry, RegistryError, RegistryVersion, Upsert, MAX_MEMBERS};
+pub use registry::{Departure, Registry, RegistryError, RegistryVersion, Upsert, MAX_MEMBERS};
 pub use service::{Reply, Request, Service};

@@ -31,6 +31,22 @@ pub struct RegistryVersion {
     pub changes: u64,
 }
 
+/// A clean shutdown a registry reports along with its member list: the
+/// process `(node_id, incarnation)` deregistered and is gone for good.
+///
+/// Positive information, unlike a member merely missing from a list: a
+/// member agent may apply it from any master's list, even one that is not
+/// settled yet, and against any other master's list, even one that has
+/// stopped answering. A node restarted since has a larger incarnation and is
+/// not affected.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Departure {
+    /// The node that left.
+    pub node_id: String,
+    /// The incarnation that left (and every older one).
+    pub incarnation: u64,
+}
+
 /// What [`Registry::upsert`] did with a record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Upsert {
@@ -205,9 +221,13 @@ impl Registry {
 
     /// Removes `node_id` on a clean shutdown. Returns whether a record was
     /// removed. A deregistration from an older incarnation than the held one
-    /// is ignored: it comes from the process the current one replaced.
+    /// (or than an earlier deregistration) is ignored: it comes from the
+    /// process the current one replaced.
     /// The departure is remembered for `member_ttl` so that heartbeats the
-    /// node sent just before it (and that arrive after it) are refused.
+    /// node sent just before it (and that arrive after it) are refused, and
+    /// it is reported by [`Registry::departures`] meanwhile. A departure not
+    /// known before counts as a change even when no record was held, so
+    /// members pull the list that reports it.
     pub fn deregister(&mut self, node_id: &str, incarnation: u64, now_ms: u64) -> bool {
         if self
             .entries
@@ -216,7 +236,11 @@ impl Registry {
         {
             return false;
         }
-        if self.tombstones.len() >= self.capacity && !self.tombstones.contains_key(node_id) {
+        let known = self.tombstones.get(node_id).map(|stone| stone.incarnation);
+        if known.is_some_and(|held| held > incarnation) {
+            return false;
+        }
+        if self.tombstones.len() >= self.capacity && known.is_none() {
             // Bounded: forget the oldest departure (its in-flight heartbeats
             // are the least likely to still arrive).
             let oldest = self
@@ -236,7 +260,7 @@ impl Registry {
             },
         );
         let removed = self.entries.remove(node_id).is_some();
-        if removed {
+        if removed || known != Some(incarnation) {
             self.changes += 1;
         }
         removed
@@ -267,6 +291,18 @@ impl Registry {
     /// The live members, sorted by node id.
     pub fn members(&self) -> Vec<Member> {
         self.entries.values().map(|e| e.member.clone()).collect()
+    }
+
+    /// The clean shutdowns of the last `member_ttl` (as of the last
+    /// [`Registry::expire`]), sorted by node id; at most the capacity.
+    pub fn departures(&self) -> Vec<Departure> {
+        self.tombstones
+            .iter()
+            .map(|(node_id, stone)| Departure {
+                node_id: node_id.clone(),
+                incarnation: stone.incarnation,
+            })
+            .collect()
     }
 
     /// The record held for `node_id`, if any.
@@ -389,6 +425,42 @@ mod tests {
             !small.tombstones.contains_key("x"),
             "the oldest is forgotten"
         );
+    }
+
+    #[test]
+    fn departures_are_reported_for_member_ttl_and_are_changes() {
+        let mut r = Registry::new(1, 6_000);
+        r.upsert(m("a", 3), 0).unwrap();
+        r.upsert(m("b", 1), 0).unwrap();
+        assert!(r.departures().is_empty());
+        let v0 = r.version();
+        assert!(r.deregister("b", 1, 1_000));
+        let v1 = r.version();
+        assert_eq!(v1.changes, v0.changes + 1, "one removal, one change");
+        // A node this registry never held (it joined elsewhere first) is
+        // still reported: the list it answers with changed.
+        assert!(!r.deregister("c", 7, 1_100));
+        assert!(r.version() > v1);
+        let d = |id: &str, incarnation| Departure {
+            node_id: id.to_owned(),
+            incarnation,
+        };
+        assert_eq!(r.departures(), vec![d("b", 1), d("c", 7)]);
+        // Repeats and older incarnations change nothing.
+        let v2 = r.version();
+        assert!(!r.deregister("c", 7, 1_200));
+        assert!(!r.deregister("c", 6, 1_300));
+        assert_eq!(r.version(), v2);
+        assert_eq!(r.departures(), vec![d("b", 1), d("c", 7)]);
+        assert_eq!(r.upsert(m("c", 7), 1_400), Ok(Upsert::Departed));
+        // A restart clears its departure; member_ttl clears the rest.
+        assert_eq!(r.upsert(m("b", 2), 1_500), Ok(Upsert::Inserted));
+        assert_eq!(r.departures(), vec![d("c", 7)]);
+        // (The repeat at 1_200 restarted the tombstone's member_ttl.)
+        r.expire(7_200);
+        assert_eq!(r.departures(), vec![d("c", 7)]);
+        r.expire(7_201);
+        assert!(r.departures().is_empty());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! replies out, backed by a [`Registry`].
 
 use super::member::Member;
-use super::registry::{Registry, RegistryVersion, Upsert};
+use super::registry::{Departure, Registry, RegistryVersion, Upsert};
 
 /// A request from a member agent to a discovery service.
 ///
@@ -39,12 +39,17 @@ pub enum Reply {
         /// The registry version after the request.
         version: RegistryVersion,
     },
-    /// The registry's live members, sorted by node id.
+    /// The registry's live members, sorted by node id, and its recent clean
+    /// shutdowns.
     Members {
         /// The version this list is.
         version: RegistryVersion,
         /// The members, at most [`MAX_MEMBERS`](super::MAX_MEMBERS).
         members: Vec<Member>,
+        /// Members that deregistered within `member_ttl`, sorted by node id,
+        /// at most [`MAX_MEMBERS`](super::MAX_MEMBERS): members drop them at
+        /// once, whatever other (unsettled or silent) masters still list.
+        departed: Vec<Departure>,
     },
     /// This host's registry is empty (it is not a master), so it answers with
     /// its co-located member's view instead: enough for a node that
@@ -142,6 +147,7 @@ impl Service {
                     Reply::Members {
                         version: self.registry.version(),
                         members: self.registry.members(),
+                        departed: self.registry.departures(),
                     }
                 }
             }
@@ -195,7 +201,8 @@ mod tests {
             s.handle(Request::Members, 200, &[]),
             Reply::Members {
                 version,
-                members: vec![m("a", 1)]
+                members: vec![m("a", 1)],
+                departed: Vec::new(),
             }
         );
         let gone = s.handle(
@@ -208,6 +215,13 @@ mod tests {
         );
         assert!(matches!(gone, Reply::Ack { version } if version.changes == 2));
         assert!(s.registry().is_empty());
+        // The list reports the departure while it is recent.
+        assert!(matches!(
+            s.handle(Request::Members, 305, &[]),
+            Reply::Members { ref members, ref departed, .. }
+                if members.is_empty()
+                    && departed == &vec![Departure { node_id: "a".to_owned(), incarnation: 1 }]
+        ));
         // A heartbeat that was in flight when "a" left is refused.
         let late = s.handle(Request::Heartbeat(m("a", 1)), 310, &[]);
         assert!(matches!(late, Reply::Rejected { ref reason } if reason.contains("deregistered")));

@@ -47,6 +47,14 @@ fn hosts(names: &[&str]) -> Vec<HostPort> {
 /// a seed-shuffled order with random gaps, and lets the cluster settle.
 fn cluster(seed: u64, seeds: &[&str], names: &[&str], ranks: usize, max_masters: usize) -> Sim {
     let mut sim = Sim::new(seed, config(seeds, max_masters), LATENCY_MAX_MS);
+    start_nodes(&mut sim, seed, names, ranks);
+    sim.run_for(3 * TTL);
+    sim
+}
+
+/// Brings up `names` and starts `ranks` nodes per host in a seed-shuffled
+/// order with random gaps of up to half a heartbeat; returns at once.
+fn start_nodes(sim: &mut Sim, seed: u64, names: &[&str], ranks: usize) {
     for name in names {
         sim.up_host(&hp(name));
     }
@@ -60,8 +68,6 @@ fn cluster(seed: u64, seeds: &[&str], names: &[&str], ranks: usize, max_masters:
         sim.run_for(gap);
         sim.start_node(&hp(name), &node(name, rank));
     }
-    sim.run_for(3 * TTL);
-    sim
 }
 
 /// Every running agent is joined, agrees on `masters`, and sees exactly the
@@ -414,6 +420,133 @@ fn clean_shutdown_deregisters_immediately() {
         assert!(noticed.is_some_and(|t| t <= t0 + HB + 3 * RTT), "{ctx}");
         assert!(!sim.logs_with("node-b-1 leaving").is_empty(), "{ctx}");
         assert_eq!(sim.logs_with("member left: node-b-1").len(), 5, "{ctx}");
+    }
+}
+
+/// A check for [`Sim::run_checked`]: no running agent lists `gone` (a node
+/// that left cleanly) in its view any more.
+fn never_returns(gone: String, ctx: String) -> impl FnMut(&Sim) {
+    move |sim| {
+        for agent in sim.agents() {
+            assert!(
+                !ids(agent.live_members()).contains(&gone),
+                "{ctx}: at {} ms {} lists {gone} again",
+                sim.now_ms(),
+                agent.me().node_id
+            );
+        }
+    }
+}
+
+/// Runs until no running agent lists `gone`, at most `limit_ms`; returns
+/// the time that first held.
+fn dropped_by_all(sim: &mut Sim, gone: &str, limit_ms: u64) -> Option<u64> {
+    sim.run_until_true(limit_ms, |s| {
+        s.agents().all(|a| !ids(a.live_members()).contains(gone))
+    })
+}
+
+#[test]
+fn clean_shutdown_right_after_start_is_seen_within_a_heartbeat() {
+    // A long member_ttl: no master has been one for member_ttl (settled)
+    // when the node leaves, so unsettled masters' lists must already honour
+    // a deregistration; pruning cannot be what removes it.
+    const LONG_TTL: u64 = 30_000;
+    let names = ["node-a", "node-b", "node-c"];
+    for seed in SEEDS {
+        let ctx = format!("seed {seed}");
+        let mut cfg = config(&["node-a"], 3);
+        cfg.member_ttl_ms = LONG_TTL;
+        let mut sim = Sim::new(seed, cfg, LATENCY_MAX_MS);
+        start_nodes(&mut sim, seed, &names, 2);
+        let everyone = sim.running_ids();
+        let formed = sim
+            .run_until_true(3 * HB, |s| {
+                s.agents().all(|a| ids(a.live_members()) == everyone)
+            })
+            .unwrap_or_else(|| panic!("{ctx}: the cluster never formed"));
+        assert!(formed + HB + 3 * RTT < LONG_TTL, "{ctx}: formed late");
+
+        let t0 = sim.now_ms();
+        sim.stop_node(&hp("node-b"), "node-b-1");
+        let noticed = dropped_by_all(&mut sim, "node-b-1", HB + 3 * RTT);
+        assert!(
+            noticed.is_some_and(|t| t <= t0 + HB + 3 * RTT),
+            "{ctx}: node-b-1 still listed one heartbeat after leaving"
+        );
+        assert_eq!(sim.logs_with("member left: node-b-1").len(), 5, "{ctx}");
+
+        // The masters settle later on: nobody flaps, nobody brings the
+        // leaver back, and the views end where they are.
+        let live = sim.running_ids();
+        let mut no_flap = never_drops(live.clone(), live, ctx.clone());
+        let mut gone = never_returns("node-b-1".to_owned(), ctx.clone());
+        sim.run_checked(LONG_TTL + 2 * HB, |s| {
+            no_flap(s);
+            gone(s);
+        });
+        assert_eq!(sim.logs_with("member left: node-b-1").len(), 5, "{ctx}");
+        assert_eq!(sim.logs_with("member left").len(), 5, "{ctx}");
+        assert_converged(&sim, &names, &ctx);
+    }
+}
+
+#[test]
+fn clean_shutdown_of_a_master_hosts_only_rank_is_seen_within_a_heartbeat() {
+    let names = ["node-a", "node-b", "node-c"];
+    // The leaver's host runs no other rank, so its discovery service stops
+    // with it, and everyone keeps that master's last list (still naming the
+    // leaver) until they declare it dead member_ttl later: first a plain
+    // master, then the pinned head.
+    let cases = [
+        ("node-c", ["node-a", "node-b", "node-d"]),
+        ("node-a", ["node-b", "node-c", "node-d"]),
+    ];
+    for (leaver_host, masters_after) in cases {
+        for seed in SEEDS {
+            let ctx = format!("seed {seed}, leaver on {leaver_host}");
+            let mut sim = cluster(seed, &["node-a", "node-b"], &names, 1, 3);
+            assert_converged(&sim, &names, &ctx);
+
+            let leaver = node(leaver_host, 0);
+            let t0 = sim.now_ms();
+            sim.stop_node(&hp(leaver_host), &leaver);
+            sim.kill_host(&hp(leaver_host));
+            let noticed = dropped_by_all(&mut sim, &leaver, HB + 3 * RTT);
+            assert!(
+                noticed.is_some_and(|t| t <= t0 + HB + 3 * RTT),
+                "{ctx}: {leaver} still listed one heartbeat after leaving"
+            );
+            assert_eq!(
+                sim.logs_with(&format!("member left: {leaver}")).len(),
+                2,
+                "{ctx}"
+            );
+
+            // A node joins as the masters forget their tombstones, so
+            // everyone pulls lists that no longer report the departure;
+            // nobody brings the leaver back, and nobody live flaps.
+            let live = sim.running_ids();
+            let mut no_flap = never_drops(live.clone(), live, ctx.clone());
+            let mut gone = never_returns(leaver.clone(), ctx.clone());
+            let join_at = t0 + TTL - HB + 3 * EXPIRE_EVERY_MS / 2;
+            sim.run_checked(join_at - sim.now_ms(), |s| {
+                no_flap(s);
+                gone(s);
+            });
+            sim.up_host(&hp("node-d"));
+            sim.start_node(&hp("node-d"), "node-d-0");
+            sim.run_checked(4 * TTL, |s| {
+                no_flap(s);
+                gone(s);
+            });
+            assert_eq!(
+                sim.logs_with(&format!("member left: {leaver}")).len(),
+                2,
+                "{ctx}: {leaver} came back"
+            );
+            assert_converged(&sim, &masters_after, &ctx);
+        }
     }
 }
 

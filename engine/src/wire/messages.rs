@@ -157,6 +157,11 @@ pub struct MembersReply {
     /// The live members (`Members`), or the answering host's own view
     /// (`Referral`); empty otherwise.
     pub members: Vec<MemberInfo>,
+    /// The clean shutdowns the registry still remembers (`Members`; within
+    /// `member_ttl`), as the deregistrations that caused them: members drop
+    /// these processes at once even if another master still lists them.
+    /// Empty otherwise.
+    pub departed: Vec<Deregister>,
     /// Why the request was refused (`Rejected`); empty otherwise.
     pub reason: String,
 }
@@ -479,11 +484,17 @@ wire_message!(
     MembersReply,
     |m| {
         let endpoints = m.members.iter().map(|x| x.control_endpoints.len()).max();
-        m.members.len().max(endpoints.unwrap_or(0))
+        m.members
+            .len()
+            .max(m.departed.len())
+            .max(endpoints.unwrap_or(0))
     },
     |a| {
         let endpoints = a.members.iter().map(|x| x.control_endpoints.len()).max();
-        a.members.len().max(endpoints.unwrap_or(0))
+        a.members
+            .len()
+            .max(a.departed.len())
+            .max(endpoints.unwrap_or(0))
     }
 );
 wire_message!(DirPut, DirPut, |m| m.entries.len(), |a| a.entries.len());

@@ -108,6 +108,16 @@ fn samples() -> Vec<Message> {
             outcome: MembersOutcome::Members as u8,
             registry_instance: 7,
             registry_changes: 3,
+            departed: vec![
+                Deregister {
+                    node_id: "node-d".into(),
+                    incarnation: 4,
+                },
+                Deregister {
+                    node_id: "node-e".into(),
+                    incarnation: u64::MAX,
+                },
+            ],
             reason: String::new(),
         }
         .into(),
@@ -453,6 +463,27 @@ fn batch_limit_is_enforced_on_encode_and_decode() {
         registry_instance: 0,
         registry_changes: 0,
         members: vec![m],
+        departed: Vec::new(),
+        reason: String::new(),
+    };
+    let err = encode_frame(&reply, 1, 0, &mut Vec::new()).unwrap_err();
+    assert!(matches!(err, WireError::BatchTooLarge { .. }), "{err}");
+    let bytes = rkyv::to_bytes::<rkyv::rancor::BoxedError>(&reply).unwrap();
+    let err = decode_meta::<MembersReply>(&bytes).unwrap_err();
+    assert!(matches!(err, WireError::BatchTooLarge { .. }), "{err}");
+    // And so does the list of departures.
+    let reply = MembersReply {
+        outcome: MembersOutcome::Members as u8,
+        registry_instance: 1,
+        registry_changes: 1,
+        members: Vec::new(),
+        departed: vec![
+            Deregister {
+                node_id: "gone".into(),
+                incarnation: 1,
+            };
+            MAX_BATCH_ITEMS + 1
+        ],
         reason: String::new(),
     };
     let err = encode_frame(&reply, 1, 0, &mut Vec::new()).unwrap_err();
