@@ -338,7 +338,22 @@ impl Node {
         };
         let runtime = Arc::clone(&node.runtime);
         let (self_id, vnodes, replicas) = (node.node_id.clone(), node.vnodes, node.replicas);
+        let replicas_config = config.clone();
+        let warned_below = std::sync::atomic::AtomicUsize::new(usize::MAX);
         let on_change: crate::cluster::MembershipCallback = Box::new(move |epoch, members| {
+            // Allowed, but say so once per member count: fewer copies than
+            // configured means one more node loss can drop entries. A node
+            // alone (starting up, or a one-node cluster) is not worth a warning.
+            let warning = (members.len() > 1)
+                .then(|| replicas_config.replicas_warning(members.len()))
+                .flatten();
+            if let Some(warning) = warning {
+                if warned_below.swap(members.len(), std::sync::atomic::Ordering::Relaxed)
+                    != members.len()
+                {
+                    tracing::warn!("{warning}");
+                }
+            }
             let routes = members.iter().filter_map(route_of).collect();
             deliver_membership(&runtime, &self_id, epoch, routes, vnodes, replicas);
         });

@@ -45,9 +45,9 @@ fn main() {
         .position(|a| a == "--config")
         .and_then(|i| args.get(i + 1))
     {
-        Some(json) => json.clone(),
-        None => {
-            eprintln!("usage: peercache-node --config '<extra_config JSON>'");
+        Some(json) if !args.iter().any(|a| a == "--help") => json.clone(),
+        _ => {
+            eprintln!("{USAGE}");
             std::process::exit(2);
         }
     };
