@@ -511,7 +511,8 @@ pub fn run(args: &RemoteArgs) -> Result<(), String> {
     // Every byte of the benchmark's own buffers was written, so all of it is
     // resident: get destinations (one working set per thread slot), the set
     // source and the memcpy destination.
-    let bench_buffers = (ws_bytes * args.concurrencies.iter().copied().max().unwrap_or(1) + 2 * ws_bytes) as u64;
+    let bench_buffers =
+        (ws_bytes * args.concurrencies.iter().copied().max().unwrap_or(1) + 2 * ws_bytes) as u64;
     let node_beyond_pool = rss_end.saturating_sub(node.pool_bytes() as u64 + bench_buffers);
     let stats = node.stats();
 
