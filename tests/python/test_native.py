@@ -15,6 +15,7 @@ from conftest import Pages, config_json
 KIB = 1024
 MIB = 1024 * KIB
 
+# The core counters every node reports (more may be added over time).
 STATS_FIELDS = {
     "write_requests",
     "write_failures",
@@ -241,7 +242,7 @@ def test_close_is_idempotent_and_later_calls_fail_softly(make_node):
     node.clear()
     # stats() keeps answering with the counters the node had when it closed.
     stats = node.stats()
-    assert set(stats) == STATS_FIELDS
+    assert STATS_FIELDS <= set(stats), STATS_FIELDS - set(stats)
     assert stats["write_requests"] == 4
     assert stats["read_requests"] == 0
     assert node.shards == 2
@@ -288,7 +289,7 @@ def test_close_while_other_threads_run_batches(make_node):
 def test_stats_counters_are_consistent(node):
     size = 32 * KIB
     stats = node.stats()
-    assert set(stats) == STATS_FIELDS
+    assert STATS_FIELDS <= set(stats), STATS_FIELDS - set(stats)
     assert all(isinstance(v, int) for v in stats.values())
     assert stats["pool_keys"] == 0
     assert 0 < stats["pool_capacity_bytes"] <= node.pool_bytes
