@@ -33,6 +33,7 @@
 //! generation, and a miss invalidates the cached location.
 
 pub mod cache;
+mod slot_array;
 pub mod table;
 
 #[cfg(test)]

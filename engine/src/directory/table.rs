@@ -38,6 +38,7 @@
 //! While a sub-table is being resized its old and new slot arrays coexist
 //! (2.25x that sub-table, i.e. a few percent of the table at most).
 
+use super::slot_array::SlotArray;
 use crate::keys::KeyHash;
 
 use super::{mix, DirLocation, DirectoryError, NodeRef};
@@ -184,7 +185,7 @@ fn grow_at(slots: usize) -> usize {
 /// One sub-table: a Robin Hood linear-probing array of slots.
 #[derive(Debug)]
 struct SubTable {
-    slots: Box<[Slot]>,
+    slots: SlotArray<Slot>,
     len: usize,
     /// `grow_at(slots.len())`, cached.
     grow_at: usize,
@@ -194,7 +195,7 @@ impl SubTable {
     fn with_slots(slots: usize) -> Self {
         let slots = slots.max(MIN_SUBTABLE_SLOTS);
         SubTable {
-            slots: vec![Slot::VACANT; slots].into_boxed_slice(),
+            slots: SlotArray::filled(slots, Slot::VACANT),
             len: 0,
             grow_at: grow_at(slots),
         }
