@@ -35,6 +35,9 @@ pub struct MicroArgs {
     /// Shard threads of the node (0 = the node's automatic choice).
     #[arg(long, default_value_t = 0)]
     shards: usize,
+    /// batch_wait_spin_us of the node (see docs/configuration.md).
+    #[arg(long, default_value_t = 0)]
+    wait_spin_us: u64,
     /// Free-form label for the output file name.
     #[arg(long, default_value = "local")]
     tag: String,
@@ -93,8 +96,9 @@ pub fn run(args: &MicroArgs) -> Result<(), String> {
     let pool_bytes = 2 * ws_bytes + (64 << 20);
     let config = Config::from_json(&format!(
         r#"{{"discovery_addr":"127.0.0.1:31998","global_segment_size":{pool_bytes},"shards":{},
-            "disk_enabled":false,"metrics_enabled":false,"model_name":"peercache-bench-micro"}}"#,
-        args.shards
+            "batch_wait_spin_us":{},"disk_enabled":false,"metrics_enabled":false,
+            "model_name":"peercache-bench-micro"}}"#,
+        args.shards, args.wait_spin_us
     ))
     .map_err(|e| e.to_string())?;
     let node = Node::start(config).map_err(|e| e.to_string())?;
@@ -194,6 +198,7 @@ pub fn run(args: &MicroArgs) -> Result<(), String> {
         "meta": {
             "page_size": page, "batch_size": batch, "working_set_pages": ws,
             "shards": node.shards(), "pool_bytes": node.pool_bytes(),
+            "batch_wait_spin_us": args.wait_spin_us,
             "duration_s": args.duration, "warmup_s": args.warmup,
             "build": if cfg!(debug_assertions) { "debug" } else { "release" },
         },

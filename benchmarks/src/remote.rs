@@ -55,6 +55,13 @@ pub struct RemoteArgs {
     /// entries on the other process, as in a large cluster).
     #[arg(long, default_value_t = 1)]
     pub replicas: u32,
+    /// batch_wait_spin_us of the driver node (see docs/configuration.md).
+    #[arg(long, default_value_t = 0)]
+    pub wait_spin_us: u64,
+    /// local_rank of the server node (the driver is rank 0): 1 puts the two
+    /// processes' shards on different cores, 0 on the same core.
+    #[arg(long, default_value_t = 1)]
+    pub server_local_rank: usize,
     /// Skip the 1 M directory entries memory measurement.
     #[arg(long)]
     pub skip_memory: bool,
@@ -79,6 +86,8 @@ pub struct ServeArgs {
     shards: usize,
     #[arg(long)]
     replicas: u32,
+    #[arg(long)]
+    local_rank: usize,
 }
 
 fn node_config(
@@ -339,6 +348,8 @@ fn start_server(args: &RemoteArgs, meta_port: u16) -> Result<Server, String> {
             &args.shards.to_string(),
             "--replicas",
             &args.replicas.to_string(),
+            "--local-rank",
+            &args.server_local_rank.to_string(),
         ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -575,6 +586,7 @@ pub fn run(args: &RemoteArgs) -> Result<(), String> {
         "meta": {
             "page_size": page, "batch_size": batch, "working_set_pages": ws, "shards": args.shards,
             "directory_replicas": args.replicas, "processes": 2, "protocol": "tcp",
+            "batch_wait_spin_us": args.wait_spin_us, "server_local_rank": args.server_local_rank,
             "duration_s": args.duration, "warmup_s": args.warmup,
             "build": if cfg!(debug_assertions) { "debug" } else { "release" },
         },

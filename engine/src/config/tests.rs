@@ -83,6 +83,7 @@ fn every_default() {
     assert_eq!(c.extra_backend_tag, None);
     assert!(!c.require_rdma);
     assert_eq!(c.pool_quarantine_ms, 200);
+    assert_eq!(c.batch_wait_spin_us, 0);
     assert!(c.prefault_pool);
     assert_eq!(c.shard_io_memory, 1024 * 1024);
     assert!(c.sglang_passthrough.is_empty());
@@ -158,6 +159,7 @@ fn every_key_with_a_non_default_value() {
             "extra_backend_tag": "fp8",
             "require_rdma": false,
             "pool_quarantine_ms": 50,
+            "batch_wait_spin_us": 80,
             "prefault_pool": "off",
             "shard_io_memory": "4mb"
         }"#,
@@ -211,6 +213,7 @@ fn every_key_with_a_non_default_value() {
     assert_eq!(c.extra_backend_tag.as_deref(), Some("fp8"));
     assert!(!c.require_rdma);
     assert_eq!(c.pool_quarantine_ms, 50);
+    assert_eq!(c.batch_wait_spin_us, 80);
     assert!(!c.prefault_pool);
     assert_eq!(c.shard_io_memory, 4 << 20);
     assert!(c.warnings.is_empty(), "{:?}", c.warnings);
@@ -588,6 +591,7 @@ fn bad_bools_strings_and_hosts() {
     assert_rejected(json!({"disk_enabled": "maybe"}), "disk_enabled");
     assert_rejected(json!({"metrics_enabled": 2}), "metrics_enabled");
     assert_rejected(json!({"prefault_pool": []}), "prefault_pool");
+    assert_rejected(json!({"batch_wait_spin_us": 10_001}), "batch_wait_spin_us");
     assert_rejected(json!({"is_mla_model": "t"}), "is_mla_model");
     assert_rejected(json!({"require_rdma": "sure"}), "require_rdma");
     assert_rejected(json!({"model_name": 7}), "model_name");

@@ -106,6 +106,7 @@ pub struct Node {
     endpoints: Vec<SocketAddr>,
     vnodes: u32,
     replicas: usize,
+    wait_spin: Duration,
     namespace: Namespace,
     runtime: Arc<Runtime<StoreJob>>,
     discovery: Option<DiscoveryRuntime>,
@@ -298,6 +299,7 @@ impl Node {
             endpoints,
             vnodes: config.vnodes,
             replicas,
+            wait_spin: Duration::from_micros(config.batch_wait_spin_us),
             namespace: Namespace::new(&config.model_name, config.extra_backend_tag.as_deref()),
             runtime: Arc::new(runtime),
             discovery: None,
@@ -615,7 +617,7 @@ impl Node {
                 done.part_done();
             }
         }
-        done.wait();
+        done.wait_spinning(self.wait_spin);
         Ok(results)
     }
 }
