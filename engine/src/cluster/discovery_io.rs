@@ -40,7 +40,7 @@ const MAX_META_CONNECTIONS: usize = 64;
 pub type MembershipCallback = Box<dyn Fn(u64, &[Member]) + Send>;
 
 struct Shared {
-    stop: AtomicBool,
+    stop: Arc<AtomicBool>,
     members: Mutex<Vec<Member>>,
     epoch: AtomicU64,
     serving_meta: AtomicBool,
@@ -72,7 +72,7 @@ impl DiscoveryRuntime {
         let agent_config = AgentConfig::from_config(config);
         let mut agent = MemberAgent::new(agent_config, me).map_err(|e| e.to_string())?;
         let shared = Arc::new(Shared {
-            stop: AtomicBool::new(false),
+            stop: Arc::new(AtomicBool::new(false)),
             members: Mutex::new(Vec::new()),
             epoch: AtomicU64::new(0),
             serving_meta: AtomicBool::new(false),
@@ -164,20 +164,12 @@ pub fn run_standalone_meta(
     stop: Arc<AtomicBool>,
 ) {
     let shared = Arc::new(Shared {
-        stop: AtomicBool::new(false),
+        stop,
         members: Mutex::new(Vec::new()),
         epoch: AtomicU64::new(0),
         serving_meta: AtomicBool::new(false),
     });
-    let watcher_shared = Arc::clone(&shared);
-    let watcher = std::thread::spawn(move || {
-        while !stop.load(Ordering::SeqCst) {
-            std::thread::sleep(POLL_INTERVAL);
-        }
-        watcher_shared.stop.store(true, Ordering::SeqCst);
-    });
     meta_server(bind, member_ttl.as_millis() as u64, retry, shared);
-    let _ = watcher.join();
 }
 
 fn now_ms(started: Instant) -> u64 {

@@ -93,17 +93,20 @@ struct OwnerWrites {
     put: DirPut,
     /// For each entry of `put`: its index in the batch's stored list.
     put_index: Vec<usize>,
-    delete: Vec<[u8; 16]>,
+    delete: DirDelete,
 }
 
 impl OwnerWrites {
-    fn new() -> Self {
+    fn new(node: NodeRef) -> Self {
         Self {
             put: DirPut {
                 entries: Vec::new(),
             },
             put_index: Vec::new(),
-            delete: Vec::new(),
+            delete: DirDelete {
+                node: node.0,
+                keys: Vec::new(),
+            },
         }
     }
 }
@@ -185,7 +188,9 @@ impl ShardStore {
                         let loc = DirLocation::from_pool(self.node_ref, shard, location, true);
                         accepted[j] |= dir.put(key, loc).is_ok();
                     } else if let Some(ep) = route.endpoint_for(key) {
-                        let g = groups.entry(ep).or_insert_with(OwnerWrites::new);
+                        let g = groups
+                            .entry(ep)
+                            .or_insert_with(|| OwnerWrites::new(self.node_ref));
                         g.put.entries.push(DirEntry::new(
                             key,
                             self.node_ref.0,
@@ -206,8 +211,9 @@ impl ShardStore {
                     } else if let Some(ep) = route.endpoint_for(key) {
                         groups
                             .entry(ep)
-                            .or_insert_with(OwnerWrites::new)
+                            .or_insert_with(|| OwnerWrites::new(self.node_ref))
                             .delete
+                            .keys
                             .push(key.to_be_bytes());
                     }
                 }
@@ -218,7 +224,6 @@ impl ShardStore {
             .map(|(ep, writes)| {
                 let this = Rc::clone(self);
                 glommio::spawn_local(async move {
-                    let node = this.node_ref.0;
                     let ok = this
                         .exchange(ep, async |conn| {
                             let (mut put_id, mut del_id) = (None, None);
@@ -227,13 +232,9 @@ impl ShardStore {
                                 conn.send(&writes.put, id, &[]).await?;
                                 put_id = Some(id);
                             }
-                            if !writes.delete.is_empty() {
+                            if !writes.delete.keys.is_empty() {
                                 let id = conn.next_id();
-                                let delete = DirDelete {
-                                    node,
-                                    keys: writes.delete.clone(),
-                                };
-                                conn.send(&delete, id, &[]).await?;
+                                conn.send(&writes.delete, id, &[]).await?;
                                 del_id = Some(id);
                             }
                             // Both requests are in flight; replies come in order.
@@ -522,12 +523,5 @@ impl ShardStore {
 
 /// A wire directory entry as a location.
 pub(super) fn to_location(e: &DirEntry) -> DirLocation {
-    DirLocation {
-        node: NodeRef(e.node),
-        shard: e.shard,
-        offset: e.offset,
-        generation: e.generation,
-        len: e.len,
-        resident: e.resident,
-    }
+    DirLocation::from_pool(NodeRef(e.node), e.shard, e.location(), e.resident)
 }
