@@ -21,7 +21,7 @@ use peercache_engine::{Config, Node};
 use serde_json::json;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -334,8 +334,7 @@ impl Drop for Server {
 }
 
 fn start_server(args: &RemoteArgs, meta_port: u16) -> Result<Server, String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut child = Command::new(exe)
+    let mut child = crate::self_command()?
         .args([
             "remote-serve",
             "--meta-port",

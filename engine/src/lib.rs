@@ -8,6 +8,7 @@
 
 #![warn(missing_docs)]
 
+pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod directory;

@@ -503,8 +503,15 @@ impl Node {
 
     /// Length of the longest prefix of `keys` whose pages are all present.
     pub fn batch_exists<K: AsRef<str>>(&self, keys: &[K]) -> Result<usize, BatchError> {
-        let found = self.run(Op::Exists, keys, &[], &[])?;
+        let found = self.batch_exists_each(keys)?;
         Ok(found.iter().position(|&f| !f).unwrap_or(found.len()))
+    }
+
+    /// Whether each page of `keys` is present, one flag per key (for callers
+    /// that need more than the longest prefix, e.g. SGLang's trailing-pages
+    /// hit policy). Same cost as [`Node::batch_exists`]: every key is probed.
+    pub fn batch_exists_each<K: AsRef<str>>(&self, keys: &[K]) -> Result<Vec<bool>, BatchError> {
+        self.run(Op::Exists, keys, &[], &[])
     }
 
     /// Drops every page of this node's pool.

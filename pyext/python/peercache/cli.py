@@ -1,0 +1,36 @@
+"""Console scripts: ``peercache-meta`` and ``peercache-bench``.
+
+Both hand ``sys.argv`` to the Rust implementation in ``peercache._native``,
+so the installed commands behave exactly like the standalone Rust binaries.
+``python -m peercache.cli meta|bench ...`` runs the same entry points (the
+benchmark uses it to start its second process).
+"""
+
+import sys
+
+from peercache import _native
+
+
+def meta_main() -> None:
+    """``peercache-meta``: a dedicated discovery host."""
+    sys.exit(_native.run_meta(["peercache-meta"] + sys.argv[1:]))
+
+
+def bench_main() -> None:
+    """``peercache-bench``: the benchmark suite."""
+    again = [sys.executable, "-m", "peercache.cli", "bench"]
+    sys.exit(_native.run_bench(["peercache-bench"] + sys.argv[1:], again))
+
+
+def _main() -> None:
+    commands = {"meta": meta_main, "bench": bench_main}
+    if len(sys.argv) < 2 or sys.argv[1] not in commands:
+        sys.stderr.write("usage: python -m peercache.cli {meta|bench} [args...]\n")
+        sys.exit(2)
+    command = commands[sys.argv[1]]
+    del sys.argv[1]
+    command()
+
+
+if __name__ == "__main__":
+    _main()

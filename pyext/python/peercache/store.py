@@ -1,0 +1,587 @@
+"""PeerCacheStore: the SGLang HiCache storage backend.
+
+SGLang loads it through its dynamic backend factory::
+
+    --hicache-storage-backend dynamic
+    --hicache-storage-backend-extra-config '{"backend_name": "peercache",
+        "module_path": "peercache.store", "class_name": "PeerCacheStore",
+        "discovery_addr": "HEAD_IP:31998", ...}'
+
+and calls ``PeerCacheStore(storage_config, extra)``. Each instance starts one
+PeerCache node in this process (the native engine, ``peercache._native``),
+which joins the cluster at ``discovery_addr``; pages this rank stores are
+published from its pool and read by every other node.
+
+This module is a thin adapter. Its rules:
+
+- Every batch call makes one native call, which releases the GIL once. The
+  zero-copy calls (``batch_set_v1`` / ``batch_get_v1`` and the v2 calls) hand
+  Rust only the keys and the host-index array: page pointers are computed in
+  Rust from a page map measured when the host pool is registered (see
+  ``_measure_layout``), so there is no Python loop over pages.
+- The data path never raises into SGLang: a failure is ``False`` / ``None`` /
+  a shorter prefix, counted, and logged at most once a second. Only a bad
+  configuration raises, at construction, naming the key and the fix.
+- ``import peercache.store`` needs neither torch nor sglang. With SGLang
+  importable the class derives from SGLang's real ``HiCacheStorage`` and
+  returns SGLang's own ``PoolTransferResult`` / ``StorageMetrics``; without it,
+  from a stand-in with the same surface.
+
+Keyspaces. Generic calls (``set``, ``get``, ``batch_set``, ``batch_get``) store
+a page under its raw key. Zero-copy calls store each buffer entry of a page
+under the rank's component key (``{key}_{tp_rank}_k`` / ``_v`` for MHA,
+``{key}__k`` for MLA, shared by every TP rank; ``_p{n}`` appended per layer in
+layer-first layouts; ``{key}.{pool}`` for v2 extra pools). ``batch_exists``
+probes the keyspace SGLang will read: component keys when ``interface_v1`` is
+on, raw keys when it is off, and both (the longer prefix wins) when the config
+does not say.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from peercache._native import Node, PageLayout
+
+logger = logging.getLogger("peercache.store")
+
+__all__ = ["PeerCacheStore"]
+
+
+# --------------------------------------------------------------------------
+# SGLang's base class and result types, or stand-ins with the same surface.
+# The base class is imported on its own, so that an optional name missing in
+# some SGLang version never drops the backend to the stand-in base.
+# --------------------------------------------------------------------------
+try:
+    from sglang.srt.mem_cache.hicache_storage import HiCacheStorage as _Base
+
+    HAS_SGLANG = True
+except Exception:  # ImportError, or an SGLang install whose imports fail
+    HAS_SGLANG = False
+
+    class _Base:  # type: ignore[no-redef]
+        """Stand-in for SGLang's ``HiCacheStorage`` when SGLang is absent."""
+
+        def register_mem_pool_host(self, mem_pool_host):
+            self.mem_pool_host = mem_pool_host
+
+        def register_mem_host_pool_v2(self, host_pool, host_pool_name):
+            if not hasattr(self, "registered_pools"):
+                self.registered_pools = {}
+            self.registered_pools[host_pool_name] = host_pool
+
+        def on_host_pools_registered(self) -> None:
+            pass
+
+
+try:
+    from sglang.srt.mem_cache.hicache_storage import PoolTransferResult
+except Exception:
+
+    @dataclass
+    class PoolTransferResult:  # type: ignore[no-redef]
+        """Stand-in for SGLang's ``PoolTransferResult``."""
+
+        kv_hit_pages: int
+        extra_pool_hit_pages: Dict[str, int]
+        restorable_prefix_pages: Optional[List[int]] = None
+
+
+try:
+    from sglang.srt.observability.metrics_collector import StorageMetrics
+except Exception:
+
+    @dataclass
+    class StorageMetrics:  # type: ignore[no-redef]
+        """Stand-in for SGLang's ``StorageMetrics``."""
+
+        prefetch_pgs: List[int] = field(default_factory=list)
+        backup_pgs: List[int] = field(default_factory=list)
+        prefetch_bandwidth: List[float] = field(default_factory=list)
+        backup_bandwidth: List[float] = field(default_factory=list)
+
+
+KV_POOL = "kv"
+# Keys of the SGLang dynamic factory that are not engine configuration.
+_RANK_FIELDS = ("tp_rank", "tp_size", "pp_rank", "pp_size")
+
+
+def _name(value: Any) -> str:
+    """A pool name or hit policy as its plain string (enums by value)."""
+    return str(getattr(value, "value", value))
+
+
+def _truthy(value: Any) -> Optional[bool]:
+    """``interface_v1`` as SGLang reads it; ``None`` when absent."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
+class _RateLimitedLog:
+    """At most one warning per ``interval`` seconds; counts what it held back."""
+
+    def __init__(self, interval: float = 1.0):
+        self._interval = interval
+        self._last = 0.0
+        self._suppressed = 0
+        self._lock = threading.Lock()
+
+    def warn(self, message: str, *args: Any) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last < self._interval:
+                self._suppressed += 1
+                return
+            self._last, suppressed, self._suppressed = now, self._suppressed, 0
+        if suppressed:
+            message += " (%d similar messages suppressed)"
+            args = args + (suppressed,)
+        logger.warning(message, *args)
+
+
+@dataclass
+class _Layout:
+    """A registered host pool and its native page map."""
+
+    pool: Any
+    native: PageLayout
+    # True when page pointers follow base + index * stride (computed in Rust);
+    # False: the pool's own get_page_buffer_meta lists them per call.
+    affine: bool
+
+
+def _index_array(indices: Any):
+    """``(address, length, keepalive)`` of a contiguous int64 copy-or-view of
+    ``indices`` (a torch tensor, a numpy array, or a sequence of ints)."""
+    if hasattr(indices, "data_ptr") and hasattr(indices, "dtype"):  # torch.Tensor
+        torch = sys.modules["torch"]
+        if (
+            indices.dtype != torch.int64
+            or not indices.is_contiguous()
+            or indices.device.type != "cpu"
+        ):
+            indices = indices.to(device="cpu", dtype=torch.int64).contiguous()
+        return indices.data_ptr(), indices.numel(), indices
+    if hasattr(indices, "__array_interface__"):  # numpy
+        np = sys.modules["numpy"]
+        indices = np.ascontiguousarray(indices, dtype=np.int64)
+        return indices.__array_interface__["data"][0], indices.size, indices
+    from array import array
+
+    arr = array("q", (int(i) for i in indices))
+    address, length = arr.buffer_info()
+    return address, length, arr
+
+
+def _buffer(obj: Any, size: Any = None, writable: bool = False):
+    """``(address, nbytes, keepalive)`` of a page buffer: a tensor (anything
+    with ``data_ptr``/``numel``/``element_size``), a numpy array, bytes-like
+    object, or an int address with its size. Raises ``ValueError`` for what
+    cannot be used in place (the callers turn that into a miss)."""
+    if isinstance(obj, int):
+        if size is None:
+            raise ValueError("a raw pointer needs its size (target_sizes)")
+        return obj, int(size), None
+    if hasattr(obj, "data_ptr") and hasattr(obj, "numel"):
+        if hasattr(obj, "is_contiguous") and not obj.is_contiguous():
+            raise ValueError("tensor is not contiguous")
+        if hasattr(obj, "device") and getattr(obj.device, "type", "cpu") != "cpu":
+            raise ValueError("tensor is not in host memory")
+        return obj.data_ptr(), obj.numel() * obj.element_size(), obj
+    if hasattr(obj, "__array_interface__"):
+        iface = obj.__array_interface__
+        if not obj.flags["C_CONTIGUOUS"]:
+            raise ValueError("array is not C-contiguous")
+        if writable and iface["data"][1]:
+            raise ValueError("array is read-only")
+        return iface["data"][0], obj.nbytes, obj
+    import ctypes
+
+    if isinstance(obj, bytes):
+        if writable:
+            raise ValueError("bytes are immutable: pass a bytearray to fill")
+        return ctypes.cast(ctypes.c_char_p(obj), ctypes.c_void_p).value or 0, len(obj), obj
+    view = memoryview(obj)
+    if not view.c_contiguous:
+        raise ValueError("buffer is not contiguous")
+    if view.readonly:
+        if writable:
+            raise ValueError("buffer is read-only")
+        data = bytes(view)
+        return ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value or 0, len(data), data
+    raw = (ctypes.c_char * view.nbytes).from_buffer(view)
+    return ctypes.addressof(raw), view.nbytes, (raw, view)
+
+
+def _measure_layout(pool: Any, pool_name: Optional[str], rank: Dict[str, Any]) -> _Layout:
+    """Builds the native page map of ``pool`` by probing its own
+    ``get_page_buffer_meta`` at the first, second, a middle and the last page:
+    if every buffer entry moves by the same number of bytes per token index,
+    the map is affine and Rust computes pointers from host indices alone."""
+    torch = __import__("torch")
+    page = int(pool.page_size)
+    tokens = int(pool.size)
+    pages = tokens // page
+
+    def meta(first_index: int):
+        idx = torch.arange(first_index, first_index + page, dtype=torch.int64)
+        ptrs, sizes = pool.get_page_buffer_meta(idx)
+        return [int(p) for p in ptrs], [int(s) for s in sizes]
+
+    base, sizes = meta(0)
+    strides: List[int] = []
+    affine = pages >= 2
+    if affine:
+        probes = {p * page: meta(p * page) for p in sorted({1, pages // 2, pages - 1})}
+        second_ptrs = probes[page][0]
+        for e, b in enumerate(base):
+            delta = second_ptrs[e] - b if e < len(second_ptrs) else -1
+            if delta < 0 or delta % page:
+                affine = False
+                break
+            strides.append(delta // page)
+        affine = affine and all(
+            len(ptrs) == len(base)
+            and sz == sizes
+            and all(ptrs[e] == base[e] + index * strides[e] for e in range(len(base)))
+            for index, (ptrs, sz) in probes.items()
+        )
+    if not affine:
+        strides = [0] * len(base)
+    native = PageLayout(
+        base,
+        strides,
+        sizes,
+        page,
+        tokens,
+        rank["tp_rank"],
+        rank["tp_size"],
+        rank["pp_rank"],
+        rank["pp_size"],
+        rank["is_mla"],
+        pool_name,
+    )
+    return _Layout(pool=pool, native=native, affine=affine)
+
+
+class PeerCacheStore(_Base):
+    """SGLang HiCache storage backend on a PeerCache node (see the module doc)."""
+
+    def __init__(self, storage_config: Any = None, extra: Optional[dict] = None):
+        config: Dict[str, Any] = {}
+        if storage_config is not None and getattr(storage_config, "extra_config", None):
+            config.update(storage_config.extra_config)
+        if extra:
+            config.update(extra)
+        if storage_config is not None:
+            for key in _RANK_FIELDS:
+                value = getattr(storage_config, key, None)
+                if value is not None:
+                    config[key] = int(value)
+            config["is_mla_model"] = bool(getattr(storage_config, "is_mla_model", False))
+            model_name = getattr(storage_config, "model_name", None)
+            if model_name:
+                config["model_name"] = str(model_name)
+        self.storage_config = storage_config
+        self.extra_config = config
+        self.interface_v1 = _truthy(config.get("interface_v1"))
+        self._rank = {
+            "tp_rank": int(config.get("tp_rank", 0)),
+            "tp_size": int(config.get("tp_size", 1)),
+            "pp_rank": int(config.get("pp_rank", 0)),
+            "pp_size": int(config.get("pp_size", 1)),
+            "is_mla": bool(_truthy(config.get("is_mla_model")) or False),
+        }
+        # Joins (or, on the head, hosts) discovery at discovery_addr. Raises
+        # ValueError for a bad key or value (naming the fix), RuntimeError
+        # when the node cannot start.
+        self._node = Node(json.dumps(config), cluster=True)
+        self._layouts: Dict[str, _Layout] = {}
+        self.registered_pools: Dict[Any, Any] = {}
+        self._log = _RateLimitedLog()
+        self._metrics_lock = threading.Lock()
+        self._metrics = StorageMetrics()
+        self._failures = 0
+        logger.info(
+            "PeerCacheStore ready: node=%s members=%d tp=%d/%d pp=%d/%d mla=%s interface_v1=%s",
+            self._node.node_id,
+            self._node.members,
+            self._rank["tp_rank"],
+            self._rank["tp_size"],
+            self._rank["pp_rank"],
+            self._rank["pp_size"],
+            self._rank["is_mla"],
+            self.interface_v1,
+        )
+
+    # ------------------------------------------------------------------
+    # Host pool registration
+    # ------------------------------------------------------------------
+    def register_mem_pool_host(self, mem_pool_host: Any) -> None:
+        """Remembers SGLang's host KV pool and measures its page map."""
+        self.mem_pool_host = mem_pool_host
+        self._register(KV_POOL, mem_pool_host)
+
+    def register_mem_host_pool_v2(self, host_pool: Any, host_pool_name: Any) -> None:
+        """v2 registration; enough on its own for the KV pool too."""
+        self.registered_pools[host_pool_name] = host_pool
+        name = _name(host_pool_name)
+        if name == KV_POOL and getattr(self, "mem_pool_host", None) is None:
+            self.mem_pool_host = host_pool
+        self._register(name, host_pool)
+
+    def on_host_pools_registered(self) -> None:
+        logger.info("PeerCacheStore host pools: %s", ", ".join(sorted(self._layouts)) or "none")
+
+    def _register(self, name: str, pool: Any) -> None:
+        try:
+            layout = _measure_layout(pool, None if name == KV_POOL else name, self._rank)
+        except Exception as e:  # an exotic pool: its zero-copy calls will miss
+            logger.warning("PeerCacheStore: host pool %r has no usable page map (%s)", name, e)
+            return
+        self._layouts[name] = layout
+        logger.info(
+            "PeerCacheStore registered host pool %r: %d buffer(s) per page, %d bytes per page, %s",
+            name,
+            layout.native.entries,
+            layout.native.page_bytes,
+            "pointers computed in Rust" if layout.affine else "pointers listed by the pool",
+        )
+
+    # ------------------------------------------------------------------
+    # Zero-copy page calls (v1 and v2)
+    # ------------------------------------------------------------------
+    def batch_set_v1(self, keys: List[str], host_indices: Any, extra_info: Any = None) -> List[bool]:
+        """Publishes the host-pool pages at ``host_indices`` under ``keys``."""
+        return self._pages("set", KV_POOL, keys, host_indices)
+
+    def batch_get_v1(self, keys: List[str], host_indices: Any, extra_info: Any = None) -> List[bool]:
+        """Reads pages of ``keys`` (from any node) into the host pool at ``host_indices``."""
+        return self._pages("get", KV_POOL, keys, host_indices)
+
+    def batch_set_v2(self, transfers: List[Any], extra_info: Any = None) -> Dict[Any, List[bool]]:
+        return {t.name: self._pages("set", _name(t.name), t.keys or [], t.host_indices) for t in transfers}
+
+    def batch_get_v2(self, transfers: List[Any], extra_info: Any = None) -> Dict[Any, List[bool]]:
+        return {t.name: self._pages("get", _name(t.name), t.keys or [], t.host_indices) for t in transfers}
+
+    def _pages(self, op: str, pool: str, keys: List[str], host_indices: Any) -> List[bool]:
+        n = len(keys)
+        if n == 0:
+            return []
+        layout = self._layouts.get(pool)
+        if layout is None:
+            self._miss(op, n, "no host pool %r is registered" % pool)
+            return [False] * n
+        try:
+            start = time.perf_counter()
+            if layout.affine:
+                address, length, _keep = _index_array(host_indices)
+                flags = self._node.pages(op, layout.native, keys, address, length)
+            else:
+                ptrs, sizes = layout.pool.get_page_buffer_meta(host_indices)
+                flags = self._node.pages_listed(op, layout.native, keys, list(ptrs), list(sizes))
+            self._record(op, flags, layout.native.page_bytes, start)
+            return flags
+        except Exception as e:
+            self._miss(op, n, repr(e))
+            return [False] * n
+
+    # ------------------------------------------------------------------
+    # Existence
+    # ------------------------------------------------------------------
+    def batch_exists(self, keys: List[str], extra_info: Any = None) -> int:
+        """Longest prefix of ``keys`` whose whole pages are stored (MHA: K and V)."""
+        n = len(keys)
+        if n == 0:
+            return 0
+        try:
+            layout = self._layouts.get(KV_POOL)
+            raw = None
+            if self.interface_v1 is not True or layout is None:
+                raw = self._node.batch_exists(keys)
+                if self.interface_v1 is False or layout is None or raw == n:
+                    return raw
+            flags = self._node.pages_exist(layout.native, keys)
+            comp = flags.index(False) if False in flags else n
+            return comp if raw is None else max(raw, comp)
+        except Exception as e:
+            self._miss("batch_exists", n, repr(e))
+            return 0
+
+    def batch_exists_v2(
+        self, keys: List[str], pool_transfers: Optional[List[Any]] = None, extra_info: Any = None
+    ) -> Any:
+        """KV prefix plus each extra pool's verdict under its hit policy."""
+        kv_pages = self.batch_exists(keys, extra_info)
+        hits: Dict[str, int] = {KV_POOL: kv_pages} if kv_pages else {}
+        restorable = list(range(1, kv_pages + 1))
+        for transfer in pool_transfers or []:
+            name = _name(transfer.name)
+            policy = _name(getattr(transfer, "hit_policy", "all_pages"))
+            layout = self._layouts.get(name)
+            try:
+                present = (
+                    self._node.pages_exist(layout.native, keys[:kv_pages])
+                    if layout is not None and kv_pages
+                    else [False] * kv_pages
+                )
+            except Exception as e:
+                self._miss("batch_exists_v2", kv_pages, repr(e))
+                present = [False] * kv_pages
+            if policy == "all_pages":
+                boundary = present.index(False) if False in present else kv_pages
+                allowed = set(range(1, boundary + 1))
+            elif policy == "trailing_pages":
+                trailing = max(1, len(transfer.keys) if getattr(transfer, "keys", None) else 1)
+                allowed = {
+                    length
+                    for length in range(1, kv_pages + 1)
+                    if all(present[max(0, length - trailing) : length])
+                }
+                boundary = max(allowed, default=0)
+            elif policy == "block_groups":
+                # The pool's own verdict (leading complete groups); never gates KV.
+                group = max(1, int(getattr(transfer, "group_pages", 0) or 1))
+                run = present.index(False) if False in present else kv_pages
+                boundary = run - run % group
+                if boundary:
+                    hits[str(transfer.name)] = boundary
+                continue
+            else:
+                self._log.warn("PeerCacheStore: unknown hit policy %r for pool %r: treated as a miss", policy, name)
+                boundary, allowed = 0, set()
+            if boundary:
+                hits[str(transfer.name)] = boundary
+            restorable = [p for p in restorable if p in allowed]
+        final = restorable[-1] if restorable else 0
+        return PoolTransferResult(final, hits, restorable)
+
+    def exists(self, key: str) -> bool:
+        return self.batch_exists([key]) == 1
+
+    # ------------------------------------------------------------------
+    # Generic calls (raw keys): values, or fill targets
+    # ------------------------------------------------------------------
+    def set(self, key: str, value: Any = None, target_location: Any = None, target_sizes: Any = None) -> bool:
+        return self.batch_set(
+            [key],
+            None if value is None else [value],
+            None if target_location is None else [target_location],
+            None if target_sizes is None else [target_sizes],
+        )
+
+    def batch_set(
+        self, keys: List[str], values: Any = None, target_locations: Any = None, target_sizes: Any = None
+    ) -> bool:
+        """Stores ``values[i]`` (or the buffer at ``target_locations[i]`` of
+        ``target_sizes[i]`` bytes) under ``keys[i]``; True when every page was stored."""
+        n = len(keys)
+        if n == 0:
+            return True
+        try:
+            sources = values if values is not None else target_locations
+            if sources is None or len(sources) != n:
+                raise ValueError("batch_set needs one value or target_location per key")
+            sizes = target_sizes if target_sizes is not None else [None] * n
+            bufs = [_buffer(s, z) for s, z in zip(sources, sizes)]
+            start = time.perf_counter()
+            flags = self._node.batch_set(list(keys), [b[0] for b in bufs], [b[1] for b in bufs])
+            self._record("set", flags, sum(b[1] for b in bufs) // n, start)
+            return all(flags)
+        except Exception as e:
+            self._miss("batch_set", n, repr(e))
+            return False
+
+    def get(self, key: str, target_location: Any = None, target_sizes: Any = None) -> Any:
+        return self.batch_get(
+            [key],
+            None if target_location is None else [target_location],
+            None if target_sizes is None else [target_sizes],
+        )[0]
+
+    def batch_get(self, keys: List[str], target_locations: Any = None, target_sizes: Any = None) -> List[Any]:
+        """Fills ``target_locations[i]`` (a tensor, array, writable buffer, or
+        an int address with ``target_sizes[i]``) with the page of ``keys[i]``.
+        Returns the filled target (for an address: the address) per key, or
+        None for a miss. A destination is required: the engine copies straight
+        into it and needs its size, which SGLang always provides."""
+        n = len(keys)
+        if n == 0:
+            return []
+        try:
+            if target_locations is None or len(target_locations) != n:
+                raise ValueError(
+                    "batch_get needs a destination per key: pass target_locations "
+                    "(tensors, arrays, bytearrays, or addresses with target_sizes)"
+                )
+            sizes = target_sizes if target_sizes is not None else [None] * n
+            bufs = [_buffer(t, z, writable=True) for t, z in zip(target_locations, sizes)]
+            start = time.perf_counter()
+            flags = self._node.batch_get(list(keys), [b[0] for b in bufs], [b[1] for b in bufs])
+            self._record("get", flags, sum(b[1] for b in bufs) // n, start)
+            return [t if ok else None for t, ok in zip(target_locations, flags)]
+        except Exception as e:
+            self._miss("batch_get", n, repr(e))
+            return [None] * n
+
+    # ------------------------------------------------------------------
+    # Housekeeping
+    # ------------------------------------------------------------------
+    def clear(self) -> None:
+        """Drops every page of this node's pool (other nodes keep theirs)."""
+        self._node.clear()
+
+    def close(self) -> None:
+        """Deregisters from discovery, stops the node, unmaps the pool. Idempotent."""
+        self._node.close()
+
+    def get_stats(self) -> Any:
+        """SGLang's ``StorageMetrics`` since the previous call (drained)."""
+        with self._metrics_lock:
+            out, self._metrics = self._metrics, StorageMetrics()
+        return out
+
+    def node_stats(self) -> Dict[str, int]:
+        """The native node's counters (hits, misses, bytes, ...) plus this
+        front end's failure count."""
+        stats = dict(self._node.stats())
+        stats["frontend_failures"] = self._failures
+        return stats
+
+    @property
+    def node(self) -> Node:
+        """The native node (node id, members, endpoints)."""
+        return self._node
+
+    def _record(self, op: str, flags: List[bool], page_bytes: int, start: float) -> None:
+        elapsed = time.perf_counter() - start
+        done = sum(flags)
+        if done < len(flags) and op == "set":
+            self._log.warn("PeerCacheStore: %d of %d pages not stored", len(flags) - done, len(flags))
+        gbps = done * page_bytes / elapsed / 1e9 if elapsed > 0 else 0.0
+        with self._metrics_lock:
+            if op == "set":
+                self._metrics.backup_pgs.append(done)
+                self._metrics.backup_bandwidth.append(gbps)
+            else:
+                self._metrics.prefetch_pgs.append(done)
+                self._metrics.prefetch_bandwidth.append(gbps)
+
+    def _miss(self, op: str, pages: int, reason: str) -> None:
+        with self._metrics_lock:
+            self._failures += pages
+        self._log.warn("PeerCacheStore %s: %d page(s) reported as missing: %s", op, pages, reason)
+
+    def __repr__(self) -> str:
+        return "PeerCacheStore(%r)" % (self._node,)

@@ -1,0 +1,492 @@
+//! [`PyNode`]: one engine node, and the batch calls SGLang's data path makes.
+//!
+//! Every batch method converts its arguments with the GIL held, releases the
+//! GIL exactly once around the engine call, and never raises on a data-path
+//! failure: a closed node, a malformed batch, an engine error or even a panic
+//! becomes all-`False` (or `0`) plus one rate-limited log line.
+
+use crate::layout::{PageLayout, ResolvedBatch};
+use peercache_engine::keys::RankKeys;
+use peercache_engine::logging::RateLimiter;
+use peercache_engine::{Config, Node as EngineNode, NodeStats};
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError, RwLock, RwLockReadGuard};
+use std::time::{Duration, Instant};
+
+/// The engine node, or the counters it had when it was closed.
+enum State {
+    Open(Box<EngineNode>),
+    Closed(Box<NodeStats>),
+}
+
+/// What a batch call does with its pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PageOp {
+    Set,
+    Get,
+}
+
+impl PageOp {
+    fn parse(op: &str) -> PyResult<Self> {
+        match op {
+            "set" => Ok(PageOp::Set),
+            "get" => Ok(PageOp::Get),
+            other => Err(PyValueError::new_err(format!(
+                "page operation must be 'set' or 'get', not {other:?}"
+            ))),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            PageOp::Set => "batch_set",
+            PageOp::Get => "batch_get",
+        }
+    }
+}
+
+/// A host pool's page map (see [`crate::layout`]), built once per registered
+/// pool by `peercache.store` and passed to every zero-copy batch call.
+#[pyclass(module = "peercache._native", name = "PageLayout", frozen)]
+pub struct PyPageLayout {
+    inner: PageLayout,
+}
+
+#[pymethods]
+impl PyPageLayout {
+    /// `bases[e] + index * strides[e]` is entry `e` of the page starting at
+    /// token `index`, `sizes[e]` bytes long; `pool_tokens` bounds the index.
+    #[new]
+    #[pyo3(signature = (bases, strides, sizes, page_size, pool_tokens, tp_rank, tp_size, pp_rank, pp_size, is_mla, pool=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        bases: Vec<u64>,
+        strides: Vec<u64>,
+        sizes: Vec<usize>,
+        page_size: usize,
+        pool_tokens: u64,
+        tp_rank: u32,
+        tp_size: u32,
+        pp_rank: u32,
+        pp_size: u32,
+        is_mla: bool,
+        pool: Option<String>,
+    ) -> PyResult<Self> {
+        let rank = RankKeys::new(tp_rank, tp_size, pp_rank, pp_size, is_mla)
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let inner = PageLayout::new(bases, strides, sizes, page_size, pool_tokens, rank, pool)
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        Ok(PyPageLayout { inner })
+    }
+
+    /// Stored objects per page.
+    #[getter]
+    fn entries(&self) -> usize {
+        self.inner.entries()
+    }
+
+    /// Bytes of one page, all entries together.
+    #[getter]
+    fn page_bytes(&self) -> usize {
+        self.inner.page_bytes()
+    }
+
+    /// Token indices per page.
+    #[getter]
+    fn page_size(&self) -> usize {
+        self.inner.page_size()
+    }
+
+    /// The object names of `keys` (entry-major within a page); for tests and tools.
+    fn names(&self, keys: Vec<String>) -> Vec<String> {
+        self.inner.names(&keys)
+    }
+}
+
+/// A PeerCache node running inside this process.
+///
+/// `Node(config_json, cluster=False)` parses the `extra_config` JSON object,
+/// maps the published pool and starts the shard threads; with `cluster=True`
+/// it also joins (or starts) discovery at `discovery_addr` and serves its pool
+/// to peers. Page pointers are plain integers (e.g. `tensor.data_ptr()`): the
+/// caller vouches that each one is valid for `lens[i]` bytes until the call
+/// returns, also while other Python threads run during the call.
+#[pyclass(module = "peercache._native", name = "Node", frozen)]
+pub struct PyNode {
+    /// Batch calls hold the read lock for the engine call; `close` takes the
+    /// write lock, so it waits for calls in flight and later calls see `Closed`.
+    /// Both are only ever taken with the GIL released.
+    state: RwLock<State>,
+    shards: usize,
+    pool_bytes: usize,
+    node_id: String,
+    endpoints: Vec<String>,
+    /// Nanoseconds the last batch call spent with the GIL released
+    /// (diagnostics: lets a caller compute how long a call held the GIL).
+    last_detached_ns: AtomicU64,
+    /// Data-path failures are logged at most once a second per node (the
+    /// lock is only taken on the failure path).
+    failure_log: Mutex<RateLimiter>,
+}
+
+impl PyNode {
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `f` on the open node with the GIL released (once), records how
+    /// long that took, and turns every failure into `fallback`: a closed
+    /// node, an `Err` from `f`, or a panic anywhere below (which must never
+    /// unwind into SGLang's threads).
+    fn detached<T: Send>(
+        &self,
+        py: Python<'_>,
+        what: &str,
+        fallback: T,
+        f: impl FnOnce(&EngineNode) -> Result<T, String> + Send,
+    ) -> T {
+        let (out, ns) = py.detach(|| {
+            let t0 = Instant::now();
+            let outcome = catch_unwind(AssertUnwindSafe(|| match &*self.read() {
+                State::Open(node) => f(node),
+                State::Closed(_) => Err("the PeerCache node is closed".to_owned()),
+            }));
+            let out = match outcome {
+                Ok(Ok(out)) => out,
+                Ok(Err(reason)) => {
+                    self.log_failure(what, &reason);
+                    fallback
+                }
+                Err(panic) => {
+                    let reason = panic
+                        .downcast_ref::<String>()
+                        .map(String::as_str)
+                        .or_else(|| panic.downcast_ref::<&str>().copied())
+                        .unwrap_or("unknown panic");
+                    self.log_failure(what, &format!("internal error: {reason}"));
+                    fallback
+                }
+            };
+            (out, t0.elapsed().as_nanos() as u64)
+        });
+        self.last_detached_ns.store(ns, Ordering::Relaxed);
+        out
+    }
+
+    fn log_failure(&self, what: &str, reason: &str) {
+        let allowed = self
+            .failure_log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .check(Instant::now());
+        if let Some(suppressed) = allowed {
+            tracing::warn!(
+                "{what} failed: {reason}; reported as a miss{}",
+                if suppressed > 0 {
+                    format!(" ({suppressed} similar messages suppressed)")
+                } else {
+                    String::new()
+                }
+            );
+        }
+    }
+
+    /// Runs one resolved batch through the engine, one flag per object.
+    ///
+    /// # Safety
+    /// Every `(addrs[i], lens[i])` must be valid for the operation (reads for
+    /// a set, non-overlapping writes for a get) for the whole call.
+    unsafe fn run_objects(
+        node: &EngineNode,
+        op: PageOp,
+        batch: &ResolvedBatch,
+    ) -> Result<Vec<bool>, String> {
+        let out = match op {
+            PageOp::Set => {
+                let srcs: Vec<*const u8> = batch.addrs.iter().map(|&p| p as *const u8).collect();
+                node.batch_set(&batch.names, &srcs, &batch.lens)
+            }
+            PageOp::Get => {
+                let dsts: Vec<*mut u8> = batch.addrs.iter().map(|&p| p as *mut u8).collect();
+                node.batch_get(&batch.names, &dsts, &batch.lens)
+            }
+        };
+        out.map_err(|e| e.to_string())
+    }
+}
+
+#[pymethods]
+impl PyNode {
+    /// Starts a node from an `extra_config` JSON object.
+    ///
+    /// Raises `ValueError` with the engine's message (which names the key and
+    /// what to write instead) for a bad config, `RuntimeError` when the node
+    /// cannot start.
+    #[new]
+    #[pyo3(signature = (config_json, cluster=false))]
+    fn new(py: Python<'_>, config_json: String, cluster: bool) -> PyResult<Self> {
+        peercache_engine::logging::init();
+        let config =
+            Config::from_json(&config_json).map_err(|e| PyValueError::new_err(e.to_string()))?;
+        for warning in &config.warnings {
+            tracing::warn!("{warning}");
+        }
+        // Mapping and pre-faulting the pool (and joining discovery) takes a
+        // while: let Python run meanwhile.
+        let node = py
+            .detach(|| {
+                if cluster {
+                    EngineNode::start_cluster(config)
+                } else {
+                    EngineNode::start(config)
+                }
+            })
+            .map_err(|e| PyRuntimeError::new_err(format!("PeerCache node did not start: {e}")))?;
+        Ok(PyNode {
+            shards: node.shards(),
+            pool_bytes: node.pool_bytes(),
+            node_id: node.node_id().to_owned(),
+            endpoints: node.endpoints().iter().map(|a| a.to_string()).collect(),
+            state: RwLock::new(State::Open(Box::new(node))),
+            last_detached_ns: AtomicU64::new(0),
+            failure_log: Mutex::new(RateLimiter::new(Duration::from_secs(1))),
+        })
+    }
+
+    /// Stores `lens[i]` bytes at address `ptrs[i]` under `keys[i]`; one flag per page.
+    fn batch_set(
+        &self,
+        py: Python<'_>,
+        keys: Vec<String>,
+        ptrs: Vec<usize>,
+        lens: Vec<usize>,
+    ) -> Vec<bool> {
+        self.raw_pages(py, PageOp::Set, keys, ptrs, lens)
+    }
+
+    /// Copies the page of `keys[i]` to address `ptrs[i]` (exactly `lens[i]`
+    /// bytes, the stored page's length); one flag per page, `False` for a miss.
+    fn batch_get(
+        &self,
+        py: Python<'_>,
+        keys: Vec<String>,
+        ptrs: Vec<usize>,
+        lens: Vec<usize>,
+    ) -> Vec<bool> {
+        self.raw_pages(py, PageOp::Get, keys, ptrs, lens)
+    }
+
+    /// Length of the longest prefix of `keys` whose pages are all present.
+    fn batch_exists(&self, py: Python<'_>, keys: Vec<String>) -> usize {
+        self.detached(py, "batch_exists", 0, move |node| {
+            node.batch_exists(&keys).map_err(|e| e.to_string())
+        })
+    }
+
+    /// Whether each of `keys` is present, one flag per key.
+    fn exists_each(&self, py: Python<'_>, keys: Vec<String>) -> Vec<bool> {
+        let n = keys.len();
+        self.detached(py, "batch_exists", vec![false; n], move |node| {
+            node.batch_exists_each(&keys).map_err(|e| e.to_string())
+        })
+    }
+
+    /// Zero-copy page transfer between the host pool described by `layout`
+    /// and the cache: `op` is `"set"` or `"get"`, `keys` one per page, and
+    /// `indices_addr` the address of `indices_len` contiguous int64 host
+    /// indices (`page_size` per key; e.g. a CPU tensor's `data_ptr()`).
+    /// One flag per page: true only when every entry of the page moved.
+    fn pages(
+        &self,
+        py: Python<'_>,
+        op: &str,
+        layout: &PyPageLayout,
+        keys: Vec<String>,
+        indices_addr: usize,
+        indices_len: usize,
+    ) -> PyResult<Vec<bool>> {
+        let op = PageOp::parse(op)?;
+        if indices_len > 0 && (indices_addr == 0 || indices_addr % std::mem::align_of::<i64>() != 0)
+        {
+            return Err(PyValueError::new_err(format!(
+                "host indices at {indices_addr:#x} are not an aligned int64 array"
+            )));
+        }
+        let layout = &layout.inner;
+        let n = keys.len();
+        Ok(self.detached(py, op.name(), vec![false; n], move |node| {
+            let indices: &[i64] = if indices_len == 0 {
+                &[]
+            } else {
+                // SAFETY: the caller vouches for an int64 array of this length
+                // that stays alive for the call (alignment checked above).
+                unsafe { std::slice::from_raw_parts(indices_addr as *const i64, indices_len) }
+            };
+            let batch = layout.resolve(&keys, indices).map_err(|e| e.to_string())?;
+            // SAFETY: `resolve` only yields addresses inside the host buffer
+            // the layout was measured on (every index is bounds-checked).
+            let flags = unsafe { Self::run_objects(node, op, &batch)? };
+            Ok(layout.per_page(&flags))
+        }))
+    }
+
+    /// Like `pages`, with the buffers listed by the host pool itself
+    /// (`get_page_buffer_meta` output), for pools whose map is not affine.
+    fn pages_listed(
+        &self,
+        py: Python<'_>,
+        op: &str,
+        layout: &PyPageLayout,
+        keys: Vec<String>,
+        ptrs: Vec<usize>,
+        sizes: Vec<usize>,
+    ) -> PyResult<Vec<bool>> {
+        let op = PageOp::parse(op)?;
+        let layout = &layout.inner;
+        let n = keys.len();
+        Ok(self.detached(py, op.name(), vec![false; n], move |node| {
+            let batch = layout
+                .resolve_listed(&keys, ptrs, sizes)
+                .map_err(|e| e.to_string())?;
+            // SAFETY: the pool listed these buffers for exactly these pages.
+            let flags = unsafe { Self::run_objects(node, op, &batch)? };
+            Ok(layout.per_page(&flags))
+        }))
+    }
+
+    /// Whether each page of `keys` is fully present in the keyspace of
+    /// `layout` (every entry of the page); one flag per page.
+    fn pages_exist(&self, py: Python<'_>, layout: &PyPageLayout, keys: Vec<String>) -> Vec<bool> {
+        let layout = &layout.inner;
+        let n = keys.len();
+        self.detached(py, "batch_exists", vec![false; n], move |node| {
+            let names = layout.names(&keys);
+            let flags = node.batch_exists_each(&names).map_err(|e| e.to_string())?;
+            Ok(layout.per_page(&flags))
+        })
+    }
+
+    /// Drops every page of this node's pool (nothing to do once closed).
+    fn clear(&self, py: Python<'_>) {
+        self.detached(py, "clear", (), |node| {
+            node.clear();
+            Ok(())
+        })
+    }
+
+    /// Counters summed over every shard, by name (the final values once closed).
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let stats = py.detach(|| match &*self.read() {
+            State::Open(node) => node.stats(),
+            State::Closed(stats) => **stats,
+        });
+        let dict = PyDict::new(py);
+        for (name, value) in stats.fields() {
+            dict.set_item(name, value)?;
+        }
+        Ok(dict)
+    }
+
+    /// Live cluster members this node sees (itself included; 1 standalone, 0 once closed).
+    #[getter]
+    fn members(&self, py: Python<'_>) -> usize {
+        py.detach(|| match &*self.read() {
+            State::Open(node) => node.members(),
+            State::Closed(_) => 0,
+        })
+    }
+
+    /// Leaves the cluster (deregisters from discovery first), stops the
+    /// shards and unmaps the pool. Idempotent; afterwards the data methods
+    /// return all-`False` / `0` and `stats()` the final counters.
+    fn close(&self, py: Python<'_>) {
+        py.detach(|| {
+            let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
+            if let State::Open(node) = &mut *state {
+                node.shutdown();
+                let stats = node.stats();
+                // Drops the node: its pool is unmapped here, with the lock held,
+                // so no batch call can still be using it.
+                *state = State::Closed(Box::new(stats));
+                tracing::info!("PeerCache node {} closed", self.node_id);
+            }
+        });
+    }
+
+    /// Whether `close()` has been called.
+    #[getter]
+    fn closed(&self, py: Python<'_>) -> bool {
+        py.detach(|| matches!(&*self.read(), State::Closed(_)))
+    }
+
+    /// Number of shards.
+    #[getter]
+    fn shards(&self) -> usize {
+        self.shards
+    }
+
+    /// Size of the published pool in bytes.
+    #[getter]
+    fn pool_bytes(&self) -> usize {
+        self.pool_bytes
+    }
+
+    /// This node's id in the cluster.
+    #[getter]
+    fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// The control endpoints peers reach this node on (one per shard).
+    #[getter]
+    fn endpoints(&self) -> Vec<String> {
+        self.endpoints.clone()
+    }
+
+    /// Nanoseconds the most recent batch call of this node (from any thread)
+    /// ran with the GIL released. Diagnostics only: a call's GIL-held time is
+    /// its wall time minus this.
+    #[getter]
+    fn _last_detached_ns(&self) -> u64 {
+        self.last_detached_ns.load(Ordering::Relaxed)
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> String {
+        format!(
+            "Node(node_id={:?}, shards={}, pool_bytes={}, closed={})",
+            self.node_id,
+            self.shards,
+            self.pool_bytes,
+            if self.closed(py) { "True" } else { "False" }
+        )
+    }
+}
+
+impl PyNode {
+    /// Shared body of the raw-pointer `batch_set` / `batch_get`.
+    fn raw_pages(
+        &self,
+        py: Python<'_>,
+        op: PageOp,
+        keys: Vec<String>,
+        ptrs: Vec<usize>,
+        lens: Vec<usize>,
+    ) -> Vec<bool> {
+        let n = keys.len();
+        // `move`: the argument vectors are also freed with the GIL released.
+        self.detached(py, op.name(), vec![false; n], move |node| {
+            let batch = ResolvedBatch {
+                names: keys,
+                addrs: ptrs,
+                lens,
+            };
+            // SAFETY: the Python caller vouches for [ptrs[i], ptrs[i] + lens[i])
+            // for the whole call (see the class documentation).
+            unsafe { Self::run_objects(node, op, &batch) }
+        })
+    }
+}
