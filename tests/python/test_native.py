@@ -55,7 +55,7 @@ def test_package_exports():
     assert peercache.HAS_RDMA is False
     assert re.fullmatch(r"\d+\.\d+\.\d+.*", peercache.__version__)
     assert peercache.__version__ == _native.__version__
-    assert set(peercache.__all__) == {"Node", "HAS_RDMA", "__version__"}
+    assert set(peercache.__all__) == {"Node", "PageLayout", "PeerCacheStore", "HAS_RDMA", "__version__"}
 
 
 def test_import_needs_no_torch_numpy_or_sglang():

@@ -1,0 +1,271 @@
+"""Contract tests of ``peercache.store.PeerCacheStore`` across processes.
+
+Every store runs in its own process (``store_worker``) with a real SGLang host
+pool, and the stores form one cluster on 127.0.0.1: what one writes, another
+reads over the network, byte for byte.
+"""
+
+import os
+import socket
+import time
+
+import pytest
+
+from conftest import require_sglang
+
+require_sglang()
+
+from store_worker import StoreWorker, WorkerError  # noqa: E402
+
+PAGES = list(range(6))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cluster_config(port, **extra):
+    config = {
+        "discovery_addr": f"127.0.0.1:{port}",
+        "local_hostname": "127.0.0.1",
+        "global_segment_size": "64mb",
+        "shards": 2,
+        "metrics_enabled": False,
+        "disk_enabled": False,
+        "heartbeat_interval": 0.2,
+        "member_ttl": 2.0,
+    }
+    config.update(extra)
+    return config
+
+
+def wait_members(workers, count, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(w.call("members") >= count for w in workers):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"cluster did not reach {count} members: {[w.call('members') for w in workers]}")
+
+
+@pytest.fixture(scope="module")
+def pair():
+    """Two MHA page-first stores in two processes, one cluster, interface_v1 on."""
+    port = free_port()
+    a = StoreWorker(cluster_config(port, interface_v1=1))
+    b = StoreWorker(cluster_config(port, interface_v1=1))
+    try:
+        wait_members([a, b], 2)
+        a.call("register", "v1")
+        b.call("register", "v1")
+        yield a, b
+    finally:
+        b.close()
+        a.close()
+
+
+def test_zero_copy_round_trip_across_processes(pair):
+    a, b = pair
+    keys = [f"zc-{i}" for i in PAGES]
+    written = a.call("fill", PAGES, 11)
+    assert a.call("set_v1", keys, PAGES) == [True] * len(PAGES)
+    assert b.call("exists", keys) == len(PAGES)
+    assert b.call("exists", keys + ["zc-missing"]) == len(PAGES)
+    assert b.call("exists", ["zc-missing"] + keys) == 0
+    before = b.call("stats")["read_remote_hits"]
+    dst = [p + 8 for p in PAGES]
+    b.call("zero", dst)
+    assert b.call("get_v1", keys, dst) == [True] * len(PAGES)
+    assert b.call("page_contents", dst) == written
+    assert b.call("stats")["read_remote_hits"] - before == 2 * len(PAGES)  # K and V
+    # A miss in the middle: that page False, the others still delivered.
+    got = b.call("get_v1", keys[:2] + ["zc-missing"] + keys[2:3], [20, 21, 22, 23])
+    assert got == [True, True, False, True]
+
+
+def test_storage_metrics_are_drained(pair):
+    a, b = pair
+    a.call("storage_metrics")  # drain what earlier tests left
+    keys = [f"metrics-{i}" for i in range(3)]
+    a.call("fill", [0, 1, 2], 5)
+    a.call("set_v1", keys, [0, 1, 2])
+    name, prefetch, backup, n_prefetch_bw, n_backup_bw = a.call("storage_metrics")
+    assert name == "StorageMetrics"
+    assert backup == [3] and n_backup_bw == 1 and prefetch == []
+    assert a.call("storage_metrics")[2] == []  # drained
+
+
+@pytest.mark.parametrize("form", ["bytes", "numpy", "tensor", "pointer"])
+def test_generic_set_and_get_forms(pair, form):
+    a, b = pair
+    data = os.urandom(4096 + 17)
+    key = f"generic-{form}"
+    assert a.call("generic_set", key, data, form) is True
+    for dst_form in ["bytearray", "numpy", "tensor", "pointer"]:
+        assert b.call("generic_get", key, len(data), dst_form) == data
+    # A destination of the wrong size is a miss, not an exception.
+    assert b.call("generic_get", key, len(data) - 1, "bytearray") is None
+
+
+def test_generic_batch_calls(pair):
+    a, b = pair
+    datas = [os.urandom(2048) for _ in range(4)]
+    keys = [f"gbatch-{i}" for i in range(4)]
+    assert a.call("generic_batch", keys, datas) is True
+    assert b.call("generic_batch_get", keys + ["gbatch-missing"], 2048) == datas + [None]
+
+
+def test_raw_and_component_keyspaces():
+    """batch_exists probes the keyspace SGLang reads: component keys with
+    interface_v1 on, raw keys with it off, both when the config is silent."""
+    port = free_port()
+    writer = StoreWorker(cluster_config(port, interface_v1=1))
+    raw_reader = StoreWorker(cluster_config(port, interface_v1=0))
+    either = StoreWorker(cluster_config(port))
+    try:
+        wait_members([writer, raw_reader, either], 3)
+        for w in (writer, raw_reader, either):
+            w.call("register", "v1")
+        zc_keys = [f"ks-zc-{i}" for i in range(3)]
+        raw_keys = [f"ks-raw-{i}" for i in range(3)]
+        writer.call("fill", [0, 1, 2], 3)
+        assert writer.call("set_v1", zc_keys, [0, 1, 2]) == [True] * 3
+        for k in raw_keys:
+            assert writer.call("generic_set", k, b"x" * 512, "bytes")
+        # interface_v1 on: component keys only.
+        assert writer.call("exists", zc_keys) == 3
+        assert writer.call("exists", raw_keys) == 0
+        # interface_v1 off: raw keys only.
+        assert raw_reader.call("exists", raw_keys) == 3
+        assert raw_reader.call("exists", zc_keys) == 0
+        # Not configured: whichever keyspace holds the pages.
+        assert either.call("exists", raw_keys) == 3
+        assert either.call("exists", zc_keys) == 3
+        assert either.call("exists_one", raw_keys[0]) is True
+    finally:
+        for w in (either, raw_reader, writer):
+            w.close()
+
+
+def test_v2_only_registration_and_hit_policies():
+    port = free_port()
+    a = StoreWorker(cluster_config(port, interface_v1=1))
+    b = StoreWorker(cluster_config(port, interface_v1=1))
+    try:
+        wait_members([a, b], 2)
+        for w in (a, b):
+            w.call("register", "v2", "kv")  # v2 alone must be enough
+            w.call("register_extra", "swa")
+        keys = [f"v2-{i}" for i in range(4)]
+        kv = a.call("fill", [0, 1, 2, 3], 21)
+        swa = a.call("fill", [0, 1, 2, 3], 22, "swa")
+        # KV pages 0-3; the extra pool only holds the last two pages.
+        out = a.call("set_v2", [("kv", keys, [0, 1, 2, 3], "all_pages"), ("swa", keys[2:], [2, 3], "trailing_pages")])
+        assert out == {"kv": [True] * 4, "swa": [True, True]}
+        # v1 calls work on a pool registered only through v2.
+        assert b.call("get_v1", keys, [8, 9, 10, 11]) == [True] * 4
+        assert b.call("page_contents", [8, 9, 10, 11]) == kv
+        # TRAILING_PAGES: the last 2 pages of a 4-page prefix are present.
+        hit, extra, restorable = b.call("exists_v2", keys, [("swa", keys[2:], None, "trailing_pages")])
+        assert hit == 4 and extra.get("swa") == 4 and restorable[-1] == 4
+        # ALL_PAGES: every page must be present, so only... none (page 0 missing).
+        hit, extra, restorable = b.call("exists_v2", keys, [("swa", keys, None, "all_pages")])
+        assert hit == 0 and restorable == []
+        got = b.call("get_v2", [("kv", keys, [4, 5, 6, 7], "all_pages"), ("swa", keys[2:], [6, 7], "trailing_pages")])
+        assert got == {"kv": [True] * 4, "swa": [True, True]}
+        assert b.call("page_contents", [6, 7], "swa") == swa[2:]
+        # A v2 transfer whose indices do not match its keys is a miss, not an error.
+        assert b.call("get_v2", [("kv", keys, [4], "all_pages")]) == {"kv": [False] * 4}
+    finally:
+        b.close()
+        a.close()
+
+
+def test_mla_pages_are_shared_across_tp_ranks():
+    port = free_port()
+    rank0 = StoreWorker(cluster_config(port, interface_v1=1), kind="mla", rank={"tp_rank": 0, "tp_size": 2})
+    rank1 = StoreWorker(cluster_config(port, interface_v1=1), kind="mla", rank={"tp_rank": 1, "tp_size": 2})
+    try:
+        wait_members([rank0, rank1], 2)
+        rank0.call("register", "v1")
+        rank1.call("register", "v1")
+        keys = [f"mla-{i}" for i in range(4)]
+        written = rank0.call("fill", [0, 1, 2, 3], 31)
+        assert rank0.call("set_v1", keys, [0, 1, 2, 3]) == [True] * 4
+        # Rank 1 never wrote these; MLA's latent cache is the same on every rank.
+        assert rank1.call("exists", keys) == 4
+        assert rank1.call("get_v1", keys, [4, 5, 6, 7]) == [True] * 4
+        assert rank1.call("page_contents", [4, 5, 6, 7]) == written
+    finally:
+        rank1.close()
+        rank0.close()
+
+
+def test_mha_ranks_and_models_are_kept_apart():
+    port = free_port()
+    a = StoreWorker(cluster_config(port, interface_v1=1), rank={"tp_rank": 0, "tp_size": 2}, model="model-a")
+    other_rank = StoreWorker(cluster_config(port, interface_v1=1), rank={"tp_rank": 1, "tp_size": 2}, model="model-a")
+    other_model = StoreWorker(cluster_config(port, interface_v1=1), rank={"tp_rank": 0, "tp_size": 2}, model="model-b")
+    same = StoreWorker(cluster_config(port, interface_v1=1), rank={"tp_rank": 0, "tp_size": 2}, model="model-a")
+    workers = [a, other_rank, other_model, same]
+    try:
+        wait_members(workers, 4)
+        for w in workers:
+            w.call("register", "v1")
+        keys = [f"ns-{i}" for i in range(3)]
+        a.call("fill", [0, 1, 2], 41)
+        assert a.call("set_v1", keys, [0, 1, 2]) == [True] * 3
+        assert same.call("exists", keys) == 3
+        # MHA heads are sharded over TP: rank 1 has its own K/V objects.
+        assert other_rank.call("exists", keys) == 0
+        # A different model never sees model-a's pages.
+        assert other_model.call("exists", keys) == 0
+        assert other_model.call("get_v1", keys, [3, 4, 5]) == [False] * 3
+    finally:
+        for w in reversed(workers):
+            w.close()
+
+
+def test_data_path_failures_are_misses_and_close_is_idempotent():
+    port = free_port()
+    a = StoreWorker(cluster_config(port, interface_v1=1))
+    try:
+        # Before any host pool is registered: a miss, no exception.
+        assert a.call("get_v1", ["early"], [0]) == [False]
+        a.call("register", "v1")
+        # Index count that does not match the keys, and an index off the pool.
+        assert a.call("get_v1_raw_indices", ["x", "y"], [0, 1, 2]) == [False, False]
+        assert a.call("get_v1_raw_indices", ["x"], [10**9, 0, 0, 0]) == [False]
+        a.call("fill", [0], 1)
+        assert a.call("set_v1", ["c"], [0]) == [True]
+        a.call("clear")
+        assert a.call("exists", ["c"]) == 0
+        a.call("close")
+        assert a.call("set_v1", ["after"], [0]) == [False]
+        assert a.call("exists", ["after"]) == 0
+        assert a.call("generic_get", "after", 16, "bytearray") is None
+    finally:
+        a.close()
+
+
+def test_bad_config_raises_with_the_key(tmp_path):
+    pytest.importorskip("sglang")
+    from peercache.store import PeerCacheStore
+
+    with pytest.raises(ValueError, match="global_segment_size"):
+        PeerCacheStore(None, {"discovery_addr": "127.0.0.1:1", "global_segment_size": "lots"})
+    with pytest.raises(ValueError, match="discovery_addr"):
+        PeerCacheStore(None, {"global_segment_size": "64mb"})
+
+
+def test_worker_errors_surface():
+    """The harness itself reports a command that raised (so the tests above can fail)."""
+    port = free_port()
+    a = StoreWorker(cluster_config(port))
+    try:
+        with pytest.raises(WorkerError):
+            a.call("fill", [0], 1, "no-such-pool")
+    finally:
+        a.close()
