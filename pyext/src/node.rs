@@ -49,6 +49,36 @@ impl PageOp {
     }
 }
 
+/// Per-call transfer figures, in the shape of SGLang's `StorageMetrics`
+/// (pages moved and GB/s of each set and get call), appended with the GIL
+/// released and drained by `PeerCacheStore.get_stats()`. Bounded, so a
+/// caller that never drains it does not grow memory.
+#[derive(Default)]
+struct CallLog {
+    backup_pgs: Vec<u64>,
+    backup_bandwidth: Vec<f64>,
+    prefetch_pgs: Vec<u64>,
+    prefetch_bandwidth: Vec<f64>,
+}
+
+/// Most calls the log keeps per direction between two drains.
+const CALL_LOG_CAP: usize = 100_000;
+
+impl CallLog {
+    fn record(&mut self, op: PageOp, pages: u64, bytes: u64, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        let gbps = if secs > 0.0 { bytes as f64 / secs / 1e9 } else { 0.0 };
+        let (pgs, bw) = match op {
+            PageOp::Set => (&mut self.backup_pgs, &mut self.backup_bandwidth),
+            PageOp::Get => (&mut self.prefetch_pgs, &mut self.prefetch_bandwidth),
+        };
+        if pgs.len() < CALL_LOG_CAP {
+            pgs.push(pages);
+            bw.push(gbps);
+        }
+    }
+}
+
 /// A host pool's page map (see [`crate::layout`]), built once per registered
 /// pool by `peercache.store` and passed to every zero-copy batch call.
 #[pyclass(module = "peercache._native", name = "PageLayout", frozen)]
@@ -131,6 +161,9 @@ pub struct PyNode {
     /// Data-path failures are logged at most once a second per node (the
     /// lock is only taken on the failure path).
     failure_log: Mutex<RateLimiter>,
+    /// Per-call figures for SGLang's storage metrics (taken with the GIL
+    /// released, once per batch call; never contended across shards).
+    call_log: Mutex<CallLog>,
 }
 
 impl PyNode {
@@ -201,6 +234,7 @@ impl PyNode {
     /// Every `(addrs[i], lens[i])` must be valid for the operation (reads for
     /// a set, non-overlapping writes for a get) for the whole call.
     unsafe fn run_objects(
+        &self,
         node: &EngineNode,
         op: PageOp,
         batch: &ResolvedBatch,
@@ -216,6 +250,14 @@ impl PyNode {
             }
         };
         out.map_err(|e| e.to_string())
+    }
+
+    /// Logs one call for SGLang's storage metrics: `pages` moved, `bytes` in all.
+    fn record(&self, op: PageOp, pages: usize, bytes: u64, started: Instant) {
+        self.call_log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .record(op, pages as u64, bytes, started.elapsed());
     }
 }
 
@@ -254,6 +296,7 @@ impl PyNode {
             state: RwLock::new(State::Open(Box::new(node))),
             last_detached_ns: AtomicU64::new(0),
             failure_log: Mutex::new(RateLimiter::new(Duration::from_secs(1))),
+            call_log: Mutex::new(CallLog::default()),
         })
     }
 
@@ -326,11 +369,15 @@ impl PyNode {
                 // that stays alive for the call (alignment checked above).
                 unsafe { std::slice::from_raw_parts(indices_addr as *const i64, indices_len) }
             };
+            let started = Instant::now();
             let batch = layout.resolve(&keys, indices).map_err(|e| e.to_string())?;
             // SAFETY: `resolve` only yields addresses inside the host buffer
             // the layout was measured on (every index is bounds-checked).
-            let flags = unsafe { Self::run_objects(node, op, &batch)? };
-            Ok(layout.per_page(&flags))
+            let flags = unsafe { self.run_objects(node, op, &batch)? };
+            let pages = layout.per_page(&flags);
+            let done = pages.iter().filter(|&&ok| ok).count();
+            self.record(op, done, (done * layout.page_bytes()) as u64, started);
+            Ok(pages)
         }))
     }
 
@@ -349,12 +396,16 @@ impl PyNode {
         let layout = &layout.inner;
         let n = keys.len();
         Ok(self.detached(py, op.name(), vec![false; n], move |node| {
+            let started = Instant::now();
             let batch = layout
                 .resolve_listed(&keys, ptrs, sizes)
                 .map_err(|e| e.to_string())?;
             // SAFETY: the pool listed these buffers for exactly these pages.
-            let flags = unsafe { Self::run_objects(node, op, &batch)? };
-            Ok(layout.per_page(&flags))
+            let flags = unsafe { self.run_objects(node, op, &batch)? };
+            let pages = layout.per_page(&flags);
+            let done = pages.iter().filter(|&&ok| ok).count();
+            self.record(op, done, (done * layout.page_bytes()) as u64, started);
+            Ok(pages)
         }))
     }
 
@@ -389,6 +440,22 @@ impl PyNode {
             dict.set_item(name, value)?;
         }
         Ok(dict)
+    }
+
+    /// Drains the per-call figures since the last drain:
+    /// `(prefetch_pgs, backup_pgs, prefetch_bandwidth, backup_bandwidth)`,
+    /// SGLang's `StorageMetrics` fields (objects per call, GB/s per call).
+    #[allow(clippy::type_complexity)]
+    fn drain_call_log(&self, py: Python<'_>) -> (Vec<u64>, Vec<u64>, Vec<f64>, Vec<f64>) {
+        let log = py.detach(|| {
+            std::mem::take(&mut *self.call_log.lock().unwrap_or_else(PoisonError::into_inner))
+        });
+        (
+            log.prefetch_pgs,
+            log.backup_pgs,
+            log.prefetch_bandwidth,
+            log.backup_bandwidth,
+        )
     }
 
     /// Live cluster members this node sees (itself included; 1 standalone, 0 once closed).
@@ -484,9 +551,19 @@ impl PyNode {
                 addrs: ptrs,
                 lens,
             };
+            let started = Instant::now();
             // SAFETY: the Python caller vouches for [ptrs[i], ptrs[i] + lens[i])
             // for the whole call (see the class documentation).
-            unsafe { Self::run_objects(node, op, &batch) }
+            let flags = unsafe { self.run_objects(node, op, &batch)? };
+            let (mut done, mut bytes) = (0, 0u64);
+            for (&ok, &len) in flags.iter().zip(&batch.lens) {
+                if ok {
+                    done += 1;
+                    bytes += len as u64;
+                }
+            }
+            self.record(op, done, bytes, started);
+            Ok(flags)
         })
     }
 }

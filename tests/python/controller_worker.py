@@ -9,11 +9,14 @@ Two uses:
       python controller_worker.py ARGS.json RESULT.json
 
   ARGS.json holds ``discovery_addr``, ``interface_v1``, ``layout``,
-  ``token_ids`` and ``timeout``. The worker starts its own PeerCache node
+  ``token_ids``, ``skip_pages``, ``timeout`` and the ``ready_path`` /
+  ``go_path`` handshake files. The worker starts its own PeerCache node
   (joining the cluster at ``discovery_addr``) inside a HiCacheController,
-  prefetches ``token_ids`` through the controller's own threads and writes
-  RESULT.json: the storage hit count, the completed tokens, the hex bytes of
-  every prefetched page as it landed in its host pool, and the node counters.
+  waits until it sees the other member, writes ``ready_path``, waits for
+  ``go_path`` (the writer has seen it too), prefetches ``token_ids`` through
+  the controller's own threads and writes RESULT.json: the storage hit count,
+  the completed tokens, the hex bytes of every prefetched page as it landed in
+  its host pool, and the node counters. Every wait is bounded by ``timeout``.
 
 Only the host pool is real memory here: SGLang's device<->host kernels are
 CUDA-only, so pages are written straight into the host pool (see
@@ -198,6 +201,37 @@ def prefetch(controller, rid, token_ids, timeout):
             return operation, host_indices, completed
 
 
+SPIED = ("batch_exists", "batch_set", "batch_set_v1", "batch_get", "batch_get_v1")
+
+
+def spy_calls(store):
+    """Records the names of the storage calls the controller makes on ``store``
+    (instance attributes wrapping the bound methods); returns the list."""
+    calls = []
+
+    def wrap(name):
+        method = getattr(store, name)
+
+        def wrapper(*args, **kwargs):
+            calls.append(name)
+            return method(*args, **kwargs)
+
+        return wrapper
+
+    for name in SPIED:
+        setattr(store, name, wrap(name))
+    return calls
+
+
+def wait_for(predicate, timeout, what, interval=0.05):
+    """Polls ``predicate`` until true; TimeoutError naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("%s: not within %.0f s" % (what, timeout))
+        time.sleep(interval)
+
+
 def close(controller):
     """Stops the storage threads and closes the PeerCacheStore node."""
     controller.detach_storage_backend()
@@ -210,13 +244,17 @@ def _reader(args):
         extra_config(args["discovery_addr"], args["interface_v1"]), args["layout"]
     )
     store = controller.storage_backend
+    calls = spy_calls(store)
     try:
         # Occupy the first pages so this pool's destination indices differ
         # from the writer's source indices.
         controller.mem_pool_host.alloc(args.get("skip_pages", 0) * host.page_size)
-        operation, host_indices, completed = prefetch(
-            controller, "reader-0", args["token_ids"], args["timeout"]
-        )
+        timeout = args["timeout"]
+        wait_for(lambda: store.node.members >= 2, timeout, "reader sees the writer")
+        with open(args["ready_path"], "w") as f:
+            json.dump({"node_id": store.node.node_id, "members": int(store.node.members)}, f)
+        wait_for(lambda: os.path.exists(args["go_path"]), timeout, "go from the writer")
+        operation, host_indices, completed = prefetch(controller, "reader-0", args["token_ids"], timeout)
         pages = [] if host_indices is None else host_page_bytes(host, host_indices)
         return {
             "store_class": "%s.%s" % (type(store).__module__, type(store).__qualname__),
@@ -227,6 +265,7 @@ def _reader(args):
             "pages": [p.hex() for p in pages],
             "node_stats": {k: int(v) for k, v in store.node_stats().items()},
             "members": int(store.node.members),
+            "calls": sorted(set(calls)),
         }
     finally:
         close(controller)

@@ -309,8 +309,7 @@ class PeerCacheStore(_Base):
         self._layouts: Dict[str, _Layout] = {}
         self.registered_pools: Dict[Any, Any] = {}
         self._log = _RateLimitedLog()
-        self._metrics_lock = threading.Lock()
-        self._metrics = StorageMetrics()
+        self._failures_lock = threading.Lock()
         self._failures = 0
         logger.info(
             "PeerCacheStore ready: node=%s members=%d tp=%d/%d pp=%d/%d mla=%s interface_v1=%s",
@@ -384,15 +383,11 @@ class PeerCacheStore(_Base):
             self._miss(op, n, "no host pool %r is registered" % pool)
             return [False] * n
         try:
-            start = time.perf_counter()
             if layout.affine:
                 address, length, _keep = _index_array(host_indices)
-                flags = self._node.pages(op, layout.native, keys, address, length)
-            else:
-                ptrs, sizes = layout.pool.get_page_buffer_meta(host_indices)
-                flags = self._node.pages_listed(op, layout.native, keys, list(ptrs), list(sizes))
-            self._record(op, flags, layout.native.page_bytes, start)
-            return flags
+                return self._node.pages(op, layout.native, keys, address, length)
+            ptrs, sizes = layout.pool.get_page_buffer_meta(host_indices)
+            return self._node.pages_listed(op, layout.native, keys, list(ptrs), list(sizes))
         except Exception as e:
             self._miss(op, n, repr(e))
             return [False] * n
@@ -495,9 +490,9 @@ class PeerCacheStore(_Base):
                 raise ValueError("batch_set needs one value or target_location per key")
             sizes = target_sizes if target_sizes is not None else [None] * n
             bufs = [_buffer(s, z) for s, z in zip(sources, sizes)]
-            start = time.perf_counter()
             flags = self._node.batch_set(list(keys), [b[0] for b in bufs], [b[1] for b in bufs])
-            self._record("set", flags, sum(b[1] for b in bufs) // n, start)
+            if not all(flags):
+                self._log.warn("PeerCacheStore batch_set: %d of %d pages not stored", n - sum(flags), n)
             return all(flags)
         except Exception as e:
             self._miss("batch_set", n, repr(e))
@@ -527,9 +522,7 @@ class PeerCacheStore(_Base):
                 )
             sizes = target_sizes if target_sizes is not None else [None] * n
             bufs = [_buffer(t, z, writable=True) for t, z in zip(target_locations, sizes)]
-            start = time.perf_counter()
             flags = self._node.batch_get(list(keys), [b[0] for b in bufs], [b[1] for b in bufs])
-            self._record("get", flags, sum(b[1] for b in bufs) // n, start)
             return [t if ok else None for t, ok in zip(target_locations, flags)]
         except Exception as e:
             self._miss("batch_get", n, repr(e))
@@ -547,10 +540,16 @@ class PeerCacheStore(_Base):
         self._node.close()
 
     def get_stats(self) -> Any:
-        """SGLang's ``StorageMetrics`` since the previous call (drained)."""
-        with self._metrics_lock:
-            out, self._metrics = self._metrics, StorageMetrics()
-        return out
+        """SGLang's ``StorageMetrics`` since the previous call (drained): pages
+        and GB/s of every get (prefetch) and set (backup) call, recorded by the
+        native node with the GIL released."""
+        prefetch_pgs, backup_pgs, prefetch_bw, backup_bw = self._node.drain_call_log()
+        return StorageMetrics(
+            prefetch_pgs=prefetch_pgs,
+            backup_pgs=backup_pgs,
+            prefetch_bandwidth=prefetch_bw,
+            backup_bandwidth=backup_bw,
+        )
 
     def node_stats(self) -> Dict[str, int]:
         """The native node's counters (hits, misses, bytes, ...) plus this
@@ -564,22 +563,8 @@ class PeerCacheStore(_Base):
         """The native node (node id, members, endpoints)."""
         return self._node
 
-    def _record(self, op: str, flags: List[bool], page_bytes: int, start: float) -> None:
-        elapsed = time.perf_counter() - start
-        done = sum(flags)
-        if done < len(flags) and op == "set":
-            self._log.warn("PeerCacheStore: %d of %d pages not stored", len(flags) - done, len(flags))
-        gbps = done * page_bytes / elapsed / 1e9 if elapsed > 0 else 0.0
-        with self._metrics_lock:
-            if op == "set":
-                self._metrics.backup_pgs.append(done)
-                self._metrics.backup_bandwidth.append(gbps)
-            else:
-                self._metrics.prefetch_pgs.append(done)
-                self._metrics.prefetch_bandwidth.append(gbps)
-
     def _miss(self, op: str, pages: int, reason: str) -> None:
-        with self._metrics_lock:
+        with self._failures_lock:
             self._failures += pages
         self._log.warn("PeerCacheStore %s: %d page(s) reported as missing: %s", op, pages, reason)
 
