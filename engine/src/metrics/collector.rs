@@ -72,23 +72,30 @@ struct Shape {
     labels: Vec<&'static str>,
 }
 
-/// Histogram families: (name, help, label, (op, label value) pairs).
-const HISTOGRAMS: [(&str, &str, &[(LatencyOp, &str)]); 3] = [
-    (
-        "set_latency_seconds",
-        "Latency of batch_set calls, from the call to the last shard done.",
-        &[(LatencyOp::Set, "")],
-    ),
-    (
-        "get_latency_seconds",
-        "Latency of batch_get calls; path=local when no peer was asked, remote when at least one was.",
-        &[(LatencyOp::GetLocal, "local"), (LatencyOp::GetRemote, "remote")],
-    ),
-    (
-        "exists_latency_seconds",
-        "Latency of batch_exists calls.",
-        &[(LatencyOp::Exists, "")],
-    ),
+/// A histogram family and the operations it shows.
+struct HistogramFamily {
+    name: &'static str,
+    help: &'static str,
+    /// (operation, value of the `path` label; empty: no `path` label).
+    series: &'static [(LatencyOp, &'static str)],
+}
+
+const HISTOGRAMS: [HistogramFamily; 3] = [
+    HistogramFamily {
+        name: "set_latency_seconds",
+        help: "Latency of batch_set calls, from the call to the last shard done.",
+        series: &[(LatencyOp::Set, "")],
+    },
+    HistogramFamily {
+        name: "get_latency_seconds",
+        help: "Latency of batch_get calls; path=local when no peer was asked, remote when at least one was.",
+        series: &[(LatencyOp::GetLocal, "local"), (LatencyOp::GetRemote, "remote")],
+    },
+    HistogramFamily {
+        name: "exists_latency_seconds",
+        help: "Latency of batch_exists calls.",
+        series: &[(LatencyOp::Exists, "")],
+    },
 ];
 
 /// Every family a node exports, in output order.
@@ -127,12 +134,12 @@ fn shapes() -> Vec<Shape> {
             labels: Vec::new(),
         });
     }
-    for (name, help, series) in HISTOGRAMS {
+    for family in &HISTOGRAMS {
         out.push(Shape {
-            name: format!("{PREFIX}{name}"),
-            help: help.to_string(),
+            name: format!("{PREFIX}{}", family.name),
+            help: family.help.to_string(),
             kind: MetricType::HISTOGRAM,
-            labels: if series.len() > 1 {
+            labels: if family.series.len() > 1 {
                 vec!["path"]
             } else {
                 Vec::new()
@@ -213,8 +220,9 @@ pub fn families(node: &str, snap: &MetricsSnapshot) -> Vec<MetricFamily> {
         .into_iter()
         .map(|shape| {
             let metrics = if shape.kind == MetricType::HISTOGRAM {
-                let (_, _, series) = histograms.next().expect("one shape per histogram");
-                series
+                let family = histograms.next().expect("one shape per histogram");
+                family
+                    .series
                     .iter()
                     .map(|&(op, path)| {
                         let at = LatencyOp::ALL.iter().position(|&o| o == op).expect("op");
@@ -420,9 +428,7 @@ mod tests {
 
     #[test]
     fn docs_list_every_exposed_name() {
-        let doc =
-            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/metrics.md"))
-                .expect("docs/metrics.md");
+        let doc = include_str!("../../../docs/metrics.md");
         for name in exposed_names() {
             assert!(
                 doc.contains(&format!("`{name}`")),

@@ -148,10 +148,18 @@ pub struct LatencyRecorders {
     threads: Mutex<Vec<Arc<OpLatencies>>>,
 }
 
+/// One node's histograms as a calling thread holds them.
+struct ThreadEntry {
+    /// [`LatencyRecorders::id`] of the node.
+    node: u64,
+    /// Tells whether the node still exists.
+    alive: Weak<LatencyRecorders>,
+    latencies: Arc<OpLatencies>,
+}
+
 thread_local! {
     /// This thread's histograms, one entry per node it has called.
-    static MINE: RefCell<Vec<(u64, Weak<LatencyRecorders>, Arc<OpLatencies>)>> =
-        const { RefCell::new(Vec::new()) };
+    static MINE: RefCell<Vec<ThreadEntry>> = const { RefCell::new(Vec::new()) };
 }
 
 impl LatencyRecorders {
@@ -170,21 +178,25 @@ impl LatencyRecorders {
         let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
         MINE.with(|mine| {
             let mut mine = mine.borrow_mut();
-            if let Some((_, _, latencies)) = mine.iter().find(|(id, _, _)| *id == self.id) {
-                latencies.ops[op.index()].record(ns);
+            if let Some(entry) = mine.iter().find(|e| e.node == self.id) {
+                entry.latencies.ops[op.index()].record(ns);
                 return;
             }
             // First call of this thread on this node: forget nodes that are
             // gone (a long-lived thread may outlive many nodes in tests),
             // then register once.
-            mine.retain(|(_, node, _)| node.strong_count() > 0);
+            mine.retain(|e| e.alive.strong_count() > 0);
             let latencies = Arc::new(OpLatencies::default());
             latencies.ops[op.index()].record(ns);
             self.threads
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .push(Arc::clone(&latencies));
-            mine.push((self.id, Arc::downgrade(self), latencies));
+            mine.push(ThreadEntry {
+                node: self.id,
+                alive: Arc::downgrade(self),
+                latencies,
+            });
         });
     }
 
