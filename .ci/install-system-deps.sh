@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs the Debian packages PeerCache builds against (see docs/development.md):
 # rdma-core headers (rdma-sys), libclang (bindgen), hwloc + udev (hwlocality),
-# numactl (perf-scripts). Skips apt when everything is already there.
+# numactl (perf-scripts), chromium (the headless dashboard test in
+# tests/tests/metrics.rs). Skips apt when everything is already there.
 set -euo pipefail
-pkgs=(libibverbs-dev librdmacm-dev libclang-dev libhwloc-dev libudev-dev numactl pkg-config)
+pkgs=(libibverbs-dev librdmacm-dev libclang-dev libhwloc-dev libudev-dev numactl pkg-config chromium)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

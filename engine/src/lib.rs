@@ -15,6 +15,7 @@ pub mod directory;
 pub mod discovery;
 pub mod keys;
 pub mod logging;
+pub mod metrics;
 pub mod net;
 pub mod pool;
 pub mod ring;

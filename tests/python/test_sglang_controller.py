@@ -22,7 +22,10 @@ import time
 import pytest
 
 pytest.importorskip("torch")
-pytest.importorskip("sglang.srt.managers.cache_controller")
+try:  # importorskip alone lets an ImportError other than "not installed" through
+    pytest.importorskip("sglang.srt.managers.cache_controller")
+except ImportError as e:
+    pytest.skip("SGLang is not importable: %s" % e, allow_module_level=True)
 
 import controller_worker as cw  # noqa: E402
 import sglang_pools as sp  # noqa: E402

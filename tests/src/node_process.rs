@@ -21,6 +21,9 @@ pub struct NodeProcess {
     pub node_id: String,
     /// Its shards' endpoints, from its READY line.
     pub endpoints: Vec<String>,
+    /// Its metrics server's address, from its READY line (None: disabled or
+    /// the port was taken).
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl NodeProcess {
@@ -58,6 +61,7 @@ impl NodeProcess {
             lines,
             node_id: String::new(),
             endpoints: Vec::new(),
+            metrics: None,
         };
         let ready = node.next_line(COMMAND_TIMEOUT)?;
         let mut words = ready.split_whitespace();
@@ -71,6 +75,10 @@ impl NodeProcess {
             .split(',')
             .map(str::to_string)
             .collect();
+        node.metrics = words
+            .next()
+            .and_then(|w| w.strip_prefix("metrics="))
+            .and_then(|a| a.parse().ok());
         Ok(node)
     }
 

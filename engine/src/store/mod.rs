@@ -19,11 +19,13 @@ use crate::config::Config;
 use crate::directory::NodeRef;
 use crate::discovery::Member;
 use crate::keys::{KeyHash, Namespace};
+use crate::metrics::{LatencyOp, LatencyRecorders, MetricsServer, MetricsSource, ServerOptions};
 use crate::pool::{region, slots, PageBacking, PoolRegion, ShardPool};
 use crate::runtime::{BatchCompletion, Runtime, RuntimeError, RuntimeOptions, ShardSite};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Most pages in one batch call. SGLang's batches are at most a few thousand
 /// pages; anything far larger is a caller bug, refused before any work starts.
@@ -112,6 +114,12 @@ pub struct Node {
     discovery: Option<DiscoveryRuntime>,
     pool_bytes_advertised: u64,
     stats: Vec<Arc<ShardStats>>,
+    /// Batch-call latency, recorded by each calling thread.
+    latency: Arc<LatencyRecorders>,
+    /// Live members for the metrics (written by the membership callback).
+    member_gauge: Arc<AtomicUsize>,
+    /// The metrics HTTP server, when enabled and its port was free.
+    metrics: Option<MetricsServer>,
     // Keeps the pool mapped for as long as any shard can touch it; dropped
     // after `runtime` (field order), i.e. after every shard thread joined.
     region: Arc<PoolRegion>,
@@ -294,6 +302,24 @@ impl Node {
             },
             config.model_name,
         );
+        let latency = LatencyRecorders::new();
+        let member_gauge = Arc::new(AtomicUsize::new(1));
+        let metrics = if config.metrics_enabled {
+            let source = Arc::new(MetricsSource {
+                node_id: node_id.clone(),
+                shards: stats.clone(),
+                latency: Arc::clone(&latency),
+                members: Arc::clone(&member_gauge),
+            });
+            let options = ServerOptions {
+                host: config.metrics_bind_host.clone(),
+                port: config.metrics_port,
+                dashboard: config.metrics_dashboard,
+            };
+            MetricsServer::start(&options, source)
+        } else {
+            None
+        };
         Ok(Node {
             node_id,
             endpoints,
@@ -305,6 +331,9 @@ impl Node {
             discovery: None,
             pool_bytes_advertised: pool_bytes,
             stats,
+            latency,
+            member_gauge,
+            metrics,
             region,
         })
     }
@@ -341,18 +370,18 @@ impl Node {
         let runtime = Arc::clone(&node.runtime);
         let (self_id, vnodes, replicas) = (node.node_id.clone(), node.vnodes, node.replicas);
         let replicas_config = config.clone();
-        let warned_below = std::sync::atomic::AtomicUsize::new(usize::MAX);
+        let warned_below = AtomicUsize::new(usize::MAX);
+        let member_gauge = Arc::clone(&node.member_gauge);
         let on_change: crate::cluster::MembershipCallback = Box::new(move |epoch, members| {
             // Allowed, but say so once per member count: fewer copies than
             // configured means one more node loss can drop entries. A node
             // alone (starting up, or a one-node cluster) is not worth a warning.
+            member_gauge.store(members.len(), Ordering::Relaxed);
             let warning = (members.len() > 1)
                 .then(|| replicas_config.replicas_warning(members.len()))
                 .flatten();
             if let Some(warning) = warning {
-                if warned_below.swap(members.len(), std::sync::atomic::Ordering::Relaxed)
-                    != members.len()
-                {
+                if warned_below.swap(members.len(), Ordering::Relaxed) != members.len() {
                     tracing::warn!("{warning}");
                 }
             }
@@ -362,6 +391,14 @@ impl Node {
         let discovery =
             DiscoveryRuntime::start(&config, me, on_change).map_err(NodeError::Discovery)?;
         let head = config.discovery_head();
+        match config.protocol {
+            crate::config::Protocol::Rdma => tracing::warn!(
+                "RDMA transport unavailable (this build has no RDMA data plane yet); using TCP fallback"
+            ),
+            crate::config::Protocol::Tcp => {
+                tracing::info!("protocol=tcp: pages travel over TCP (functional testing only)")
+            }
+        }
         tracing::info!(
             "PeerCacheStore up: node={} rdma=unavailable control={} discovery={}:{}",
             node.node_id,
@@ -373,6 +410,14 @@ impl Node {
             head.host,
             head.port
         );
+        // With RDMA the receive buffers and the published pool are the memory
+        // regions registered with the NIC. Without it nothing is registered;
+        // the line still reports the pool that RDMA would register, so the
+        // operator can check the pool arrived at the size they configured.
+        tracing::info!(
+            "PeerCacheStore registered MRs: recv=0 bytes, pool={} bytes (RDMA unavailable: nothing is registered with a NIC; pool is what RDMA would register)",
+            node.pool_bytes()
+        );
         node.discovery = Some(discovery);
         Ok(node)
     }
@@ -381,6 +426,12 @@ impl Node {
     /// without discovery).
     pub fn members(&self) -> usize {
         self.discovery.as_ref().map_or(1, |d| d.member_count())
+    }
+
+    /// Where the metrics server listens (the real port when `metrics_port`
+    /// is 0); None when metrics are disabled or the port was taken.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(MetricsServer::addr)
     }
 
     /// This node's id (`node_id`, or generated from the advertised host).
@@ -546,6 +597,11 @@ impl Node {
     /// Leaves the cluster (deregisters from discovery), then stops every
     /// shard after the work already queued and joins them. Idempotent.
     pub fn shutdown(&mut self) {
+        // Metrics first: a scrape of a node that is leaving would report a
+        // member count already out of date.
+        if let Some(mut metrics) = self.metrics.take() {
+            metrics.stop();
+        }
         if let Some(mut discovery) = self.discovery.take() {
             discovery.shutdown();
         }
@@ -574,6 +630,7 @@ impl Node {
         if n == 0 {
             return Ok(results);
         }
+        let started = Instant::now();
         let shards = self.shards();
         let hashes: Vec<KeyHash> = keys
             .iter()
@@ -597,6 +654,9 @@ impl Node {
         }
         let parts = (0..shards).filter(|&s| starts[s + 1] > starts[s]).count();
         let done = BatchCompletion::new(parts);
+        // One "asked a peer" flag per shard, written only by that shard.
+        let mut remote = vec![false; shards];
+        let remote_flags = remote.as_mut_ptr();
         for shard in 0..shards {
             let (from, to) = (starts[shard] as usize, starts[shard + 1] as usize);
             if from == to {
@@ -610,6 +670,7 @@ impl Node {
                 addrs: addrs.as_ptr(),
                 lens: lens.as_ptr(),
                 results: results.as_mut_ptr(),
+                remote: remote_flags.wrapping_add(shard),
                 done: &done,
             };
             if let Err((e, _)) = self
@@ -625,6 +686,13 @@ impl Node {
             }
         }
         done.wait_spinning(self.wait_spin);
+        let timed = match op {
+            Op::Set => LatencyOp::Set,
+            Op::Exists => LatencyOp::Exists,
+            Op::Get if remote.contains(&true) => LatencyOp::GetRemote,
+            Op::Get => LatencyOp::GetLocal,
+        };
+        self.latency.record(timed, started.elapsed());
         Ok(results)
     }
 }

@@ -59,6 +59,9 @@ pub struct BatchPart {
     pub lens: *const usize,
     /// Result of every page (true = stored / delivered / present).
     pub results: *mut bool,
+    /// This part's "asked a peer" flag (one per part, written by its shard
+    /// only): a get that needed the network is timed as a remote get.
+    pub remote: *mut bool,
     /// Counted down once this part is done.
     pub done: *const BatchCompletion,
 }
@@ -92,6 +95,12 @@ impl BatchPart {
     pub(super) fn set_result(&self, i: usize, ok: bool) {
         // SAFETY: position i belongs to this part only.
         unsafe { *self.results.add(i) = ok };
+    }
+
+    /// Records that this part asked a peer.
+    pub(super) fn mark_remote(&self) {
+        // SAFETY: this flag belongs to this part only.
+        unsafe { *self.remote = true };
     }
 
     pub(super) fn complete(self) {
@@ -362,6 +371,7 @@ impl ShardStore {
                 let missing = self.get_local(&part);
                 match self.view() {
                     Some(view) if !missing.is_empty() => {
+                        part.mark_remote();
                         self.get_remote(&view, &part, &missing).await
                     }
                     _ => ShardStats::bump(&self.stats.read_misses, missing.len() as u64),

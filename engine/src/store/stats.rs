@@ -7,19 +7,53 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// How a counter behaves, for exporters and for summing shards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldKind {
+    /// Only ever grows (a Prometheus counter); shards add up.
+    Counter,
+    /// Goes up and down (a Prometheus gauge); shards add up.
+    Gauge,
+    /// A code, not an amount (a Prometheus gauge): adding codes of two shards
+    /// would invent a code, so a node reports the largest shard value.
+    Status,
+}
+
+impl FieldKind {
+    /// Combines one shard's value into a node total.
+    #[inline]
+    fn combine(self, total: u64, shard: u64) -> u64 {
+        match self {
+            FieldKind::Counter | FieldKind::Gauge => total.wrapping_add(shard),
+            FieldKind::Status => total.max(shard),
+        }
+    }
+}
+
+/// One counter's name, kind and meaning (its doc comment).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FieldInfo {
+    /// Field name, e.g. `read_hits`.
+    pub name: &'static str,
+    /// Counter, gauge or status.
+    pub kind: FieldKind,
+    /// The field's doc comment, used as the metric's help text.
+    pub help: &'static str,
+}
+
 macro_rules! stats {
-    ($( $(#[$doc:meta])* $name:ident ),* $(,)?) => {
+    ($( $(#[doc = $doc:literal])* $kind:ident $name:ident ),* $(,)?) => {
         /// Live counters of one shard (single writer: the shard thread).
         #[derive(Debug, Default)]
         #[repr(align(128))]
         pub struct ShardStats {
-            $( $(#[$doc])* pub $name: AtomicU64, )*
+            $( $(#[doc = $doc])* pub $name: AtomicU64, )*
         }
 
         /// A snapshot of counters, for one shard or summed over a node.
         #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
         pub struct NodeStats {
-            $( $(#[$doc])* pub $name: u64, )*
+            $( $(#[doc = $doc])* pub $name: u64, )*
         }
 
         impl ShardStats {
@@ -35,11 +69,22 @@ macro_rules! stats {
             pub fn fields(&self) -> Vec<(&'static str, u64)> {
                 vec![ $( (stringify!($name), self.$name), )* ]
             }
+
+            /// Name, kind and meaning of every counter, in the order of
+            /// [`NodeStats::fields`].
+            pub const INFO: &'static [FieldInfo] = &[
+                $( FieldInfo {
+                    name: stringify!($name),
+                    kind: FieldKind::$kind,
+                    help: concat!($($doc),*),
+                }, )*
+            ];
         }
 
         impl std::ops::AddAssign for NodeStats {
+            /// Adds a shard's snapshot (a `Status` keeps the larger code).
             fn add_assign(&mut self, o: NodeStats) {
-                $( self.$name += o.$name; )*
+                $( self.$name = FieldKind::$kind.combine(self.$name, o.$name); )*
             }
         }
     };
@@ -47,61 +92,96 @@ macro_rules! stats {
 
 stats! {
     /// Pages offered to `batch_set`.
-    write_requests,
+    Counter write_requests,
     /// Pages `batch_set` could not store (page too large, too many size classes, queue full).
-    write_failures,
+    Counter write_failures,
     /// Payload bytes copied into the pool.
-    bytes_written,
+    Counter bytes_written,
     /// Pages asked for by `batch_get`.
-    read_requests,
+    Counter read_requests,
     /// Pages `batch_get` delivered.
-    read_hits,
+    Counter read_hits,
     /// Pages `batch_get` did not find.
-    read_misses,
+    Counter read_misses,
     /// Hits served from this node's own pool.
-    read_local_hits,
+    Counter read_local_hits,
     /// Hits read from another node's pool over the network.
-    read_remote_hits,
+    Counter read_remote_hits,
     /// Pages found but not delivered (destination length differs from the page).
-    read_failures,
+    Counter read_failures,
     /// Payload bytes delivered by `batch_get`.
-    bytes_read,
+    Counter bytes_read,
     /// Remote exchanges (directory or data) that failed or timed out.
-    remote_failures,
+    Counter remote_failures,
     /// Pages `batch_set` stored locally but no directory owner accepted (so no
     /// other node can find them; reported as failed).
-    directory_put_failures,
+    Counter directory_put_failures,
     /// Directory entries re-published after a membership change.
-    directory_republishes,
+    Counter directory_republishes,
     /// Directory lookups a get skipped thanks to a location resolved by the
     /// preceding exists (or the read cache).
-    directory_lookups_saved,
+    Counter directory_lookups_saved,
     /// Channels to peers opened.
-    channels_opened,
+    Counter channels_opened,
     /// Channels dropped after a failed exchange.
-    channel_discards,
+    Counter channel_discards,
     /// Channel leases that gave up (all channels busy, or connect failed).
-    lease_failures,
+    Counter lease_failures,
     /// Directory entries this shard holds for the cluster.
-    directory_entries,
+    Gauge directory_entries,
     /// Malformed or unexpected frames received (connection closed).
-    protocol_errors,
+    Counter protocol_errors,
     /// Pages probed by `batch_exists`.
-    exists_requests,
+    Counter exists_requests,
     /// Pages `batch_exists` found.
-    exists_pages_found,
+    Counter exists_pages_found,
     /// Pages resident in the pool now.
-    pool_keys,
+    Gauge pool_keys,
     /// Payload bytes resident in the pool now.
-    pool_bytes_used,
+    Gauge pool_bytes_used,
     /// Bytes the pool can hold.
-    pool_capacity_bytes,
+    Gauge pool_capacity_bytes,
     /// Pages evicted from the pool by LRU.
-    evictions,
+    Counter evictions,
     /// Pool slots reused before their quarantine ran out (pool too small for the write rate).
-    quarantine_early_reuses,
+    Counter quarantine_early_reuses,
     /// Pool segments moved from one page size class to another.
-    segment_steals,
+    Counter segment_steals,
+    // The tiers below are not built yet (the disk tier: issue 7; RDMA:
+    // issue 8). Their counters exist now so the metric names operators
+    // alert on are stable, and they read 0 until the tier exists.
+    /// Hits served from this node's disk tier (0 until the disk tier exists).
+    Counter read_disk_hits,
+    /// Pages promoted from the disk tier back into the pool (0 until the disk tier exists).
+    Counter promotes,
+    /// Pages resident on the disk tier now (0 until the disk tier exists).
+    Gauge disk_keys,
+    /// Payload bytes resident on the disk tier now (0 until the disk tier exists).
+    Gauge disk_bytes_used,
+    /// Bytes the disk tier can hold (0 until the disk tier exists).
+    Gauge disk_capacity_bytes,
+    /// Pages written to the disk tier (0 until the disk tier exists).
+    Counter disk_writes,
+    /// Pages evicted from the disk tier (0 until the disk tier exists).
+    Counter disk_evictions,
+    /// RDMA READs that did not complete in time (0 until RDMA exists).
+    Counter rdma_read_timeouts,
+    /// RDMA channels (QP + CQ) dropped after an error (0 until RDMA exists).
+    Counter rdma_channel_discards,
+    /// RDMA READs that completed with an error status (0 until RDMA exists).
+    Counter rdma_read_wc_errors,
+    /// The last error `ibv_wc_status` of an RDMA READ, 0 when none (0 until RDMA exists).
+    Status rdma_last_wc_status,
+    /// READs whose local destination was outside every registered MR (0 until RDMA exists).
+    Counter rdma_local_reg_misses,
+    /// RDMA work requests the NIC refused to post (0 until RDMA exists).
+    Counter rdma_post_failures,
+    /// RDMA channel leases that gave up (0 until RDMA exists).
+    Counter rdma_lease_failures,
+    /// RDMA devices (rails) this shard reads through (0 until RDMA exists).
+    Gauge rdma_rails,
+    /// Local memory regions registered on demand for destinations outside the pool (0 until RDMA exists).
+    Gauge rdma_lazy_local_mrs,
 }
 
 impl ShardStats {

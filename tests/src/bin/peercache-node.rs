@@ -13,10 +13,12 @@
 //! | `get LEN KEY...` | `OK <flags> corrupt=<n>` (hits whose bytes differ from the key's page) |
 //! | `exists KEY...` | `OK <longest present prefix>` |
 //! | `request LEN KEY...` | exists, get the hit prefix, set the rest: `OK hit=<p> total=<n> corrupt=<c>` |
-//! | `stats` | `OK <JSON of every counter, plus members>` |
+//! | `stats` | `OK <JSON of every counter, plus members and metrics_addr>` |
 //! | `members` | `OK <live members>` |
 //! | `wait-members N SECS` | `OK <n>` once at least N members are live, else `ERR ...` |
 //! | `quit` | `OK bye`, then a clean shutdown (deregisters) |
+//!
+//! On start it prints `READY <node id> <shard endpoints> metrics=<addr|none>`.
 //!
 //! Page contents come from `peercache_tests::pages`, so every hit is checked
 //! byte for byte.
@@ -32,7 +34,7 @@ commands on stdin, one per line (answers: one line, OK ... or ERR ...):
   get LEN KEY...          read pages, byte-checked: <0/1 per key> corrupt=<n>
   exists KEY...           longest present prefix
   request LEN KEY...      exists, get the hit prefix, set the rest
-  stats                   every counter as JSON (plus members)
+  stats                   every counter as JSON (plus members, metrics_addr)
   members                 live members
   wait-members N SECS     wait until N members are live
   quit                    deregister and exit";
@@ -66,7 +68,12 @@ fn main() {
         }
     };
     let endpoints: Vec<String> = node.endpoints().iter().map(|e| e.to_string()).collect();
-    println!("READY {} {}", node.node_id(), endpoints.join(","));
+    println!(
+        "READY {} {} metrics={}",
+        node.node_id(),
+        endpoints.join(","),
+        metrics_addr(&node)
+    );
     let stdin = std::io::stdin();
     let mut out = std::io::stdout().lock();
     for line in stdin.lock().lines() {
@@ -90,6 +97,12 @@ fn main() {
         }
     }
     node.shutdown();
+}
+
+/// The metrics server's bound address, or `none` (disabled, or port taken).
+fn metrics_addr(node: &Node) -> String {
+    node.metrics_addr()
+        .map_or_else(|| "none".to_string(), |a| a.to_string())
 }
 
 fn len_arg(words: &[&str]) -> Result<usize, String> {
@@ -150,6 +163,7 @@ fn run(node: &Node, words: &[&str]) -> Result<String, String> {
         Some("stats") => {
             let mut map = serde_json::Map::new();
             map.insert("members".into(), node.members().into());
+            map.insert("metrics_addr".into(), metrics_addr(node).into());
             for (name, value) in node.stats().fields() {
                 map.insert(name.into(), value.into());
             }
