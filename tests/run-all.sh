@@ -22,17 +22,16 @@ step "rustfmt" cargo fmt --all -- --check
 step "clippy" cargo clippy --workspace --all-targets --quiet -- -D warnings
 step "cargo test" cargo test --workspace
 
-if [ -f pyproject.toml ]; then
-  VENV="${PEERCACHE_TEST_VENV:-$ROOT/target/test-venv}"
-  python_tests() {
-    [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-    "$VENV/bin/pip" install -q --upgrade pip maturin pytest
-    "$VENV/bin/pip" install -q --force-reinstall --no-deps .
-    # Run from tests/ so the installed package, not the source tree, is imported.
-    (cd tests/python && "$VENV/bin/python" -m pytest -q)
-  }
-  step "python tests" python_tests
-fi
+# Python: the package built from this tree, tested against SGLang's real
+# HiCache code (CPU-only torch + sglang, installed once into the venv).
+VENV="${PEERCACHE_TEST_VENV:-$ROOT/target/test-venv}"
+python_tests() {
+  bash tests/sglang/install.sh "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check --force-reinstall --no-deps .
+  # Run from tests/ so the installed package, not the source tree, is imported.
+  (cd tests/python && "$VENV/bin/python" -m pytest -q)
+}
+step "python tests" python_tests
 
 if [ ${#failures[@]} -gt 0 ]; then
   echo "FAILED steps: ${failures[*]}"

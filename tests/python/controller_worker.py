@@ -65,8 +65,10 @@ def free_port():
         return s.getsockname()[1]
 
 
-def extra_config(discovery_addr, interface_v1):
-    """The ``--hicache-storage-backend-extra-config`` object of one node."""
+def extra_config(discovery_addr, interface_v1, local_rank=0):
+    """The ``--hicache-storage-backend-extra-config`` object of one node.
+    ``local_rank`` differs per process on this host, so that the nodes' shard
+    threads are pinned to different cores."""
     config = {
         "backend_name": "peercache",
         "module_path": "peercache.store",
@@ -77,6 +79,7 @@ def extra_config(discovery_addr, interface_v1):
         "metrics_enabled": False,
         "disk_enabled": False,
         "interface_v1": interface_v1,
+        "local_rank": local_rank,
     }
     config.update(LOOPBACK)
     return config
@@ -241,7 +244,7 @@ def _reader(args):
     import torch  # noqa: F401  (imported before sglang, as SGLang does)
 
     _, host, controller = make_controller(
-        extra_config(args["discovery_addr"], args["interface_v1"]), args["layout"]
+        extra_config(args["discovery_addr"], args["interface_v1"], local_rank=1), args["layout"]
     )
     store = controller.storage_backend
     calls = spy_calls(store)

@@ -185,7 +185,7 @@ def test_controller_backup_then_prefetch_from_other_process(interface_v1, tmp_pa
     assert result["storage_hit_count"] == len(tokens)
     assert result["completed_tokens"] == len(tokens)
     dest = result["host_indices"]
-    assert dest[0] == READER_SKIP_PAGES * sp.PAGE != host_idx_a[0]
+    assert dest[0] == READER_SKIP_PAGES * sp.PAGE != int(host_idx_a[0])
     got = [bytes.fromhex(p) for p in result["pages"]]
     assert len(got) == PAGES
     for i, (g, e) in enumerate(zip(got, expected)):

@@ -109,6 +109,8 @@ except Exception:
 
 
 KV_POOL = "kv"
+# Longest the constructor waits for discovery to list this node.
+_JOIN_WAIT_S = 5.0
 # Keys of the SGLang dynamic factory that are not engine configuration.
 _RANK_FIELDS = ("tp_rank", "tp_size", "pp_rank", "pp_size")
 
@@ -160,17 +162,20 @@ class _Layout:
     affine: bool
 
 
+_TENSOR_INT64: Any = None  # (torch.Tensor, torch.int64), once torch is loaded
+
+
 def _index_array(indices: Any):
     """``(address, length, keepalive)`` of a contiguous int64 copy-or-view of
     ``indices`` (a torch tensor, a numpy array, or a sequence of ints)."""
-    if hasattr(indices, "data_ptr") and hasattr(indices, "dtype"):  # torch.Tensor
+    global _TENSOR_INT64
+    if _TENSOR_INT64 is None and "torch" in sys.modules:
         torch = sys.modules["torch"]
-        if (
-            indices.dtype != torch.int64
-            or not indices.is_contiguous()
-            or indices.device.type != "cpu"
-        ):
-            indices = indices.to(device="cpu", dtype=torch.int64).contiguous()
+        _TENSOR_INT64 = (torch.Tensor, torch.int64)
+    if _TENSOR_INT64 is not None and isinstance(indices, _TENSOR_INT64[0]):
+        # The common case (SGLang's host_indices): used in place, no copy.
+        if indices.dtype is not _TENSOR_INT64[1] or not indices.is_contiguous() or not indices.is_cpu:
+            indices = indices.to(device="cpu", dtype=_TENSOR_INT64[1]).contiguous()
         return indices.data_ptr(), indices.numel(), indices
     if hasattr(indices, "__array_interface__"):  # numpy
         np = sys.modules["numpy"]
@@ -306,6 +311,12 @@ class PeerCacheStore(_Base):
         # ValueError for a bad key or value (naming the fix), RuntimeError
         # when the node cannot start.
         self._node = Node(json.dumps(config), cluster=True)
+        # Give discovery a moment to list this node (so the first calls see
+        # the cluster), without ever blocking SGLang's start-up for long: a
+        # node started before its head keeps retrying in the background.
+        deadline = time.monotonic() + _JOIN_WAIT_S
+        while self._node.members == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
         self._layouts: Dict[str, _Layout] = {}
         self.registered_pools: Dict[Any, Any] = {}
         self._log = _RateLimitedLog()
@@ -375,21 +386,20 @@ class PeerCacheStore(_Base):
         return {t.name: self._pages("get", _name(t.name), t.keys or [], t.host_indices) for t in transfers}
 
     def _pages(self, op: str, pool: str, keys: List[str], host_indices: Any) -> List[bool]:
-        n = len(keys)
-        if n == 0:
-            return []
-        layout = self._layouts.get(pool)
-        if layout is None:
-            self._miss(op, n, "no host pool %r is registered" % pool)
-            return [False] * n
+        # The hot path of SGLang's prefetch and backup threads: a dict lookup,
+        # the index array's address, one native call (GIL released inside).
         try:
+            layout = self._layouts[pool]
             if layout.affine:
                 address, length, _keep = _index_array(host_indices)
                 return self._node.pages(op, layout.native, keys, address, length)
             ptrs, sizes = layout.pool.get_page_buffer_meta(host_indices)
             return self._node.pages_listed(op, layout.native, keys, list(ptrs), list(sizes))
         except Exception as e:
-            self._miss(op, n, repr(e))
+            n = len(keys)
+            if pool not in self._layouts:
+                e = "no host pool %r is registered" % pool
+            self._miss(op, n, str(e) if isinstance(e, str) else repr(e))
             return [False] * n
 
     # ------------------------------------------------------------------

@@ -1,0 +1,52 @@
+"""The console scripts installed with the package run the Rust programs."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+BIN = os.path.dirname(sys.executable)
+
+
+def script(name):
+    path = os.path.join(BIN, name)
+    assert os.path.exists(path), f"{name} is not installed next to {sys.executable}"
+    return path
+
+
+def test_help_of_both_scripts():
+    for name, expected in [("peercache-meta", "--bind"), ("peercache-bench", "micro")]:
+        out = subprocess.run([script(name), "--help"], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert expected in out.stdout
+    bad = subprocess.run([script("peercache-bench"), "no-such-mode"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "no-such-mode" in bad.stderr
+
+
+def test_meta_serves_discovery_and_stops_on_sigterm():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [script("peercache-meta"), "--bind", f"127.0.0.1:{port}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            raise AssertionError("peercache-meta never listened")
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+        assert proc.returncode == 0, out
+        assert "peercache-meta stopped" in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
