@@ -64,8 +64,7 @@ def _serve(conn, config, kind, layout, rank, model):
         except EOFError:
             break
         if name == "quit":
-            store = state.get("store")
-            if store is not None:
+            for _, _, store in state.get("alternates", {}).values():
                 store.close()
             conn.send(("ok", None))
             break
@@ -82,10 +81,21 @@ def _setup(state, config, kind, layout, rank, model):
     import torch  # noqa: F401  (imported before peercache uses tensors)
 
     import sglang_pools as sp
+
+    sp.setup_sglang_runtime()
+    state["sp"] = sp
+    state["args"] = (config, rank, model)
+    state["alternates"] = {}
+    state["device_pool"], state["pool"], state["store"] = _make_store(state, kind, layout)
+    state["alternates"]["main"] = (state["device_pool"], state["pool"], state["store"])
+
+
+def _make_store(state, kind, layout):
+    """A real host pool of `kind`/`layout` and a PeerCacheStore (its own node)."""
     from peercache.store import PeerCacheStore
     from sglang.srt.mem_cache.hicache_storage import HiCacheStorageConfig
 
-    sp.setup_sglang_runtime()
+    config, rank, model = state["args"]
     storage_config = HiCacheStorageConfig(
         tp_rank=rank.get("tp_rank", 0),
         tp_size=rank.get("tp_size", 1),
@@ -99,9 +109,8 @@ def _setup(state, config, kind, layout, rank, model):
         model_name=model,
         extra_config=dict(config),
     )
-    state["sp"] = sp
-    state["device_pool"], state["pool"] = sp.host_pool(kind, layout)
-    state["store"] = PeerCacheStore(storage_config, {})
+    device_pool, pool = state["sp"].host_pool(kind, layout)
+    return device_pool, pool, PeerCacheStore(storage_config, {})
 
 
 def _indices(state, pages):
@@ -137,6 +146,23 @@ def register_extra(state, name, kind="mha", layout="page_first"):
     dev, pool = state["sp"].host_pool(kind, layout)
     state.setdefault("extra", {})[name] = (dev, pool)
     state["store"].register_mem_host_pool_v2(pool, PoolName(name))
+    return True
+
+
+def use(state, name, kind="mha", layout="page_first"):
+    """Makes store `name` current, first creating it (another node in this
+    process, with its own host pool of `kind`/`layout`) if needed."""
+    if name not in state["alternates"]:
+        state["alternates"][name] = _make_store(state, kind, layout)
+    state["device_pool"], state["pool"], state["store"] = state["alternates"][name]
+    return state["store"].node.node_id
+
+
+def drop(state, name):
+    """Closes and forgets store `name` (never the current one)."""
+    _, _, store = state["alternates"].pop(name)
+    assert store is not state["store"], "drop the current store: use another first"
+    store.close()
     return True
 
 
@@ -318,7 +344,7 @@ def digest(data):
 COMMANDS = {
     f.__name__: f
     for f in [
-        ready, register, register_extra, fill, page_contents, zero, set_v1, get_v1,
+        ready, use, drop, register, register_extra, fill, page_contents, zero, set_v1, get_v1,
         get_v1_raw_indices, exists, exists_one, set_v2, get_v2, exists_v2, generic_set,
         generic_get, generic_batch, generic_batch_get, stats, members, storage_metrics,
         clear, close,

@@ -85,6 +85,36 @@ def test_zero_copy_round_trip_across_processes(pair):
     assert got == [True, True, False, True]
 
 
+LAYOUTS = [("mha", l) for l in ("layer_first", "page_first", "page_first_direct", "page_head")] + [
+    ("mla", l) for l in ("layer_first", "page_first", "page_first_direct")
+]
+
+
+def test_every_host_layout_round_trips_across_processes(pair):
+    """Each of SGLang's host layouts, MHA and MLA: a store on one process
+    publishes, a store with the same layout on the other reads, byte-exact."""
+    a, b = pair
+    for kind, layout in LAYOUTS:
+        name = f"{kind}-{layout}"
+        a.call("use", name, kind, layout)
+        b.call("use", name, kind, layout)
+        try:
+            a.call("register", "v1")
+            b.call("register", "v1")
+            wait_members([a, b], 4)  # the two main nodes plus these two
+            keys = [f"layout-{name}-{i}" for i in range(4)]
+            written = a.call("fill", [0, 1, 2, 3], 7)
+            assert a.call("set_v1", keys, [0, 1, 2, 3]) == [True] * 4, name
+            assert b.call("exists", keys) == 4, name
+            b.call("zero", [4, 5, 6, 7])
+            assert b.call("get_v1", keys, [4, 5, 6, 7]) == [True] * 4, name
+            assert b.call("page_contents", [4, 5, 6, 7]) == written, name
+        finally:
+            for w in (a, b):
+                w.call("use", "main")
+                w.call("drop", name)
+
+
 def test_storage_metrics_are_drained(pair):
     a, b = pair
     a.call("storage_metrics")  # drain what earlier tests left
