@@ -1,18 +1,26 @@
 //! `peercache-bench`: the PeerCache benchmark command, as a library so the
 //! Rust binary and the Python console script run the same code.
 //!
-//! Subcommands so far: `micro` (the data-plane microbenchmark: local set and
-//! get through the node store against a plain memcpy of the same bytes) and
-//! `remote` (two processes on loopback: remote get against a raw TCP stream,
-//! exists, set against memcpy, directory memory), each reference measured in
-//! the same run. Every figure it prints is a ratio to a reference
-//! taken side by side, because the machines this runs on are shared and noisy.
+//! Subcommands:
+//! - `latency`, `throughput`, `saturation`, `suite`, `serve`, `drive`,
+//!   `compare`: the systematic SGLang-HiCache benchmark of seed 004
+//!   ([`hicache`]): a producer publishes pages in SGLang's object layout, a
+//!   consumer probes and loads them through the Rust API or through
+//!   `PeerCacheStore` from Python threads;
+//! - `micro`: the data-plane microbenchmark (local set and get through the
+//!   node store against a plain memcpy of the same bytes);
+//! - `remote`: two processes on loopback (remote get against a raw TCP
+//!   stream, exists, set against memcpy, batch-1 latency, directory memory).
+//!
+//! Every reference is measured in the same run and figures are reported as
+//! ratios to it, because the machines this runs on are shared and noisy.
 
 use clap::{Parser, Subcommand};
 use std::ffi::OsString;
 use std::sync::OnceLock;
 
 mod aligned;
+mod hicache;
 mod micro;
 mod remote;
 
@@ -25,6 +33,21 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Single in-flight op tail: concurrency 1, batch 1 (per-page latency).
+    Latency(hicache::HicacheArgs),
+    /// Sustained throughput and tail of one op at one thread model (--op, --concurrency).
+    Throughput(hicache::HicacheArgs),
+    /// Throughput/latency across --concurrencies for --op, with the PEAK row.
+    Saturation(hicache::HicacheArgs),
+    /// The full baseline: latency, get/set/exists saturation, the Python front
+    /// end, and the same-run references (raw TCP, memcpy).
+    Suite(hicache::HicacheArgs),
+    /// Producer half of a two-host run: publishes the working set, serves until stdin closes.
+    Serve(hicache::ServeArgs),
+    /// Consumer half of a two-host run: --discovery-addr of a `serve`; runs --op at --concurrency.
+    Drive(hicache::HicacheArgs),
+    /// PeerCache remote get vs same-run references (memcpy, raw TCP; Mooncake when installed).
+    Compare(hicache::CompareArgs),
     /// Data-plane microbenchmark: local set/get GB/s vs a same-run memcpy.
     Micro(micro::MicroArgs),
     /// Two processes on loopback: remote get/exists/set vs same-run raw TCP and memcpy.
@@ -75,6 +98,13 @@ where
         }
     };
     let result = match cli.command {
+        Command::Latency(args) => hicache::run(&args, hicache::Mode::Latency),
+        Command::Throughput(args) => hicache::run(&args, hicache::Mode::Throughput),
+        Command::Saturation(args) => hicache::run(&args, hicache::Mode::Saturation),
+        Command::Suite(args) => hicache::run(&args, hicache::Mode::Suite),
+        Command::Serve(args) => hicache::serve(&args.hicache, args.meta_port),
+        Command::Drive(args) => hicache::run(&args, hicache::Mode::Drive),
+        Command::Compare(args) => hicache::compare(&args),
         Command::Micro(args) => micro::run(&args),
         Command::Remote(args) => remote::run(&args),
         Command::RemoteServe(args) => remote::serve(&args),

@@ -168,13 +168,13 @@ struct Point {
     hist: Histogram<u64>,
 }
 
-fn pct(h: &Histogram<u64>, q: f64) -> f64 {
+pub(crate) fn pct(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64
 }
 
 /// Runs `threads` workers calling `op(thread, round) -> (pages, hits, bytes)`
 /// for warmup + duration; returns throughput and the per-call latency (µs).
-fn sweep<F>(threads: usize, warmup: f64, duration: f64, op: F) -> (f64, f64, f64, Histogram<u64>)
+pub(crate) fn sweep<F>(threads: usize, warmup: f64, duration: f64, op: F) -> (f64, f64, f64, Histogram<u64>)
 where
     F: Fn(usize, u64) -> (u64, u64, u64) + Sync,
 {
@@ -232,7 +232,7 @@ where
     )
 }
 
-fn raw_tcp_gbps(
+pub(crate) fn raw_tcp_gbps(
     port: u16,
     page: usize,
     ws_bytes: usize,
@@ -263,7 +263,7 @@ fn raw_tcp_gbps(
     Ok(bytes as f64 / t.elapsed().as_secs_f64() / 1e9)
 }
 
-fn rss_bytes() -> u64 {
+pub(crate) fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {

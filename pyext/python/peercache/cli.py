@@ -6,6 +6,7 @@ so the installed commands behave exactly like the standalone Rust binaries.
 benchmark uses it to start its second process).
 """
 
+import os
 import sys
 
 from peercache import _native
@@ -19,6 +20,8 @@ def meta_main() -> None:
 def bench_main() -> None:
     """``peercache-bench``: the benchmark suite."""
     again = [sys.executable, "-m", "peercache.cli", "bench"]
+    # `--frontend python` runs peercache.bench_driver with this interpreter.
+    os.environ.setdefault("PEERCACHE_PYTHON", sys.executable)
     sys.exit(_native.run_bench(["peercache-bench"] + sys.argv[1:], again))
 
 

@@ -44,6 +44,7 @@ import logging
 import sys
 import threading
 import time
+from array import array as _array
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -177,13 +178,14 @@ def _index_array(indices: Any):
         if indices.dtype is not _TENSOR_INT64[1] or not indices.is_contiguous() or not indices.is_cpu:
             indices = indices.to(device="cpu", dtype=_TENSOR_INT64[1]).contiguous()
         return indices.data_ptr(), indices.numel(), indices
+    if isinstance(indices, _array) and indices.typecode == "q":
+        address, length = indices.buffer_info()
+        return address, length, indices
     if hasattr(indices, "__array_interface__"):  # numpy
         np = sys.modules["numpy"]
         indices = np.ascontiguousarray(indices, dtype=np.int64)
         return indices.__array_interface__["data"][0], indices.size, indices
-    from array import array
-
-    arr = array("q", (int(i) for i in indices))
+    arr = _array("q", (int(i) for i in indices))
     address, length = arr.buffer_info()
     return address, length, arr
 
@@ -228,19 +230,31 @@ def _buffer(obj: Any, size: Any = None, writable: bool = False):
     return ctypes.addressof(raw), view.nbytes, (raw, view)
 
 
+def _arange(start: int, stop: int) -> Any:
+    """Host indices ``start..stop`` in the type SGLang's pools take (a torch
+    tensor), or an ``array('q')`` where torch is absent (pools of other
+    callers, e.g. the benchmark's)."""
+    try:
+        import torch
+
+        return torch.arange(start, stop, dtype=torch.int64)
+    except ImportError:
+        from array import array
+
+        return array("q", range(start, stop))
+
+
 def _measure_layout(pool: Any, pool_name: Optional[str], rank: Dict[str, Any]) -> _Layout:
     """Builds the native page map of ``pool`` by probing its own
     ``get_page_buffer_meta`` at the first, second, a middle and the last page:
     if every buffer entry moves by the same number of bytes per token index,
     the map is affine and Rust computes pointers from host indices alone."""
-    torch = __import__("torch")
     page = int(pool.page_size)
     tokens = int(pool.size)
     pages = tokens // page
 
     def meta(first_index: int):
-        idx = torch.arange(first_index, first_index + page, dtype=torch.int64)
-        ptrs, sizes = pool.get_page_buffer_meta(idx)
+        ptrs, sizes = pool.get_page_buffer_meta(_arange(first_index, first_index + page))
         return [int(p) for p in ptrs], [int(s) for s in sizes]
 
     base, sizes = meta(0)

@@ -1,0 +1,943 @@
+//! The systematic SGLang-HiCache benchmark (seed 004): `latency`,
+//! `throughput`, `saturation`, `suite`, and the two-host halves `serve` /
+//! `drive`.
+//!
+//! It models PD disaggregation the way SGLang drives a storage backend: a
+//! producer node ("prefill", the `serve` process) publishes a working set of
+//! KV pages; a consumer ("decode", this process or a `drive` run on another
+//! host) probes them with `exists` and loads them with `get`, and also
+//! publishes fresh pages with `set`. Pages follow SGLang's object layout:
+//! `--layout mla` stores one object per page, `--layout mha` a K and a V
+//! object of half a page each, under the component names a TP-rank-0
+//! PeerCacheStore uses, so a Python consumer reads the same objects.
+//!
+//! Two front ends drive the consumer: `--frontend rust` calls the engine's
+//! `Node` directly from Rust threads; `--frontend python` runs
+//! `peercache.bench_driver`, which calls `PeerCacheStore.batch_get_v1` (etc.)
+//! from Python threads exactly as SGLang's cache controller does. The suite
+//! runs both for `get`, so the front end's cost is their difference.
+//!
+//! Every point reports pages/s, tokens/s, GB/s (10^9, payload actually moved),
+//! per-batch-call latency p50/p95/p99/p999/max (hdrhistogram) and hit %.
+//! Results go to `<out-dir>/hicache-<mode>-<tag>-<timestamp>.{json,md}` with
+//! the `host` and `meta` blocks seed 004 asks to publish with any figure.
+
+use crate::aligned::AlignedBuf;
+use crate::micro::host_info;
+use crate::remote::{pct, raw_tcp_gbps, rss_bytes, sweep};
+use clap::{Args, ValueEnum};
+use hdrhistogram::Histogram;
+use peercache_engine::keys::RankKeys;
+use peercache_engine::{Config, Node};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Namespace of every benchmark node (producer and consumers must agree).
+pub const MODEL: &str = "peercache-bench-hicache";
+
+/// SGLang's two KV object layouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Layout {
+    /// One latent object per page (DeepSeek-style MLA).
+    Mla,
+    /// A K and a V object per page, half the page each.
+    Mha,
+}
+
+/// What one point measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Op {
+    Get,
+    Set,
+    Exists,
+}
+
+/// Which API the consumer calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Frontend {
+    /// The engine's `Node` from Rust threads.
+    Rust,
+    /// `PeerCacheStore` v1 calls from Python threads (`peercache.bench_driver`).
+    Python,
+}
+
+/// Options shared by every mode (seed 004's flags).
+#[derive(Args, Debug, Clone)]
+pub struct HicacheArgs {
+    /// Data plane: `tcp`, or `rdma` (needs the RDMA transport; this build
+    /// reports clearly when it is missing).
+    #[arg(long, default_value = "tcp")]
+    pub protocol: String,
+    /// RDMA device of a single-rail run (e.g. mlx5_0).
+    #[arg(long, default_value = "")]
+    pub device_name: String,
+    /// RDMA devices of a multi-rail run, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub devices: Vec<String>,
+    /// Object layout of a page.
+    #[arg(long, value_enum, default_value_t = Layout::Mla)]
+    pub layout: Layout,
+    /// Bytes of one logical page (all its objects together).
+    #[arg(long, default_value_t = 131072)]
+    pub page_size: usize,
+    /// Tokens per page (tokens/s = pages/s x this).
+    #[arg(long, default_value_t = 64)]
+    pub tokens_per_page: usize,
+    /// Pages per batch call.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Concurrency sweep (consumer threads), comma-separated.
+    #[arg(long, default_value = "1,2,4,8", value_delimiter = ',')]
+    pub concurrencies: Vec<usize>,
+    /// Threads of a `throughput` / `drive` run.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    /// Operation of a `throughput` / `saturation` / `drive` run.
+    #[arg(long, value_enum, default_value_t = Op::Get)]
+    pub op: Op,
+    /// Seconds measured per point.
+    #[arg(long, default_value_t = 3.0)]
+    pub duration: f64,
+    /// Seconds run before measuring each point.
+    #[arg(long, default_value_t = 1.0)]
+    pub warmup: f64,
+    /// Pages the producer publishes (and the consumer reads).
+    #[arg(long, default_value_t = 1024)]
+    pub working_set: usize,
+    /// Consumer processes. Only 1 is implemented in this build.
+    #[arg(long, default_value_t = 1)]
+    pub processes: usize,
+    /// max_channels_per_peer of the consumer.
+    #[arg(long, default_value_t = 16)]
+    pub max_channels: usize,
+    /// directory_read_cache_ttl (seconds) of the consumer.
+    #[arg(long, default_value_t = 0.0)]
+    pub dir_cache_ttl: f64,
+    /// Discovery of an already running producer (`serve` on another host);
+    /// unset: start a producer process on this host.
+    #[arg(long)]
+    pub discovery_addr: Option<String>,
+    /// Address this host's node is reached on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub local_host: String,
+    /// Label in the output file names.
+    #[arg(long, default_value = "tcp")]
+    pub tag: String,
+    /// Use GPU memory as the destination (GPUDirect).
+    #[arg(long)]
+    pub gpu: bool,
+    /// Which API drives the consumer.
+    #[arg(long, value_enum, default_value_t = Frontend::Rust)]
+    pub frontend: Frontend,
+    /// Python interpreter for `--frontend python` (default: $PEERCACHE_PYTHON, else python3).
+    #[arg(long)]
+    pub python: Option<String>,
+    /// Shards per node.
+    #[arg(long, default_value_t = 1)]
+    pub shards: usize,
+    /// Directory for the result files.
+    #[arg(long, default_value = "peercache-bench-results")]
+    pub out_dir: String,
+}
+
+/// One measured point.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub op: Op,
+    pub frontend: Frontend,
+    pub concurrency: usize,
+    pub batch: usize,
+    pub pages_per_s: f64,
+    pub gbps: f64,
+    pub hit_pct: f64,
+    pub hist: Histogram<u64>,
+}
+
+impl Row {
+    fn to_json(&self, tokens_per_page: usize) -> Value {
+        json!({
+            "op": format!("{:?}", self.op).to_lowercase(),
+            "frontend": format!("{:?}", self.frontend).to_lowercase(),
+            "concurrency": self.concurrency,
+            "batch": self.batch,
+            "pages_per_s": self.pages_per_s,
+            "tokens_per_s": self.pages_per_s * tokens_per_page as f64,
+            "gbps": self.gbps,
+            "hit_pct": self.hit_pct,
+            "calls": self.hist.len(),
+            "p50_us": pct(&self.hist, 0.5),
+            "p95_us": pct(&self.hist, 0.95),
+            "p99_us": pct(&self.hist, 0.99),
+            "p999_us": pct(&self.hist, 0.999),
+            "max_us": self.hist.max() as f64,
+        })
+    }
+
+    fn md(&self, args: &HicacheArgs, peak: bool) -> String {
+        format!(
+            "| {}{} | {} | {:?} | {} | {} | {} | {:.0} | {:.0} | {:.3} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} |",
+            format!("{:?}", self.op).to_lowercase(),
+            if peak { " (PEAK)" } else { "" },
+            format!("{:?}", self.frontend).to_lowercase(),
+            args.layout,
+            args.page_size,
+            self.batch,
+            self.concurrency,
+            self.pages_per_s,
+            self.pages_per_s * args.tokens_per_page as f64,
+            self.gbps,
+            pct(&self.hist, 0.5),
+            pct(&self.hist, 0.99),
+            pct(&self.hist, 0.999),
+            self.hist.max() as f64,
+            self.hit_pct,
+        )
+    }
+}
+
+impl HicacheArgs {
+    /// Refuses what this build cannot measure, with what is missing.
+    pub fn check(&self) -> Result<(), String> {
+        if self.gpu {
+            return Err("--gpu: this build has no GPU support (no CUDA, no GPUDirect \
+                        registration); run without --gpu to measure host memory"
+                .into());
+        }
+        if self.protocol != "tcp" {
+            return Err(format!(
+                "--protocol {}: this build's data plane is TCP only (the RDMA transport is \
+                 not wired into the node yet); rerun with --protocol tcp, and do not publish \
+                 TCP figures as RDMA ones",
+                self.protocol
+            ));
+        }
+        if self.processes != 1 {
+            return Err("--processes > 1 is not implemented in this build: run several \
+                        `drive` processes against one `serve` (perf-scripts/full-machine.sh)"
+                .into());
+        }
+        if self.page_size == 0 || self.batch_size == 0 || self.tokens_per_page == 0 {
+            return Err("--page-size, --batch-size and --tokens-per-page must be > 0".into());
+        }
+        if self.layout == Layout::Mha && self.page_size % 2 != 0 {
+            return Err("--layout mha splits a page into K and V: --page-size must be even".into());
+        }
+        if self.working_set < self.batch_size {
+            return Err("--working-set must be at least --batch-size".into());
+        }
+        if self.concurrencies.is_empty() || self.concurrencies.contains(&0) || self.concurrency == 0
+        {
+            return Err("concurrencies must be >= 1".into());
+        }
+        Ok(())
+    }
+
+    fn rank(&self) -> RankKeys {
+        RankKeys::new(0, 1, 0, 1, self.layout == Layout::Mla).expect("rank 0 of 1")
+    }
+
+    /// Bytes of one stored object.
+    fn object_bytes(&self) -> usize {
+        self.page_size / self.rank().components()
+    }
+
+    /// Object names of page key `key` (what PeerCacheStore's v1 calls use).
+    fn objects(&self, key: &str) -> Vec<String> {
+        self.rank().component_keys(key)
+    }
+
+    fn node_config(&self, discovery: &str, node_id: &str, pool: usize) -> Result<Config, String> {
+        Config::from_json(
+            &json!({
+                "discovery_addr": discovery,
+                "node_id": node_id,
+                "global_segment_size": pool,
+                "shards": self.shards,
+                "local_hostname": self.local_host,
+                "control_bind_host": self.local_host,
+                "model_name": MODEL,
+                "max_channels_per_peer": self.max_channels,
+                "directory_read_cache_ttl": self.dir_cache_ttl,
+                "heartbeat_interval": 0.5,
+                "member_ttl": 3,
+                "disk_enabled": false,
+                "metrics_enabled": false,
+            })
+            .to_string(),
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    fn pool_bytes(&self) -> usize {
+        self.working_set * self.page_size * 2 + (64 << 20)
+    }
+}
+
+/// Working-set page key `i`.
+pub fn ws_key(i: usize) -> String {
+    format!("hc-{i}")
+}
+
+/// The producer role: publishes the working set, serves a raw TCP page
+/// stream (the same-run reference), prints `READY <discovery> <raw port>`,
+/// runs until stdin closes.
+pub fn serve(args: &HicacheArgs, meta_port: Option<u16>) -> Result<(), String> {
+    args.check()?;
+    let discovery = match (&args.discovery_addr, meta_port) {
+        (Some(d), _) => d.clone(),
+        (None, Some(p)) => format!("{}:{p}", args.local_host),
+        (None, None) => format!("{}:31998", args.local_host),
+    };
+    let node = Node::start_cluster(args.node_config(&discovery, "bench-producer", args.pool_bytes())?)
+        .map_err(|e| e.to_string())?;
+    let obj = args.object_bytes();
+    let mut src = AlignedBuf::new(args.working_set * args.page_size);
+    src.fill_pattern(7);
+    for chunk in (0..args.working_set).collect::<Vec<_>>().chunks(64) {
+        let mut keys = Vec::new();
+        let mut pages: Vec<&[u8]> = Vec::new();
+        for &i in chunk {
+            for (c, name) in args.objects(&ws_key(i)).into_iter().enumerate() {
+                let at = i * args.page_size + c * obj;
+                keys.push(name);
+                pages.push(&src.as_slice()[at..at + obj]);
+            }
+        }
+        let ok = node
+            .batch_set_pages(&keys, &pages)
+            .map_err(|e| e.to_string())?;
+        if !ok.iter().all(|&b| b) {
+            return Err("the producer could not publish its working set".into());
+        }
+    }
+    let raw = TcpListener::bind((args.local_host.as_str(), 0)).map_err(|e| e.to_string())?;
+    let raw_port = raw.local_addr().map_err(|e| e.to_string())?.port();
+    let page = args.page_size;
+    std::thread::spawn(move || {
+        for stream in raw.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let _ = stream.set_nodelay(true);
+            std::thread::spawn(move || while stream.write_all(block_slice(page)).is_ok() {});
+        }
+    });
+    println!("READY {discovery} {raw_port}");
+    std::io::stdout().flush().ok();
+    eprintln!(
+        "serve: published {} pages ({:?}, {} B) on {discovery}; raw TCP reference on port {raw_port}",
+        args.working_set, args.layout, args.page_size
+    );
+    let mut sink = String::new();
+    while std::io::stdin()
+        .read_line(&mut sink)
+        .map(|n| n > 0)
+        .unwrap_or(false)
+    {}
+    drop(node);
+    Ok(())
+}
+
+/// A page of zeros, shared by every raw-stream connection.
+fn block_slice(page: usize) -> &'static [u8] {
+    use std::sync::OnceLock;
+    static BLOCK: OnceLock<Vec<u8>> = OnceLock::new();
+    let b = BLOCK.get_or_init(|| vec![0x5a; 1 << 22]);
+    &b[..page.min(b.len())]
+}
+
+/// A producer process started by this run.
+struct Producer {
+    child: Child,
+    discovery: String,
+    raw_port: u16,
+}
+
+impl Drop for Producer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_producer(args: &HicacheArgs) -> Result<Producer, String> {
+    let meta_port = TcpListener::bind((args.local_host.as_str(), 0))
+        .and_then(|l| l.local_addr())
+        .map_err(|e| e.to_string())?
+        .port();
+    let mut child = crate::self_command()?
+        .args([
+            "serve",
+            "--meta-port",
+            &meta_port.to_string(),
+            "--layout",
+            &format!("{:?}", args.layout).to_lowercase(),
+            "--page-size",
+            &args.page_size.to_string(),
+            "--working-set",
+            &args.working_set.to_string(),
+            "--shards",
+            &args.shards.to_string(),
+            "--local-host",
+            &args.local_host,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start the producer process: {e}"))?;
+    let stdout = child.stdout.take().expect("piped");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    let mut parts = line.split_whitespace();
+    match (parts.next(), parts.next(), parts.next().and_then(|p| p.parse().ok())) {
+        (Some("READY"), Some(discovery), Some(raw_port)) => Ok(Producer {
+            discovery: discovery.to_string(),
+            raw_port,
+            child,
+        }),
+        _ => {
+            let _ = child.kill();
+            Err(format!("the producer did not start: {line:?}"))
+        }
+    }
+}
+
+/// The consumer side of a run: a node joined to the producer, the working
+/// set's object names, destination buffers.
+struct Consumer<'a> {
+    args: &'a HicacheArgs,
+    node: Node,
+    discovery: String,
+    objects: Vec<String>,
+    dst: AlignedBuf,
+    max_threads: usize,
+    set_round: AtomicU64,
+}
+
+impl<'a> Consumer<'a> {
+    fn start(args: &'a HicacheArgs, discovery: &str, max_threads: usize) -> Result<Self, String> {
+        let node = Node::start_cluster(args.node_config(discovery, "bench-consumer", args.pool_bytes())?)
+            .map_err(|e| e.to_string())?;
+        let objects: Vec<String> = (0..args.working_set).flat_map(|i| args.objects(&ws_key(i))).collect();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        progress(&format!("waiting for the producer's {} pages ...", args.working_set));
+        while node.members() < 2
+            || node.batch_exists(&objects).map_err(|e| e.to_string())? < objects.len()
+        {
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "the consumer never saw the producer's working set at {discovery} \
+                     (same --layout, --page-size, --working-set on both sides?)"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Consumer {
+            dst: AlignedBuf::new(args.batch_size * args.page_size * max_threads),
+            args,
+            node,
+            discovery: discovery.to_string(),
+            objects,
+            max_threads,
+            set_round: AtomicU64::new(0),
+        })
+    }
+
+    /// One batch call of `op` by thread `t`: (pages, pages hit, bytes moved).
+    fn call(&self, op: Op, t: usize, round: u64, batch: usize) -> (u64, u64, u64) {
+        let a = self.args;
+        let per = a.rank().components();
+        let obj = a.object_bytes();
+        let pages_in_ws = a.working_set;
+        let first = ((round as usize) * batch + t * 7919) % (pages_in_ws - batch + 1);
+        let names = &self.objects[first * per..(first + batch) * per];
+        match op {
+            Op::Get => {
+                let base = t * a.batch_size * a.page_size;
+                let dsts: Vec<*mut u8> = (0..batch * per)
+                    // SAFETY: thread t's own region of the destination buffer.
+                    .map(|j| unsafe { self.dst.ptr().add(base + j * obj) })
+                    .collect();
+                let lens = vec![obj; batch * per];
+                // SAFETY: distinct object-sized slots of a live buffer.
+                let ok = unsafe { self.node.batch_get(names, &dsts, &lens) }.unwrap_or_default();
+                let hit = ok.chunks(per).filter(|p| p.iter().all(|&x| x)).count() as u64;
+                (batch as u64, hit, hit * a.page_size as u64)
+            }
+            Op::Exists => {
+                let ok = self.node.batch_exists_each(names).unwrap_or_default();
+                let hit = ok.chunks(per).filter(|p| p.iter().all(|&x| x)).count() as u64;
+                (batch as u64, hit, 0)
+            }
+            Op::Set => {
+                let n = self.set_round.fetch_add(1, Ordering::Relaxed);
+                let keys: Vec<String> = (0..batch)
+                    .flat_map(|i| a.objects(&format!("set-{n}-{i}")))
+                    .collect();
+                let base = t * a.batch_size * a.page_size;
+                let srcs: Vec<*const u8> = (0..batch * per)
+                    // SAFETY: as for get; read only.
+                    .map(|j| unsafe { self.dst.ptr().add(base + j * obj) as *const u8 })
+                    .collect();
+                let lens = vec![obj; batch * per];
+                // SAFETY: live source slots.
+                let ok = unsafe { self.node.batch_set(&keys, &srcs, &lens) }.unwrap_or_default();
+                let done = ok.chunks(per).filter(|p| p.iter().all(|&x| x)).count() as u64;
+                (batch as u64, done, done * a.page_size as u64)
+            }
+        }
+    }
+
+    fn point(&self, op: Op, frontend: Frontend, threads: usize, batch: usize) -> Result<Row, String> {
+        let a = self.args;
+        progress(&format!(
+            "{op:?} frontend={frontend:?} concurrency={threads} batch={batch}: {:.0}+{:.0} s",
+            a.warmup, a.duration
+        ));
+        if frontend == Frontend::Python {
+            return python_point(a, &self.discovery, op, threads, batch);
+        }
+        if threads > self.max_threads {
+            return Err(format!("concurrency {threads} above the prepared {}", self.max_threads));
+        }
+        let (gbps, pages_per_s, hit_ratio, hist) =
+            sweep(threads, a.warmup, a.duration, |t, r| self.call(op, t, r, batch));
+        let row = Row {
+            op,
+            frontend,
+            concurrency: threads,
+            batch,
+            pages_per_s,
+            gbps,
+            hit_pct: 100.0 * hit_ratio,
+            hist,
+        };
+        progress(&format!(
+            "  -> {:.0} pages/s, {:.3} GB/s, p50 {:.0} us, p99 {:.0} us, hit {:.1}%",
+            row.pages_per_s,
+            row.gbps,
+            pct(&row.hist, 0.5),
+            pct(&row.hist, 0.99),
+            row.hit_pct
+        ));
+        Ok(row)
+    }
+}
+
+fn progress(msg: &str) {
+    eprintln!("peercache-bench: {msg}");
+}
+
+/// Runs one point through `peercache.bench_driver` (PeerCacheStore from
+/// Python threads) and reads its JSON answer.
+fn python_point(
+    a: &HicacheArgs,
+    discovery: &str,
+    op: Op,
+    threads: usize,
+    batch: usize,
+) -> Result<Row, String> {
+    let python = a
+        .python
+        .clone()
+        .or_else(|| std::env::var("PEERCACHE_PYTHON").ok())
+        .unwrap_or_else(|| "python3".into());
+    let spec = json!({
+        "discovery_addr": discovery,
+        "local_host": a.local_host,
+        "model_name": MODEL,
+        "layout": format!("{:?}", a.layout).to_lowercase(),
+        "page_size": a.page_size,
+        "tokens_per_page": a.tokens_per_page,
+        "working_set": a.working_set,
+        "op": format!("{op:?}").to_lowercase(),
+        "threads": threads,
+        "batch": batch,
+        "duration": a.duration,
+        "warmup": a.warmup,
+        "shards": a.shards,
+        "max_channels": a.max_channels,
+        "dir_cache_ttl": a.dir_cache_ttl,
+    });
+    let out = std::process::Command::new(&python)
+        .args(["-m", "peercache.bench_driver", &spec.to_string()])
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run {python} -m peercache.bench_driver: {e} (install the peercache package into that interpreter, or pass --python)"))?;
+    if !out.status.success() {
+        return Err(format!("peercache.bench_driver failed ({})", out.status));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .ok_or("peercache.bench_driver printed no result")?;
+    let v: Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
+    for us in v["latencies_us"].as_array().ok_or("no latencies")? {
+        let _ = hist.record(us.as_f64().unwrap_or(1.0).max(1.0) as u64);
+    }
+    let elapsed = v["elapsed_s"].as_f64().unwrap_or(0.0).max(1e-9);
+    let pages = v["pages"].as_f64().unwrap_or(0.0);
+    let hits = v["hits"].as_f64().unwrap_or(0.0);
+    let row = Row {
+        op,
+        frontend: Frontend::Python,
+        concurrency: threads,
+        batch,
+        pages_per_s: pages / elapsed,
+        gbps: v["bytes"].as_f64().unwrap_or(0.0) / elapsed / 1e9,
+        hit_pct: if pages > 0.0 { 100.0 * hits / pages } else { 0.0 },
+        hist,
+    };
+    progress(&format!(
+        "  -> {:.0} pages/s, {:.3} GB/s, p50 {:.0} us, p99 {:.0} us, hit {:.1}% (python)",
+        row.pages_per_s,
+        row.gbps,
+        pct(&row.hist, 0.5),
+        pct(&row.hist, 0.99),
+        row.hit_pct
+    ));
+    Ok(row)
+}
+
+/// The modes that produce result files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Latency,
+    Throughput,
+    Saturation,
+    Suite,
+    Drive,
+    Compare,
+}
+
+/// Runs `mode`: starts (or joins) the producer, measures, writes the files.
+pub fn run(args: &HicacheArgs, mode: Mode) -> Result<(), String> {
+    args.check()?;
+    let producer = match &args.discovery_addr {
+        Some(_) => None,
+        None => {
+            if mode == Mode::Drive {
+                return Err("drive needs --discovery-addr of a running `serve`".into());
+            }
+            progress("starting the producer process ...");
+            Some(start_producer(args)?)
+        }
+    };
+    let discovery = producer
+        .as_ref()
+        .map(|p| p.discovery.clone())
+        .or_else(|| args.discovery_addr.clone())
+        .expect("one of the two");
+    let max_threads = args
+        .concurrencies
+        .iter()
+        .copied()
+        .chain([args.concurrency, 1])
+        .max()
+        .unwrap_or(1);
+    let consumer = Consumer::start(args, &discovery, max_threads)?;
+    let mut rows: Vec<Row> = Vec::new();
+    let mut references = serde_json::Map::new();
+    let mut peak_rss = rss_bytes();
+    let mut track = || peak_rss = peak_rss.max(rss_bytes());
+    match mode {
+        Mode::Latency => {
+            rows.push(consumer.point(Op::Get, args.frontend, 1, 1)?);
+        }
+        Mode::Throughput | Mode::Drive => {
+            rows.push(consumer.point(args.op, args.frontend, args.concurrency, args.batch_size)?);
+        }
+        Mode::Saturation => {
+            for &c in &args.concurrencies {
+                rows.push(consumer.point(args.op, args.frontend, c, args.batch_size)?);
+                track();
+            }
+        }
+        Mode::Suite => {
+            rows.push(consumer.point(Op::Get, Frontend::Rust, 1, 1)?);
+            for op in [Op::Get, Op::Set, Op::Exists] {
+                for &c in &args.concurrencies {
+                    rows.push(consumer.point(op, Frontend::Rust, c, args.batch_size)?);
+                    track();
+                }
+            }
+            for &c in &args.concurrencies {
+                rows.push(consumer.point(Op::Get, Frontend::Python, c, args.batch_size)?);
+                track();
+            }
+        }
+        Mode::Compare => {
+            for &c in &args.concurrencies {
+                rows.push(consumer.point(Op::Get, args.frontend, c, args.batch_size)?);
+                track();
+            }
+        }
+    }
+    if matches!(mode, Mode::Suite | Mode::Compare) {
+        if let Some(p) = &producer {
+            progress("raw TCP stream reference (same page size, one connection) ...");
+            let raw = raw_tcp_gbps(
+                p.raw_port,
+                args.page_size,
+                args.page_size * args.batch_size,
+                args.warmup,
+                args.duration,
+            )?;
+            references.insert("raw_tcp_gbps".into(), json!(raw));
+        }
+        progress("memcpy reference (same bytes per batch) ...");
+        references.insert("memcpy_gbps".into(), json!(memcpy_gbps(args)));
+        references.insert("mooncake".into(), json!(mooncake_status()));
+    }
+    peak_rss = peak_rss.max(rss_bytes());
+    let stats = consumer.node.stats();
+    report(args, mode, &rows, references, peak_rss, consumer.node.pool_bytes(), &stats)?;
+    drop(consumer);
+    drop(producer);
+    Ok(())
+}
+
+/// memcpy of one batch's bytes, one thread, same duration: the local reference.
+fn memcpy_gbps(args: &HicacheArgs) -> f64 {
+    let bytes = args.batch_size * args.page_size;
+    let src = {
+        let mut b = AlignedBuf::new(bytes);
+        b.fill_pattern(3);
+        b
+    };
+    let dst = AlignedBuf::new(bytes);
+    let (gbps, _, _, _) = sweep(1, args.warmup, args.duration, |_, _| {
+        // SAFETY: two distinct live buffers of `bytes` bytes.
+        unsafe { std::ptr::copy_nonoverlapping(src.ptr(), dst.ptr(), bytes) };
+        std::hint::black_box(dst.ptr());
+        (args.batch_size as u64, args.batch_size as u64, bytes as u64)
+    });
+    gbps
+}
+
+/// Whether Mooncake's transfer engine is importable here (its comparison
+/// script, perf-scripts/compare-mooncake.sh, runs only then).
+fn mooncake_status() -> &'static str {
+    let ok = std::process::Command::new("python3")
+        .args(["-c", "import mooncake"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if ok {
+        "installed: run perf-scripts/compare-mooncake.sh"
+    } else {
+        "not installed (pip install mooncake-transfer-engine to compare)"
+    }
+}
+
+fn mode_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Latency => "latency",
+        Mode::Throughput => "throughput",
+        Mode::Saturation => "saturation",
+        Mode::Suite => "suite",
+        Mode::Drive => "drive",
+        Mode::Compare => "compare",
+    }
+}
+
+/// Writes the JSON and Markdown files.
+fn report(
+    args: &HicacheArgs,
+    mode: Mode,
+    rows: &[Row],
+    references: serde_json::Map<String, Value>,
+    peak_rss: u64,
+    pool_bytes: usize,
+    stats: &peercache_engine::NodeStats,
+) -> Result<(), String> {
+    // PEAK: the row with the highest throughput per (op, frontend, batch > 1).
+    let mut peaks: Vec<usize> = Vec::new();
+    for (i, r) in rows.iter().enumerate() {
+        if r.batch == 1 && mode != Mode::Latency {
+            continue;
+        }
+        match peaks
+            .iter_mut()
+            .find(|&&mut j| rows[j].op == r.op && rows[j].frontend == r.frontend && rows[j].batch == r.batch)
+        {
+            Some(j) if rows[*j].pages_per_s < r.pages_per_s => *j = i,
+            Some(_) => {}
+            None => peaks.push(i),
+        }
+    }
+    let mut ratios = serde_json::Map::new();
+    let peak_of = |op: Op, fe: Frontend| {
+        peaks
+            .iter()
+            .map(|&j| &rows[j])
+            .find(|r| r.op == op && r.frontend == fe && r.batch == args.batch_size)
+    };
+    if let (Some(raw), Some(get)) = (
+        references.get("raw_tcp_gbps").and_then(Value::as_f64),
+        peak_of(Op::Get, Frontend::Rust),
+    ) {
+        ratios.insert("get_peak_vs_raw_tcp".into(), json!(get.gbps / raw));
+    }
+    if let (Some(raw), Some(get)) = (
+        references.get("raw_tcp_gbps").and_then(Value::as_f64),
+        peak_of(Op::Get, Frontend::Python),
+    ) {
+        ratios.insert("python_get_peak_vs_raw_tcp".into(), json!(get.gbps / raw));
+    }
+    if let (Some(py), Some(rs)) = (peak_of(Op::Get, Frontend::Python), peak_of(Op::Get, Frontend::Rust)) {
+        ratios.insert("python_frontend_overhead".into(), json!(1.0 - py.gbps / rs.gbps));
+    }
+    if let (Some(m), Some(set)) = (
+        references.get("memcpy_gbps").and_then(Value::as_f64),
+        peak_of(Op::Set, Frontend::Rust),
+    ) {
+        ratios.insert("set_peak_vs_memcpy".into(), json!(set.gbps / m));
+    }
+    let c1 = rows
+        .iter()
+        .find(|r| r.op == Op::Get && r.concurrency == 1 && r.batch == args.batch_size);
+    if let Some(r) = c1 {
+        ratios.insert(
+            "get_c1_p99_over_p50".into(),
+            json!(pct(&r.hist, 0.99) / pct(&r.hist, 0.5).max(1.0)),
+        );
+    }
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs();
+    let mut host = host_info();
+    host["hostname"] = json!(std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap_or_default()
+        .trim());
+    let value = json!({
+        "mode": mode_name(mode),
+        "tag": args.tag,
+        "timestamp": stamp,
+        "host": host,
+        "meta": {
+            "protocol": args.protocol,
+            "devices": if args.devices.is_empty() { vec![args.device_name.clone()] } else { args.devices.clone() },
+            "layout": format!("{:?}", args.layout).to_lowercase(),
+            "page_size": args.page_size,
+            "objects_per_page": args.rank().components(),
+            "tokens_per_page": args.tokens_per_page,
+            "batch_size": args.batch_size,
+            "concurrencies": args.concurrencies,
+            "concurrency": args.concurrency,
+            "processes": args.processes,
+            "working_set": args.working_set,
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "max_channels": args.max_channels,
+            "dir_cache_ttl": args.dir_cache_ttl,
+            "shards": args.shards,
+            "frontend": format!("{:?}", args.frontend).to_lowercase(),
+            "build": {
+                "version": env!("CARGO_PKG_VERSION"),
+                "profile": if cfg!(debug_assertions) { "debug" } else { "release" },
+            },
+        },
+        "results": rows.iter().map(|r| r.to_json(args.tokens_per_page)).collect::<Vec<_>>(),
+        "peak": peaks.iter().map(|&j| rows[j].to_json(args.tokens_per_page)).collect::<Vec<_>>(),
+        "references": references,
+        "ratios": ratios,
+        "memory": {
+            "peak_rss_bytes": peak_rss,
+            "pool_bytes": pool_bytes,
+            "rss_beyond_pool_bytes": peak_rss.saturating_sub(pool_bytes as u64),
+        },
+        "consumer_counters": stats.fields().into_iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+    });
+    std::fs::create_dir_all(&args.out_dir).map_err(|e| format!("{}: {e}", args.out_dir))?;
+    let base = format!("{}/hicache-{}-{}-{stamp}", args.out_dir, mode_name(mode), args.tag);
+    std::fs::write(format!("{base}.json"), serde_json::to_string_pretty(&value).expect("json"))
+        .map_err(|e| format!("{base}.json: {e}"))?;
+    let mut md = format!(
+        "# peercache-bench {} ({})\n\nprotocol {} · layout {:?} · page {} B · {} tokens/page · batch {} · working set {} pages · {} s + {} s warmup · host {} ({} cpus, kernel {})\n\n",
+        mode_name(mode),
+        args.tag,
+        args.protocol,
+        args.layout,
+        args.page_size,
+        args.tokens_per_page,
+        args.batch_size,
+        args.working_set,
+        args.duration,
+        args.warmup,
+        value["host"]["cpu"].as_str().unwrap_or(""),
+        value["host"]["cpus"],
+        value["host"]["kernel"].as_str().unwrap_or(""),
+    );
+    md.push_str("| op | frontend | layout | page B | batch | threads | pages/s | tokens/s | GB/s | p50 µs | p99 µs | p999 µs | max µs | hit % |\n");
+    md.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    for (i, r) in rows.iter().enumerate() {
+        md.push_str(&r.md(args, peaks.contains(&i)));
+        md.push('\n');
+    }
+    if !value["references"].as_object().map(|o| o.is_empty()).unwrap_or(true) {
+        md.push_str(&format!("\nReferences (same run): {}\n", value["references"]));
+    }
+    if !value["ratios"].as_object().map(|o| o.is_empty()).unwrap_or(true) {
+        md.push_str(&format!("\nRatios: {}\n", value["ratios"]));
+    }
+    md.push_str(&format!(
+        "\nMemory: peak RSS {} MiB, pool {} MiB, beyond the pool {} MiB.\n",
+        peak_rss >> 20,
+        pool_bytes >> 20,
+        peak_rss.saturating_sub(pool_bytes as u64) >> 20
+    ));
+    std::fs::write(format!("{base}.md"), &md).map_err(|e| format!("{base}.md: {e}"))?;
+    print!("{md}");
+    progress(&format!("wrote {base}.json and {base}.md"));
+    Ok(())
+}
+
+/// Options of `compare`.
+#[derive(Args, Debug, Clone)]
+pub struct CompareArgs {
+    #[command(flatten)]
+    pub hicache: HicacheArgs,
+    /// Page sizes to compare at (e.g. 4k,16k,64k,256k,1m); default: --page-size.
+    #[arg(long, value_delimiter = ',')]
+    pub block_sizes: Vec<String>,
+}
+
+/// `compare`: PeerCache remote get against the same-run references (memcpy,
+/// a raw TCP stream of the same page size; Mooncake when installed) at each
+/// block size.
+pub fn compare(args: &CompareArgs) -> Result<(), String> {
+    if args.block_sizes.is_empty() {
+        return run(&args.hicache, Mode::Compare);
+    }
+    for size in &args.block_sizes {
+        let bytes = peercache_engine::config::size::parse_size(size)
+            .map_err(|e| format!("--block-sizes {size}: {e}"))? as usize;
+        let mut one = args.hicache.clone();
+        one.page_size = bytes;
+        one.tag = format!("{}-{}", args.hicache.tag, size);
+        run(&one, Mode::Compare)?;
+    }
+    Ok(())
+}
+
+/// Options of `serve`.
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub hicache: HicacheArgs,
+    /// Host the discovery master on this port of --local-host (when
+    /// --discovery-addr is not given).
+    #[arg(long)]
+    pub meta_port: Option<u16>,
+}
