@@ -139,6 +139,11 @@ pub struct HicacheArgs {
     /// Shards per node.
     #[arg(long, default_value_t = 1)]
     pub shards: usize,
+    /// directory_replicas of every node. The default 2 makes both nodes of a
+    /// two-process run owners of every key (lookups stay local); 1 puts half
+    /// the keys' directory entries on the other process, as in a large cluster.
+    #[arg(long, default_value_t = 2)]
+    pub replicas: u32,
     /// Directory for the result files.
     #[arg(long, default_value = "peercache-bench-results")]
     pub out_dir: String,
@@ -203,9 +208,11 @@ impl HicacheArgs {
     /// Refuses what this build cannot measure, with what is missing.
     pub fn check(&self) -> Result<(), String> {
         if self.gpu {
-            return Err("--gpu: this build has no GPU support (no CUDA, no GPUDirect \
+            return Err(
+                "--gpu: this build has no GPU support (no CUDA, no GPUDirect \
                         registration); run without --gpu to measure host memory"
-                .into());
+                    .into(),
+            );
         }
         if self.protocol != "tcp" {
             return Err(format!(
@@ -216,14 +223,16 @@ impl HicacheArgs {
             ));
         }
         if self.processes != 1 {
-            return Err("--processes > 1 is not implemented in this build: run several \
+            return Err(
+                "--processes > 1 is not implemented in this build: run several \
                         `drive` processes against one `serve` (perf-scripts/full-machine.sh)"
-                .into());
+                    .into(),
+            );
         }
         if self.page_size == 0 || self.batch_size == 0 || self.tokens_per_page == 0 {
             return Err("--page-size, --batch-size and --tokens-per-page must be > 0".into());
         }
-        if self.layout == Layout::Mha && self.page_size % 2 != 0 {
+        if self.layout == Layout::Mha && !self.page_size.is_multiple_of(2) {
             return Err("--layout mha splits a page into K and V: --page-size must be even".into());
         }
         if self.working_set < self.batch_size {
@@ -261,6 +270,7 @@ impl HicacheArgs {
                 "control_bind_host": self.local_host,
                 "model_name": MODEL,
                 "max_channels_per_peer": self.max_channels,
+                "directory_replicas": self.replicas,
                 "directory_read_cache_ttl": self.dir_cache_ttl,
                 "heartbeat_interval": 0.5,
                 "member_ttl": 3,
@@ -292,8 +302,9 @@ pub fn serve(args: &HicacheArgs, meta_port: Option<u16>) -> Result<(), String> {
         (None, Some(p)) => format!("{}:{p}", args.local_host),
         (None, None) => format!("{}:31998", args.local_host),
     };
-    let node = Node::start_cluster(args.node_config(&discovery, "bench-producer", args.pool_bytes())?)
-        .map_err(|e| e.to_string())?;
+    let node =
+        Node::start_cluster(args.node_config(&discovery, "bench-producer", args.pool_bytes())?)
+            .map_err(|e| e.to_string())?;
     let obj = args.object_bytes();
     let mut src = AlignedBuf::new(args.working_set * args.page_size);
     src.fill_pattern(7);
@@ -380,6 +391,8 @@ fn start_producer(args: &HicacheArgs) -> Result<Producer, String> {
             &args.working_set.to_string(),
             "--shards",
             &args.shards.to_string(),
+            "--replicas",
+            &args.replicas.to_string(),
             "--local-host",
             &args.local_host,
         ])
@@ -393,7 +406,11 @@ fn start_producer(args: &HicacheArgs) -> Result<Producer, String> {
         .read_line(&mut line)
         .map_err(|e| e.to_string())?;
     let mut parts = line.split_whitespace();
-    match (parts.next(), parts.next(), parts.next().and_then(|p| p.parse().ok())) {
+    match (
+        parts.next(),
+        parts.next(),
+        parts.next().and_then(|p| p.parse().ok()),
+    ) {
         (Some("READY"), Some(discovery), Some(raw_port)) => Ok(Producer {
             discovery: discovery.to_string(),
             raw_port,
@@ -420,11 +437,20 @@ struct Consumer<'a> {
 
 impl<'a> Consumer<'a> {
     fn start(args: &'a HicacheArgs, discovery: &str, max_threads: usize) -> Result<Self, String> {
-        let node = Node::start_cluster(args.node_config(discovery, "bench-consumer", args.pool_bytes())?)
-            .map_err(|e| e.to_string())?;
-        let objects: Vec<String> = (0..args.working_set).flat_map(|i| args.objects(&ws_key(i))).collect();
+        let node = Node::start_cluster(args.node_config(
+            discovery,
+            "bench-consumer",
+            args.pool_bytes(),
+        )?)
+        .map_err(|e| e.to_string())?;
+        let objects: Vec<String> = (0..args.working_set)
+            .flat_map(|i| args.objects(&ws_key(i)))
+            .collect();
         let deadline = Instant::now() + Duration::from_secs(60);
-        progress(&format!("waiting for the producer's {} pages ...", args.working_set));
+        progress(&format!(
+            "waiting for the producer's {} pages ...",
+            args.working_set
+        ));
         while node.members() < 2
             || node.batch_exists(&objects).map_err(|e| e.to_string())? < objects.len()
         {
@@ -492,7 +518,13 @@ impl<'a> Consumer<'a> {
         }
     }
 
-    fn point(&self, op: Op, frontend: Frontend, threads: usize, batch: usize) -> Result<Row, String> {
+    fn point(
+        &self,
+        op: Op,
+        frontend: Frontend,
+        threads: usize,
+        batch: usize,
+    ) -> Result<Row, String> {
         let a = self.args;
         progress(&format!(
             "{op:?} frontend={frontend:?} concurrency={threads} batch={batch}: {:.0}+{:.0} s",
@@ -502,10 +534,14 @@ impl<'a> Consumer<'a> {
             return python_point(a, &self.discovery, op, threads, batch);
         }
         if threads > self.max_threads {
-            return Err(format!("concurrency {threads} above the prepared {}", self.max_threads));
+            return Err(format!(
+                "concurrency {threads} above the prepared {}",
+                self.max_threads
+            ));
         }
-        let (gbps, pages_per_s, hit_ratio, hist) =
-            sweep(threads, a.warmup, a.duration, |t, r| self.call(op, t, r, batch));
+        let (gbps, pages_per_s, hit_ratio, hist) = sweep(threads, a.warmup, a.duration, |t, r| {
+            self.call(op, t, r, batch)
+        });
         let row = Row {
             op,
             frontend,
@@ -561,6 +597,7 @@ fn python_point(
         "warmup": a.warmup,
         "shards": a.shards,
         "max_channels": a.max_channels,
+        "replicas": a.replicas,
         "dir_cache_ttl": a.dir_cache_ttl,
     });
     let out = std::process::Command::new(&python)
@@ -592,7 +629,11 @@ fn python_point(
         batch,
         pages_per_s: pages / elapsed,
         gbps: v["bytes"].as_f64().unwrap_or(0.0) / elapsed / 1e9,
-        hit_pct: if pages > 0.0 { 100.0 * hits / pages } else { 0.0 },
+        hit_pct: if pages > 0.0 {
+            100.0 * hits / pages
+        } else {
+            0.0
+        },
         hist,
     };
     progress(&format!(
@@ -698,7 +739,15 @@ pub fn run(args: &HicacheArgs, mode: Mode) -> Result<(), String> {
     }
     peak_rss = peak_rss.max(rss_bytes());
     let stats = consumer.node.stats();
-    report(args, mode, &rows, references, peak_rss, consumer.node.pool_bytes(), &stats)?;
+    report(
+        args,
+        mode,
+        &rows,
+        references,
+        peak_rss,
+        consumer.node.pool_bytes(),
+        &stats,
+    )?;
     drop(consumer);
     drop(producer);
     Ok(())
@@ -766,10 +815,9 @@ fn report(
         if r.batch == 1 && mode != Mode::Latency {
             continue;
         }
-        match peaks
-            .iter_mut()
-            .find(|&&mut j| rows[j].op == r.op && rows[j].frontend == r.frontend && rows[j].batch == r.batch)
-        {
+        match peaks.iter_mut().find(|&&mut j| {
+            rows[j].op == r.op && rows[j].frontend == r.frontend && rows[j].batch == r.batch
+        }) {
             Some(j) if rows[*j].pages_per_s < r.pages_per_s => *j = i,
             Some(_) => {}
             None => peaks.push(i),
@@ -794,8 +842,14 @@ fn report(
     ) {
         ratios.insert("python_get_peak_vs_raw_tcp".into(), json!(get.gbps / raw));
     }
-    if let (Some(py), Some(rs)) = (peak_of(Op::Get, Frontend::Python), peak_of(Op::Get, Frontend::Rust)) {
-        ratios.insert("python_frontend_overhead".into(), json!(1.0 - py.gbps / rs.gbps));
+    if let (Some(py), Some(rs)) = (
+        peak_of(Op::Get, Frontend::Python),
+        peak_of(Op::Get, Frontend::Rust),
+    ) {
+        ratios.insert(
+            "python_frontend_overhead".into(),
+            json!(1.0 - py.gbps / rs.gbps),
+        );
     }
     if let (Some(m), Some(set)) = (
         references.get("memcpy_gbps").and_then(Value::as_f64),
@@ -842,6 +896,7 @@ fn report(
             "max_channels": args.max_channels,
             "dir_cache_ttl": args.dir_cache_ttl,
             "shards": args.shards,
+            "directory_replicas": args.replicas,
             "frontend": format!("{:?}", args.frontend).to_lowercase(),
             "build": {
                 "version": env!("CARGO_PKG_VERSION"),
@@ -860,9 +915,17 @@ fn report(
         "consumer_counters": stats.fields().into_iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
     });
     std::fs::create_dir_all(&args.out_dir).map_err(|e| format!("{}: {e}", args.out_dir))?;
-    let base = format!("{}/hicache-{}-{}-{stamp}", args.out_dir, mode_name(mode), args.tag);
-    std::fs::write(format!("{base}.json"), serde_json::to_string_pretty(&value).expect("json"))
-        .map_err(|e| format!("{base}.json: {e}"))?;
+    let base = format!(
+        "{}/hicache-{}-{}-{stamp}",
+        args.out_dir,
+        mode_name(mode),
+        args.tag
+    );
+    std::fs::write(
+        format!("{base}.json"),
+        serde_json::to_string_pretty(&value).expect("json"),
+    )
+    .map_err(|e| format!("{base}.json: {e}"))?;
     let mut md = format!(
         "# peercache-bench {} ({})\n\nprotocol {} · layout {:?} · page {} B · {} tokens/page · batch {} · working set {} pages · {} s + {} s warmup · host {} ({} cpus, kernel {})\n\n",
         mode_name(mode),
@@ -885,10 +948,21 @@ fn report(
         md.push_str(&r.md(args, peaks.contains(&i)));
         md.push('\n');
     }
-    if !value["references"].as_object().map(|o| o.is_empty()).unwrap_or(true) {
-        md.push_str(&format!("\nReferences (same run): {}\n", value["references"]));
+    if !value["references"]
+        .as_object()
+        .map(|o| o.is_empty())
+        .unwrap_or(true)
+    {
+        md.push_str(&format!(
+            "\nReferences (same run): {}\n",
+            value["references"]
+        ));
     }
-    if !value["ratios"].as_object().map(|o| o.is_empty()).unwrap_or(true) {
+    if !value["ratios"]
+        .as_object()
+        .map(|o| o.is_empty())
+        .unwrap_or(true)
+    {
         md.push_str(&format!("\nRatios: {}\n", value["ratios"]));
     }
     md.push_str(&format!(

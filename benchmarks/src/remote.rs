@@ -174,7 +174,12 @@ pub(crate) fn pct(h: &Histogram<u64>, q: f64) -> f64 {
 
 /// Runs `threads` workers calling `op(thread, round) -> (pages, hits, bytes)`
 /// for warmup + duration; returns throughput and the per-call latency (µs).
-pub(crate) fn sweep<F>(threads: usize, warmup: f64, duration: f64, op: F) -> (f64, f64, f64, Histogram<u64>)
+pub(crate) fn sweep<F>(
+    threads: usize,
+    warmup: f64,
+    duration: f64,
+    op: F,
+) -> (f64, f64, f64, Histogram<u64>)
 where
     F: Fn(usize, u64) -> (u64, u64, u64) + Sync,
 {

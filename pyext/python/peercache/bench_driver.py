@@ -68,6 +68,7 @@ def main():
             "global_segment_size": spec["working_set"] * page_bytes * 2 + (64 << 20),
             "shards": spec["shards"],
             "max_channels_per_peer": spec["max_channels"],
+            "directory_replicas": spec["replicas"],
             "directory_read_cache_ttl": spec["dir_cache_ttl"],
             "heartbeat_interval": 0.5,
             "member_ttl": 3,

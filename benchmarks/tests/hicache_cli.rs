@@ -1,0 +1,119 @@
+//! The HiCache benchmark modes end to end: a real producer process and a
+//! consumer node on 127.0.0.1, short durations, and the result files' shape.
+//! No timing is asserted (the machine is shared): only that each point ran,
+//! found every page, and was written down with its host and meta blocks.
+
+use std::process::Command;
+
+fn bench() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_peercache-bench"))
+}
+
+fn run_mode(args: &[&str]) -> serde_json::Value {
+    let dir = tempdir();
+    let out = bench()
+        .args(args)
+        .args([
+            "--duration",
+            "0.3",
+            "--warmup",
+            "0.1",
+            "--working-set",
+            "64",
+            "--page-size",
+            "16384",
+            "--batch-size",
+            "8",
+            "--out-dir",
+        ])
+        .arg(&dir)
+        .output()
+        .expect("run peercache-bench");
+    assert!(
+        out.status.success(),
+        "peercache-bench {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json = std::fs::read_dir(&dir)
+        .expect("out dir")
+        .map(|e| e.expect("entry").path())
+        .find(|p| p.extension().is_some_and(|x| x == "json"))
+        .expect("a JSON result");
+    let md = json.with_extension("md");
+    assert!(md.exists(), "the Markdown result is missing");
+    let value: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("read")).expect("json");
+    let _ = std::fs::remove_dir_all(&dir);
+    value
+}
+
+fn tempdir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "peercache-bench-test-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn latency_mode_reads_every_page_and_records_host_and_meta() {
+    let v = run_mode(&["latency", "--layout", "mha", "--tag", "test"]);
+    assert_eq!(v["mode"], "latency");
+    assert_eq!(v["meta"]["layout"], "mha");
+    assert_eq!(v["meta"]["objects_per_page"], 2);
+    assert!(v["host"]["cpus"].as_u64().unwrap() >= 1);
+    let rows = v["results"].as_array().unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["op"], "get");
+    assert_eq!(rows[0]["batch"], 1);
+    assert_eq!(rows[0]["hit_pct"], 100.0);
+    assert!(rows[0]["calls"].as_u64().unwrap() > 0);
+    assert!(v["memory"]["peak_rss_bytes"].as_u64().unwrap() > 0);
+    assert!(v["consumer_counters"]["read_remote_hits"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn saturation_of_each_op_has_a_peak_row() {
+    for op in ["get", "set", "exists"] {
+        let v = run_mode(&[
+            "saturation",
+            "--op",
+            op,
+            "--concurrencies",
+            "1,2",
+            "--tag",
+            op,
+        ]);
+        let rows = v["results"].as_array().unwrap();
+        assert_eq!(rows.len(), 2, "{op}");
+        for r in rows {
+            assert_eq!(r["op"], op);
+            assert_eq!(r["hit_pct"], 100.0, "{op}: {r}");
+        }
+        assert_eq!(v["peak"].as_array().unwrap().len(), 1, "{op}");
+    }
+}
+
+#[test]
+fn what_this_build_cannot_measure_is_refused_by_name() {
+    for (flag, value, expected) in [
+        ("--gpu", None, "GPU"),
+        ("--protocol", Some("rdma"), "RDMA"),
+        ("--processes", Some("2"), "--processes"),
+    ] {
+        let mut cmd = bench();
+        cmd.args(["latency", flag]);
+        if let Some(v) = value {
+            cmd.arg(v);
+        }
+        let out = cmd.output().expect("run");
+        assert!(!out.status.success(), "{flag} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expected), "{flag}: {err}");
+    }
+}
