@@ -282,6 +282,14 @@ impl HicacheArgs {
         .map_err(|e| e.to_string())
     }
 
+    /// Destination region per consumer thread: the working set's size, at
+    /// most 64 MiB, at least one batch.
+    fn dst_region_bytes(&self) -> usize {
+        let batch = self.batch_size * self.page_size;
+        let region = (self.working_set * self.page_size).min(64 << 20).max(batch);
+        region / batch * batch
+    }
+
     fn pool_bytes(&self) -> usize {
         self.working_set * self.page_size * 2 + (64 << 20)
     }
@@ -463,7 +471,7 @@ impl<'a> Consumer<'a> {
             std::thread::sleep(Duration::from_millis(50));
         }
         Ok(Consumer {
-            dst: AlignedBuf::new(args.batch_size * args.page_size * max_threads),
+            dst: AlignedBuf::new(args.dst_region_bytes() * max_threads),
             args,
             node,
             discovery: discovery.to_string(),
@@ -483,7 +491,11 @@ impl<'a> Consumer<'a> {
         let names = &self.objects[first * per..(first + batch) * per];
         match op {
             Op::Get => {
-                let base = t * a.batch_size * a.page_size;
+                // Like SGLang's host pool, destinations move around a large
+                // region (cold in cache), not one hot batch-sized buffer.
+                let region = a.dst_region_bytes();
+                let slots = region / (a.batch_size * a.page_size);
+                let base = t * region + (round as usize % slots) * a.batch_size * a.page_size;
                 let dsts: Vec<*mut u8> = (0..batch * per)
                     // SAFETY: thread t's own region of the destination buffer.
                     .map(|j| unsafe { self.dst.ptr().add(base + j * obj) })
@@ -504,7 +516,7 @@ impl<'a> Consumer<'a> {
                 let keys: Vec<String> = (0..batch)
                     .flat_map(|i| a.objects(&format!("set-{n}-{i}")))
                     .collect();
-                let base = t * a.batch_size * a.page_size;
+                let base = t * a.dst_region_bytes();
                 let srcs: Vec<*const u8> = (0..batch * per)
                     // SAFETY: as for get; read only.
                     .map(|j| unsafe { self.dst.ptr().add(base + j * obj) as *const u8 })

@@ -54,8 +54,12 @@ def main():
     spec = json.loads(sys.argv[1])
     threads, batch = spec["threads"], spec["batch"]
     tpp, page_bytes = spec["tokens_per_page"], spec["page_size"]
-    # Each thread owns `batch` pages of the host pool as its destination.
-    pool = BenchHostPool(threads * batch, tpp, page_bytes, spec["layout"])
+    # Each thread owns a region of the host pool (the working set's size, at
+    # most 64 MiB) and moves through it batch by batch, so destinations are
+    # cold in cache as in SGLang's host pool (same rule as the Rust consumer).
+    region = max(batch, min(spec["working_set"], (64 << 20) // page_bytes) // batch * batch)
+    slots = region // batch
+    pool = BenchHostPool(threads * region, tpp, page_bytes, spec["layout"])
     store = PeerCacheStore(
         None,
         {
@@ -93,19 +97,24 @@ def main():
     lock = threading.Lock()
 
     def worker(t):
-        indices = array("q", range(t * batch * tpp, (t + 1) * batch * tpp))
+        first_page = t * region
+        indices = [
+            array("q", range((first_page + k * batch) * tpp, (first_page + (k + 1) * batch) * tpp))
+            for k in range(slots)
+        ]
         lat, pages, hits, n = [], 0, 0, 0
         while not stop.is_set():
             first = (n * batch + t * 7919) % (ws - batch + 1)
             n += 1
             names = keys[first : first + batch]
             t0 = time.perf_counter()
+            dst = indices[n % slots]
             if op == "get":
-                got = sum(store.batch_get_v1(names, indices))
+                got = sum(store.batch_get_v1(names, dst))
             elif op == "set":
                 fresh = ["set-py-%d-%d-%d" % (t, n, i) for i in range(batch)]
                 t0 = time.perf_counter()
-                got = sum(store.batch_set_v1(fresh, indices))
+                got = sum(store.batch_set_v1(fresh, dst))
             else:
                 got = store.batch_exists(names)
             dt = time.perf_counter() - t0
