@@ -343,16 +343,21 @@ impl PyNode {
     }
 
     /// Zero-copy page transfer between the host pool described by `layout`
-    /// and the cache: `op` is `"set"` or `"get"`, `keys` one per page, and
-    /// `indices_addr` the address of `indices_len` contiguous int64 host
-    /// indices (`page_size` per key; e.g. a CPU tensor's `data_ptr()`).
-    /// One flag per page: true only when every entry of the page moved.
+    /// and the cache: `op` is `"set"` or `"get"`; `keys` the `count` page
+    /// keys joined by NUL bytes, UTF-8 (`"\0".join(keys).encode()`: one
+    /// object to convert instead of one per page, which is most of the GIL
+    /// time a call holds); `indices_addr` the address of `indices_len`
+    /// contiguous int64 host indices (`page_size` per key; e.g. a CPU
+    /// tensor's `data_ptr()`). One flag per page: true only when every entry
+    /// of the page moved.
+    #[allow(clippy::too_many_arguments)]
     fn pages(
         &self,
         py: Python<'_>,
         op: &str,
         layout: &PyPageLayout,
-        keys: Vec<String>,
+        keys: &[u8],
+        count: usize,
         indices_addr: usize,
         indices_len: usize,
     ) -> PyResult<Vec<bool>> {
@@ -365,61 +370,74 @@ impl PyNode {
             )));
         }
         let layout = &layout.inner;
-        let n = keys.len();
-        Ok(self.detached(py, op.name(), vec![false; n], move |node| {
-            let indices: &[i64] = if indices_len == 0 {
-                &[]
-            } else {
-                // SAFETY: the caller vouches for an int64 array of this length
-                // that stays alive for the call (alignment checked above).
-                unsafe { std::slice::from_raw_parts(indices_addr as *const i64, indices_len) }
-            };
-            let started = Instant::now();
-            let batch = layout.resolve(&keys, indices).map_err(|e| e.to_string())?;
-            // SAFETY: `resolve` only yields addresses inside the host buffer
-            // the layout was measured on (every index is bounds-checked).
-            let flags = unsafe { self.run_objects(node, op, &batch)? };
-            let pages = layout.per_page(&flags);
-            let done = pages.iter().filter(|&&ok| ok).count();
-            self.record(op, done, (done * layout.page_bytes()) as u64, started);
-            Ok(pages)
-        }))
+        Ok(
+            self.detached(py, op.name(), vec![false; count], move |node| {
+                let keys = split_keys(keys, count)?;
+                let indices: &[i64] = if indices_len == 0 {
+                    &[]
+                } else {
+                    // SAFETY: the caller vouches for an int64 array of this length
+                    // that stays alive for the call (alignment checked above).
+                    unsafe { std::slice::from_raw_parts(indices_addr as *const i64, indices_len) }
+                };
+                let started = Instant::now();
+                let batch = layout.resolve(&keys, indices).map_err(|e| e.to_string())?;
+                // SAFETY: `resolve` only yields addresses inside the host buffer
+                // the layout was measured on (every index is bounds-checked).
+                let flags = unsafe { self.run_objects(node, op, &batch)? };
+                let pages = layout.per_page(&flags);
+                let done = pages.iter().filter(|&&ok| ok).count();
+                self.record(op, done, (done * layout.page_bytes()) as u64, started);
+                Ok(pages)
+            }),
+        )
     }
 
     /// Like `pages`, with the buffers listed by the host pool itself
     /// (`get_page_buffer_meta` output), for pools whose map is not affine.
+    #[allow(clippy::too_many_arguments)]
     fn pages_listed(
         &self,
         py: Python<'_>,
         op: &str,
         layout: &PyPageLayout,
-        keys: Vec<String>,
+        keys: &[u8],
+        count: usize,
         ptrs: Vec<usize>,
         sizes: Vec<usize>,
     ) -> PyResult<Vec<bool>> {
         let op = PageOp::parse(op)?;
         let layout = &layout.inner;
-        let n = keys.len();
-        Ok(self.detached(py, op.name(), vec![false; n], move |node| {
-            let started = Instant::now();
-            let batch = layout
-                .resolve_listed(&keys, ptrs, sizes)
-                .map_err(|e| e.to_string())?;
-            // SAFETY: the pool listed these buffers for exactly these pages.
-            let flags = unsafe { self.run_objects(node, op, &batch)? };
-            let pages = layout.per_page(&flags);
-            let done = pages.iter().filter(|&&ok| ok).count();
-            self.record(op, done, (done * layout.page_bytes()) as u64, started);
-            Ok(pages)
-        }))
+        Ok(
+            self.detached(py, op.name(), vec![false; count], move |node| {
+                let keys = split_keys(keys, count)?;
+                let started = Instant::now();
+                let batch = layout
+                    .resolve_listed(&keys, ptrs, sizes)
+                    .map_err(|e| e.to_string())?;
+                // SAFETY: the pool listed these buffers for exactly these pages.
+                let flags = unsafe { self.run_objects(node, op, &batch)? };
+                let pages = layout.per_page(&flags);
+                let done = pages.iter().filter(|&&ok| ok).count();
+                self.record(op, done, (done * layout.page_bytes()) as u64, started);
+                Ok(pages)
+            }),
+        )
     }
 
-    /// Whether each page of `keys` is fully present in the keyspace of
-    /// `layout` (every entry of the page); one flag per page.
-    fn pages_exist(&self, py: Python<'_>, layout: &PyPageLayout, keys: Vec<String>) -> Vec<bool> {
+    /// Whether each page of `keys` (`count` keys joined as for `pages`) is
+    /// fully present in the keyspace of `layout` (every entry of the page);
+    /// one flag per page.
+    fn pages_exist(
+        &self,
+        py: Python<'_>,
+        layout: &PyPageLayout,
+        keys: &[u8],
+        count: usize,
+    ) -> Vec<bool> {
         let layout = &layout.inner;
-        let n = keys.len();
-        self.detached(py, "batch_exists", vec![false; n], move |node| {
+        self.detached(py, "batch_exists", vec![false; count], move |node| {
+            let keys = split_keys(keys, count)?;
             let names = layout.names(&keys);
             let flags = node.batch_exists_each(&names).map_err(|e| e.to_string())?;
             Ok(layout.per_page(&flags))
@@ -536,6 +554,25 @@ impl PyNode {
             if self.closed(py) { "True" } else { "False" }
         )
     }
+}
+
+/// Splits NUL-joined UTF-8 page keys; exactly `count` of them, or an error
+/// (a key containing a NUL byte shows up as a count mismatch, never as a
+/// wrong key).
+fn split_keys(blob: &[u8], count: usize) -> Result<Vec<&str>, String> {
+    let text = std::str::from_utf8(blob).map_err(|e| format!("page keys are not UTF-8: {e}"))?;
+    let keys: Vec<&str> = if count == 0 {
+        Vec::new()
+    } else {
+        text.split('\0').collect()
+    };
+    if keys.len() != count {
+        return Err(format!(
+            "{} page keys received where {count} were announced (a key contains a NUL byte?)",
+            keys.len()
+        ));
+    }
+    Ok(keys)
 }
 
 impl PyNode {

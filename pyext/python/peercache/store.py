@@ -404,11 +404,14 @@ class PeerCacheStore(_Base):
         # the index array's address, one native call (GIL released inside).
         try:
             layout = self._layouts[pool]
+            # One bytes object for all keys: converting it is one copy, where
+            # a list of str would be one conversion per page with the GIL held.
+            blob = "\0".join(keys).encode()
             if layout.affine:
                 address, length, _keep = _index_array(host_indices)
-                return self._node.pages(op, layout.native, keys, address, length)
+                return self._node.pages(op, layout.native, blob, len(keys), address, length)
             ptrs, sizes = layout.pool.get_page_buffer_meta(host_indices)
-            return self._node.pages_listed(op, layout.native, keys, list(ptrs), list(sizes))
+            return self._node.pages_listed(op, layout.native, blob, len(keys), list(ptrs), list(sizes))
         except Exception as e:
             n = len(keys)
             if pool not in self._layouts:
@@ -431,7 +434,7 @@ class PeerCacheStore(_Base):
                 raw = self._node.batch_exists(keys)
                 if self.interface_v1 is False or layout is None or raw == n:
                     return raw
-            flags = self._node.pages_exist(layout.native, keys)
+            flags = self._node.pages_exist(layout.native, "\0".join(keys).encode(), n)
             comp = flags.index(False) if False in flags else n
             return comp if raw is None else max(raw, comp)
         except Exception as e:
@@ -451,7 +454,7 @@ class PeerCacheStore(_Base):
             layout = self._layouts.get(name)
             try:
                 present = (
-                    self._node.pages_exist(layout.native, keys[:kv_pages])
+                    self._node.pages_exist(layout.native, "\0".join(keys[:kv_pages]).encode(), kv_pages)
                     if layout is not None and kv_pages
                     else [False] * kv_pages
                 )
