@@ -50,3 +50,32 @@ def test_meta_serves_discovery_and_stops_on_sigterm():
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_import_needs_neither_torch_nor_sglang():
+    """`import peercache` and `peercache.store` work where torch and SGLang
+    cannot be imported; the store then derives from the stand-in base and
+    still serves generic calls."""
+    code = """
+import sys
+sys.modules['torch'] = None      # makes `import torch` raise ImportError
+sys.modules['sglang'] = None
+import peercache, peercache.store as s
+assert not s.HAS_SGLANG
+assert s.PeerCacheStore.__mro__[1].__module__ == 'peercache.store'
+store = s.PeerCacheStore(None, {'discovery_addr': '127.0.0.1:%d', 'global_segment_size': '32mb',
+                                'metrics_enabled': False, 'disk_enabled': False})
+assert store.set('k', b'hello world')
+dst = bytearray(11)
+assert store.get('k', dst) is dst and bytes(dst) == b'hello world'
+assert store.exists('k') and store.batch_exists(['k', 'nope']) == 1
+m = store.get_stats()
+assert type(m).__name__ == 'StorageMetrics' and m.backup_pgs == [1]
+store.close()
+print('ok')
+"""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = subprocess.run([sys.executable, "-c", code % port], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
