@@ -2,6 +2,7 @@
 //!
 //! - [`verbs`]: the verbs interface everything else is written against.
 //! - [`fabric`]: a deterministic in-memory NIC implementing it, for tests.
+//! - `ibverbs` (cargo feature `ibverbs`): the rdma-sys implementation.
 //! - [`registration`]: which memory is registered how (pool REMOTE_READ,
 //!   host buffer LOCAL_WRITE, lazy destinations, GPU buffers).
 //! - [`channel`]: per-peer channel pools (QP + CQ per channel).
@@ -14,6 +15,8 @@
 
 pub mod channel;
 pub mod fabric;
+#[cfg(feature = "ibverbs")]
+pub mod ibverbs;
 pub mod rail;
 pub mod reader;
 pub mod registration;
@@ -52,6 +55,31 @@ pub fn select(config: &Config) -> Result<Transport, String> {
 /// even where every configured device opens, the READ path is not wired into
 /// the node's get path yet, and saying "rdma" then would be a lie.
 fn rdma_unavailable_reason(config: &Config) -> String {
-    let _ = config;
-    "this build has no RDMA support: it was built without the `ibverbs` cargo feature".to_owned()
+    #[cfg(feature = "ibverbs")]
+    {
+        let provider = ibverbs::IbvProvider;
+        let names = config.rdma_devices();
+        let wanted: Vec<Option<&str>> = if names.is_empty() {
+            vec![None]
+        } else {
+            names.iter().map(|n| Some(n.as_str())).collect()
+        };
+        let mut opened = Vec::new();
+        for name in wanted {
+            match verbs::VerbsProvider::open(&provider, name, config.ib_port, config.gid_index) {
+                Ok(dev) => opened.push(verbs::Verbs::name(&dev).to_owned()),
+                Err(e) => return e.to_string(),
+            }
+        }
+        format!(
+            "device(s) {} opened, but this build does not yet read pages over RDMA in the node's get path",
+            opened.join(",")
+        )
+    }
+    #[cfg(not(feature = "ibverbs"))]
+    {
+        let _ = config;
+        "this build has no RDMA support: it was built without the `ibverbs` cargo feature"
+            .to_owned()
+    }
 }
