@@ -357,7 +357,8 @@ impl PyNode {
         indices_len: usize,
     ) -> PyResult<Vec<bool>> {
         let op = PageOp::parse(op)?;
-        if indices_len > 0 && (indices_addr == 0 || indices_addr % std::mem::align_of::<i64>() != 0)
+        if indices_len > 0
+            && (indices_addr == 0 || !indices_addr.is_multiple_of(std::mem::align_of::<i64>()))
         {
             return Err(PyValueError::new_err(format!(
                 "host indices at {indices_addr:#x} are not an aligned int64 array"
