@@ -93,6 +93,28 @@ enum ChainState {
     Failed(usize),
 }
 
+/// A posted batch, between [`Reader::post`] and [`Reader::finish`]. It owns
+/// its leased channels and does not borrow the rails, so several batches
+/// (several tasks of one shard) can be in flight at once. Always finish it:
+/// dropping it destroys its QPs (so no DMA lands later) but leaves their
+/// places counted in the channel pool.
+pub struct Batch<V: Verbs> {
+    serial: u32,
+    len: usize,
+    chains: Vec<Chain<V>>,
+    deadline_us: u64,
+}
+
+impl<V: Verbs> Debug for Batch<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batch")
+            .field("serial", &self.serial)
+            .field("len", &self.len)
+            .field("chains", &self.chains.len())
+            .finish()
+    }
+}
+
 /// Issues batched READs and keeps the data-path counters.
 pub struct Reader {
     serial: u32,
@@ -126,14 +148,15 @@ impl Reader {
         }
     }
 
-    /// Reads `items` from `peer`, whose pool is at `remote[r]` on its rail r.
-    /// Returns one flag per item: true only when the bytes landed and the
-    /// slot generation still matched afterwards.
+    /// Reads `items` from `peer`, whose pool is at `remote[r]` on its rail r,
+    /// polling until every chain settles. Returns one flag per item: true
+    /// only when the bytes landed and the slot generation still matched
+    /// afterwards. A caller that must not block (a shard's executor) uses
+    /// [`Reader::post`], [`Reader::poll`] (yielding between calls) and
+    /// [`Reader::finish`] instead; this is exactly those three in a loop.
     ///
     /// # Safety
-    /// Every `dst` must be valid for writes of its length until this call
-    /// returns, and must stay mapped for the life of the rails if it is not
-    /// in a registered buffer (it then gets a lazy registration).
+    /// As for [`Reader::post`], until this call returns.
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn read<V: Verbs, P: Clone + Eq + Hash + Debug>(
         &mut self,
@@ -145,16 +168,43 @@ impl Reader {
         clock: &dyn Clock,
         check: &mut dyn GenerationCheck,
     ) -> Vec<bool> {
+        let mut batch = self.post(rails, peer, remote, items, exchange, clock);
+        while !self.poll(&mut batch, peer, clock) {}
+        self.finish(rails, peer, batch, items, check)
+    }
+
+    /// Stripes `items` over the rails, chains each rail's share into as few
+    /// posts as its send queue allows, and posts them. Pages that could not
+    /// be posted (no lkey, no channel, refused post) are already misses.
+    ///
+    /// # Safety
+    /// Every `dst` must be valid for writes of its length until the batch is
+    /// finished (or dropped: that destroys its QPs, which stops their DMA),
+    /// and must stay mapped for the life of the rails if it is not in a
+    /// registered buffer (it then gets a lazy registration).
+    pub unsafe fn post<V: Verbs, P: Clone + Eq + Hash + Debug>(
+        &mut self,
+        rails: &mut Rails<V, P>,
+        peer: &P,
+        remote: &[RemotePool],
+        items: &[ReadItem],
+        exchange: &mut dyn QpExchange<P>,
+        clock: &dyn Clock,
+    ) -> Batch<V> {
         let n = items.len();
-        let mut ok = vec![false; n];
         let rail_count = rails.len().min(remote.len());
-        if n == 0 || rail_count == 0 {
-            return ok;
-        }
         assert!(n <= u32::MAX as usize, "batch positions fit a wr_id");
         self.serial = self.serial.wrapping_add(1);
         let serial = self.serial;
         let mut chains: Vec<Chain<V>> = Vec::new();
+        if n == 0 {
+            return Batch {
+                serial,
+                len: 0,
+                chains,
+                deadline_us: 0,
+            };
+        }
         for (r, pool) in remote.iter().enumerate().take(rail_count) {
             let rail = rails.rail_mut(r);
             let depth = rail.channels.sizes().max_send_wr.max(1) as usize;
@@ -214,37 +264,78 @@ impl Reader {
             }
         }
 
-        let deadline = clock.now_us().saturating_add(self.timeout_us);
-        loop {
-            let mut pending = false;
-            for chain in chains.iter_mut().filter(|c| c.state == ChainState::Pending) {
-                self.poll_chain(chain, serial, peer);
-                pending |= chain.state == ChainState::Pending;
-            }
-            if !pending {
-                break;
-            }
-            if clock.now_us() >= deadline {
-                let timeout_us = self.timeout_us;
-                for chain in chains.iter_mut().filter(|c| c.state == ChainState::Pending) {
-                    ShardStats::bump(&self.stats.rdma_read_timeouts, 1);
-                    self.warn(format_args!(
-                        "rail {}: {} READs from {peer:?} not completed within {} us",
-                        chain.rail,
-                        chain.items.len(),
-                        timeout_us
-                    ));
-                    chain.state = ChainState::Failed(0);
-                }
-                break;
-            }
+        Batch {
+            serial,
+            len: n,
+            chains,
+            deadline_us: clock.now_us().saturating_add(self.timeout_us),
         }
+    }
 
-        for mut chain in chains {
+    /// Polls every pending chain of `batch` once; a chain past the deadline
+    /// times out. Returns true once every chain has settled.
+    pub fn poll<V: Verbs, P: Debug>(
+        &mut self,
+        batch: &mut Batch<V>,
+        peer: &P,
+        clock: &dyn Clock,
+    ) -> bool {
+        let mut pending = false;
+        for chain in batch
+            .chains
+            .iter_mut()
+            .filter(|c| c.state == ChainState::Pending)
+        {
+            self.poll_chain(chain, batch.serial, peer);
+            pending |= chain.state == ChainState::Pending;
+        }
+        if !pending {
+            return true;
+        }
+        if clock.now_us() < batch.deadline_us {
+            return false;
+        }
+        let timeout_us = self.timeout_us;
+        for chain in batch
+            .chains
+            .iter_mut()
+            .filter(|c| c.state == ChainState::Pending)
+        {
+            ShardStats::bump(&self.stats.rdma_read_timeouts, 1);
+            self.warn(format_args!(
+                "rail {}: {} READs from {peer:?} not completed within {} us",
+                chain.rail,
+                chain.items.len(),
+                timeout_us
+            ));
+            chain.state = ChainState::Failed(0);
+        }
+        true
+    }
+
+    /// Returns healthy channels to their pools, discards the others, and
+    /// re-checks the generation of every page whose bytes landed.
+    pub fn finish<V: Verbs, P: Clone + Eq + Hash>(
+        &mut self,
+        rails: &mut Rails<V, P>,
+        peer: &P,
+        batch: Batch<V>,
+        items: &[ReadItem],
+        check: &mut dyn GenerationCheck,
+    ) -> Vec<bool> {
+        assert_eq!(
+            batch.len,
+            items.len(),
+            "finish with the items that were posted"
+        );
+        let mut ok = vec![false; items.len()];
+        for mut chain in batch.chains {
             let good = match chain.state {
                 ChainState::Done => chain.items.len(),
                 ChainState::Failed(k) => k,
-                ChainState::Pending => unreachable!("every chain is settled above"),
+                // Finishing early abandons the chain: a miss, and its QP
+                // is destroyed so nothing lands later.
+                ChainState::Pending => 0,
             };
             for &i in &chain.items[..good] {
                 ok[i as usize] = true;

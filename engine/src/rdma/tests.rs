@@ -1082,3 +1082,93 @@ fn writes_follow_the_same_access_rules() {
     assert_eq!(qa.state(), QpState::Error);
     assert_eq!(&s.pool.bytes()[..PAGE], &before[..]);
 }
+
+#[test]
+fn two_batches_in_flight_settle_independently() {
+    // The post / poll / finish split lets a shard keep several batches in
+    // flight and yield between polls. Responder rail b1 is slow: a batch
+    // striped over both rails waits for it, while a batch that uses rail 0
+    // only settles and is delivered first.
+    let options = FabricOptions {
+        faults: FaultPlan {
+            slow_device: Some("b1".into()),
+            slow_ticks: 100,
+            ..FaultPlan::default()
+        },
+        ..FabricOptions::default()
+    };
+    let mut s = setup(options, 2, 4, ChannelSizes::default());
+    let mut dst = dst_for(3);
+    s.register_host(&mut dst);
+    let base = dst.ptr();
+    let item = |page: usize, j: usize| ReadItem {
+        location: Location {
+            offset: (page * PAGE) as u64,
+            generation: 0,
+            len: PAGE as u32,
+        },
+        // SAFETY: dst holds 3 pages.
+        dst: unsafe { base.add(j * PAGE) },
+    };
+    let striped_items = [item(10, 0), item(11, 1)];
+    let rail0_items = [item(20, 2)];
+    let (both_rails, rail0) = (s.remote.clone(), [s.remote[0]]);
+    let mut reader = s.reader();
+    let clock = s.fabric.clock();
+    // SAFETY: dst outlives both batches.
+    let mut striped = unsafe {
+        reader.post(
+            &mut s.rails,
+            &PEER,
+            &both_rails,
+            &striped_items,
+            &mut s.responder,
+            &clock,
+        )
+    };
+    // SAFETY: as above.
+    let mut quick = unsafe {
+        reader.post(
+            &mut s.rails,
+            &PEER,
+            &rail0,
+            &rail0_items,
+            &mut s.responder,
+            &clock,
+        )
+    };
+    let (mut striped_done, mut quick_done, mut polls) = (false, false, 0);
+    while !quick_done {
+        striped_done |= reader.poll(&mut striped, &PEER, &clock);
+        quick_done |= reader.poll(&mut quick, &PEER, &clock);
+        polls += 1;
+        assert!(polls < 1000, "bounded");
+    }
+    assert!(
+        !striped_done,
+        "the striped batch still waits for the slow rail"
+    );
+    let ok_quick = reader.finish(&mut s.rails, &PEER, quick, &rail0_items, &mut NoEviction);
+    assert_eq!(ok_quick, vec![true]);
+    assert_eq!(
+        &dst.bytes()[2 * PAGE..],
+        &s.pool.bytes()[20 * PAGE..21 * PAGE]
+    );
+    while !reader.poll(&mut striped, &PEER, &clock) {}
+    let ok_striped = reader.finish(
+        &mut s.rails,
+        &PEER,
+        striped,
+        &striped_items,
+        &mut NoEviction,
+    );
+    assert_eq!(ok_striped, vec![true, true], "slow, not timed out");
+    assert_eq!(
+        &dst.bytes()[..2 * PAGE],
+        &s.pool.bytes()[10 * PAGE..12 * PAGE]
+    );
+    assert_eq!(s.stats.snapshot().rdma_read_timeouts, 0);
+    // Both rails' channels went back to their pools.
+    assert_eq!(s.rails.rail(0).channels.idle_to(&PEER), 2);
+    assert_eq!(s.rails.rail(1).channels.idle_to(&PEER), 1);
+}
