@@ -20,6 +20,9 @@ use std::os::raw::{c_int, c_void};
 use std::ptr;
 use std::rc::Rc;
 
+/// Most outstanding READs asked per QP (the usual HCA limit).
+const MAX_RD_ATOMIC: i32 = 16;
+
 /// The errno of the last failed call, as text.
 fn os_error() -> String {
     std::io::Error::last_os_error().to_string()
@@ -204,6 +207,25 @@ impl VerbsProvider for IbvProvider {
                 "gid_index is outside the GID table: list it with `show_gids` (RoCEv2 is often 3)",
             ));
         }
+        // READ depth the device allows per QP: a chain of READs is pipelined
+        // up to this many outstanding, and asking for more fails RTR/RTS.
+        // SAFETY: a zeroed ibv_device_attr is a valid out-parameter; ctx is open.
+        let mut dev_attr: sys::ibv_device_attr = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        if unsafe { sys::ibv_query_device(ctx, &mut dev_attr) } != 0 {
+            let detail = os_error();
+            // SAFETY: opened above, not kept.
+            unsafe { sys::ibv_close_device(ctx) };
+            return Err(VerbsError::new(
+                "ibv_query_device",
+                format!("{dev_name}: {detail}"),
+                "the driver is unhealthy: check `ibv_devinfo -v`",
+            ));
+        }
+        let rd_atomic = dev_attr
+            .max_qp_rd_atom
+            .min(dev_attr.max_qp_init_rd_atom)
+            .clamp(1, MAX_RD_ATOMIC) as u8;
         // SAFETY: ctx is open.
         let pd = unsafe { sys::ibv_alloc_pd(ctx) };
         if pd.is_null() {
@@ -219,6 +241,7 @@ impl VerbsProvider for IbvProvider {
         Ok(IbvDevice {
             ctx: Rc::new(Context { ctx, pd }),
             name: dev_name,
+            rd_atomic,
             port: PortInfo {
                 port,
                 lid: attr.lid,
@@ -235,6 +258,8 @@ impl VerbsProvider for IbvProvider {
 pub struct IbvDevice {
     ctx: Rc<Context>,
     name: String,
+    /// Outstanding READs per QP, as the device allows (at most 16).
+    rd_atomic: u8,
     port: PortInfo,
 }
 
@@ -354,6 +379,7 @@ impl Verbs for IbvDevice {
             qp,
             psn,
             port: self.port,
+            rd_atomic: self.rd_atomic,
             state: QpState::Reset,
             _ctx: Rc::clone(&self.ctx),
         })
@@ -431,6 +457,7 @@ pub struct IbvQp {
     qp: *mut sys::ibv_qp,
     psn: u32,
     port: PortInfo,
+    rd_atomic: u8,
     state: QpState,
     _ctx: Rc<Context>,
 }
@@ -499,9 +526,9 @@ impl QueuePair for IbvQp {
         attr.path_mtu = u32::from(mtu.min(self.port.active_mtu));
         attr.dest_qp_num = remote.qp_num;
         attr.rq_psn = remote.psn;
-        // Outstanding READs the peer may serve for us; 16 is the common HCA
-        // limit and what keeps a chain of READs pipelined.
-        attr.max_dest_rd_atomic = 16;
+        // Outstanding READs this QP serves for its peer (the device's limit,
+        // at most 16): what keeps the peer's chain of READs pipelined.
+        attr.max_dest_rd_atomic = self.rd_atomic;
         attr.min_rnr_timer = 12;
         attr.ah_attr.dlid = remote.lid;
         attr.ah_attr.port_num = self.port.port;
@@ -534,7 +561,7 @@ impl QueuePair for IbvQp {
         attr.timeout = 14; // 4.096 us * 2^14 ~ 67 ms per retry
         attr.retry_cnt = 7;
         attr.rnr_retry = 7;
-        attr.max_rd_atomic = 16;
+        attr.max_rd_atomic = self.rd_atomic;
         self.modify(
             &mut attr,
             m::IBV_QP_STATE
