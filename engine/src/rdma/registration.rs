@@ -84,8 +84,10 @@ impl<V: Verbs> std::fmt::Debug for Registry<V> {
 
 /// The MR in `map` covering `[addr, addr + len)`, if any.
 fn covering<M: MemoryRegion>(map: &BTreeMap<u64, M>, addr: u64, len: u64) -> Option<MrKeys> {
-    // Regions never overlap each other within one map, so only the region
-    // starting at or below `addr` can cover it.
+    // Only the region starting last at or below `addr` is looked at. Lazy
+    // regions never overlap (they are merged); if a caller registers
+    // overlapping buffers, a lookup may miss one and register lazily, which
+    // costs an MR but is never wrong.
     let (_, mr) = map.range(..=addr).next_back()?;
     let k = mr.keys();
     (addr + len <= k.addr + k.len as u64).then_some(k)
