@@ -21,6 +21,11 @@ step() {
 step "rustfmt" cargo fmt --all -- --check
 step "clippy" cargo clippy --workspace --all-targets --quiet -- -D warnings
 step "cargo test" cargo test --workspace
+# The rdma-sys implementation of the RDMA verbs interface builds only with the
+# `ibverbs` feature: lint it, and run its link test (device listing, which
+# reports "no device" on machines without RDMA support).
+step "clippy (ibverbs)" cargo clippy -p peercache-engine --features ibverbs --all-targets --quiet -- -D warnings
+step "cargo test (ibverbs link)" cargo test -p peercache-engine --features ibverbs --lib rdma::ibverbs
 
 # Python: the package built from this tree, tested against SGLang's real
 # HiCache code (CPU-only torch + sglang, installed once into the venv).

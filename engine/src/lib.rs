@@ -2,8 +2,9 @@
 //!
 //! It owns the typed `extra_config` ([`config`]), key hashing and naming
 //! ([`keys`]), the consistent-hash ring ([`ring`]), the published pool that
-//! peers read from ([`pool`]), the shard-per-core runtime ([`runtime`]) and the
-//! node store that ties them together behind batch calls ([`store`]). See
+//! peers read from ([`pool`]), the shard-per-core runtime ([`runtime`]), the
+//! RDMA data plane tested on a software fabric ([`rdma`]) and the node store
+//! that ties them together behind batch calls ([`store`]). See
 //! `docs/architecture.md` for how the pieces fit.
 
 #![warn(missing_docs)]
@@ -18,6 +19,7 @@ pub mod logging;
 pub mod metrics;
 pub mod net;
 pub mod pool;
+pub mod rdma;
 pub mod ring;
 pub mod runtime;
 pub mod store;

@@ -72,6 +72,9 @@ pub enum NodeError {
     /// Discovery could not start.
     #[error("discovery: {0}")]
     Discovery(String),
+    /// `require_rdma` is set and RDMA cannot be used (the reason says why).
+    #[error("RDMA transport unavailable ({0}) and require_rdma is true; fix the RDMA set-up (device_name / device_names, ib_port, gid_index, rdma-core) or set require_rdma to false to allow the TCP fallback")]
+    RdmaRequired(String),
     /// A shard could not listen for peers.
     #[error("cannot listen on {host}:{port} for peer requests: {reason}; check control_bind_host / control_port")]
     Listen {
@@ -113,6 +116,8 @@ pub struct Node {
     runtime: Arc<Runtime<StoreJob>>,
     discovery: Option<DiscoveryRuntime>,
     pool_bytes_advertised: u64,
+    /// The data-path transport chosen at start (see `crate::rdma::select`).
+    transport: crate::rdma::Transport,
     stats: Vec<Arc<ShardStats>>,
     /// Batch-call latency, recorded by each calling thread.
     latency: Arc<LatencyRecorders>,
@@ -139,6 +144,9 @@ impl Node {
     /// Starts a node: maps and pre-faults the published pool, places and pins
     /// the shards, and returns once every shard is ready.
     pub fn start(config: Config) -> Result<Node, NodeError> {
+        // First, before any memory is mapped: a node that must not fall
+        // back to TCP fails here with the reason.
+        let transport = crate::rdma::select(&config).map_err(NodeError::RdmaRequired)?;
         let topology = peercache_numa::Topology::detect();
         let sysfs = peercache_numa::Sysfs::system();
         // With an explicit `shards` the NICs do not decide the shard count.
@@ -330,6 +338,7 @@ impl Node {
             runtime: Arc::new(runtime),
             discovery: None,
             pool_bytes_advertised: pool_bytes,
+            transport,
             stats,
             latency,
             member_gauge,
@@ -391,11 +400,11 @@ impl Node {
         let discovery =
             DiscoveryRuntime::start(&config, me, on_change).map_err(NodeError::Discovery)?;
         let head = config.discovery_head();
-        match config.protocol {
-            crate::config::Protocol::Rdma => tracing::warn!(
-                "RDMA transport unavailable (this build has no RDMA data plane yet); using TCP fallback"
-            ),
-            crate::config::Protocol::Tcp => {
+        match &node.transport {
+            crate::rdma::Transport::TcpFallback(reason) => {
+                tracing::warn!("RDMA transport unavailable ({reason}); using TCP fallback")
+            }
+            crate::rdma::Transport::Tcp => {
                 tracing::info!("protocol=tcp: pages travel over TCP (functional testing only)")
             }
         }
@@ -432,6 +441,11 @@ impl Node {
     /// is 0); None when metrics are disabled or the port was taken.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics.as_ref().map(MetricsServer::addr)
+    }
+
+    /// The data-path transport chosen at start.
+    pub fn transport(&self) -> &crate::rdma::Transport {
+        &self.transport
     }
 
     /// This node's id (`node_id`, or generated from the advertised host).

@@ -209,3 +209,20 @@ fn pool_too_small_is_a_clear_error() {
     let err = Node::start(config(r#","global_segment_size":4096,"shards":2"#)).unwrap_err();
     assert!(err.to_string().contains("too small"), "{err}");
 }
+
+#[test]
+fn require_rdma_without_a_usable_rdma_path_fails_start_with_the_reason() {
+    let err = Node::start(config(r#","protocol":"rdma","require_rdma":true"#)).unwrap_err();
+    assert!(matches!(err, NodeError::RdmaRequired(_)), "{err}");
+    let msg = err.to_string();
+    assert!(msg.starts_with("RDMA transport unavailable ("), "{msg}");
+    assert!(msg.contains("require_rdma"), "{msg}");
+    // Without require_rdma the same node starts and runs on TCP.
+    let node = Node::start(config(r#","protocol":"rdma""#)).unwrap();
+    assert!(matches!(
+        node.transport(),
+        crate::rdma::Transport::TcpFallback(_)
+    ));
+    let node = Node::start(config(r#","protocol":"tcp""#)).unwrap();
+    assert_eq!(node.transport(), &crate::rdma::Transport::Tcp);
+}
