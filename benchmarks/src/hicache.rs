@@ -436,7 +436,6 @@ fn start_producer(args: &HicacheArgs) -> Result<Producer, String> {
 struct Consumer<'a> {
     args: &'a HicacheArgs,
     node: Node,
-    discovery: String,
     objects: Vec<String>,
     dst: AlignedBuf,
     max_threads: usize,
@@ -459,9 +458,16 @@ impl<'a> Consumer<'a> {
             "waiting for the producer's {} pages ...",
             args.working_set
         ));
-        while node.members() < 2
-            || node.batch_exists(&objects).map_err(|e| e.to_string())? < objects.len()
-        {
+        let all_present = |node: &Node| -> Result<bool, String> {
+            // In chunks: one call is limited to MAX_BATCH_PAGES objects.
+            for chunk in objects.chunks(8192) {
+                if node.batch_exists(chunk).map_err(|e| e.to_string())? < chunk.len() {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        };
+        while node.members() < 2 || !all_present(&node)? {
             if Instant::now() > deadline {
                 return Err(format!(
                     "the consumer never saw the producer's working set at {discovery} \
@@ -474,7 +480,6 @@ impl<'a> Consumer<'a> {
             dst: AlignedBuf::new(args.dst_region_bytes() * max_threads),
             args,
             node,
-            discovery: discovery.to_string(),
             objects,
             max_threads,
             set_round: AtomicU64::new(0),
@@ -543,7 +548,7 @@ impl<'a> Consumer<'a> {
             a.warmup, a.duration
         ));
         if frontend == Frontend::Python {
-            return python_point(a, &self.discovery, op, threads, batch);
+            return Err("Python points run before the Rust consumer starts".into());
         }
         if threads > self.max_threads {
             return Err(format!(
@@ -695,43 +700,57 @@ pub fn run(args: &HicacheArgs, mode: Mode) -> Result<(), String> {
         .chain([args.concurrency, 1])
         .max()
         .unwrap_or(1);
-    let consumer = Consumer::start(args, &discovery, max_threads)?;
+    // Every point, in order: (op, front end, concurrency, batch).
+    let mut plan: Vec<(Op, Frontend, usize, usize)> = Vec::new();
+    match mode {
+        Mode::Latency => plan.push((Op::Get, args.frontend, 1, 1)),
+        Mode::Throughput | Mode::Drive => {
+            plan.push((args.op, args.frontend, args.concurrency, args.batch_size))
+        }
+        Mode::Saturation => plan.extend(
+            args.concurrencies
+                .iter()
+                .map(|&c| (args.op, args.frontend, c, args.batch_size)),
+        ),
+        Mode::Suite => {
+            plan.push((Op::Get, Frontend::Rust, 1, 1));
+            for op in [Op::Get, Op::Set, Op::Exists] {
+                plan.extend(
+                    args.concurrencies
+                        .iter()
+                        .map(|&c| (op, Frontend::Rust, c, args.batch_size)),
+                );
+            }
+            plan.extend(
+                args.concurrencies
+                    .iter()
+                    .map(|&c| (Op::Get, Frontend::Python, c, args.batch_size)),
+            );
+        }
+        Mode::Compare => plan.extend(
+            args.concurrencies
+                .iter()
+                .map(|&c| (Op::Get, args.frontend, c, args.batch_size)),
+        ),
+    }
     let mut rows: Vec<Row> = Vec::new();
+    // Python points first, before this process's consumer node joins: the
+    // Python consumer then meets the same two-node cluster (same directory
+    // placement) the Rust consumer meets afterwards.
+    for &(op, fe, c, b) in plan.iter().filter(|p| p.1 == Frontend::Python) {
+        progress(&format!(
+            "{op:?} frontend=Python concurrency={c} batch={b}: {:.0}+{:.0} s",
+            args.warmup, args.duration
+        ));
+        debug_assert_eq!(fe, Frontend::Python);
+        rows.push(python_point(args, &discovery, op, c, b)?);
+    }
+    let consumer = Consumer::start(args, &discovery, max_threads)?;
     let mut references = serde_json::Map::new();
     let mut peak_rss = rss_bytes();
-    let mut track = || peak_rss = peak_rss.max(rss_bytes());
-    match mode {
-        Mode::Latency => {
-            rows.push(consumer.point(Op::Get, args.frontend, 1, 1)?);
-        }
-        Mode::Throughput | Mode::Drive => {
-            rows.push(consumer.point(args.op, args.frontend, args.concurrency, args.batch_size)?);
-        }
-        Mode::Saturation => {
-            for &c in &args.concurrencies {
-                rows.push(consumer.point(args.op, args.frontend, c, args.batch_size)?);
-                track();
-            }
-        }
-        Mode::Suite => {
-            rows.push(consumer.point(Op::Get, Frontend::Rust, 1, 1)?);
-            for op in [Op::Get, Op::Set, Op::Exists] {
-                for &c in &args.concurrencies {
-                    rows.push(consumer.point(op, Frontend::Rust, c, args.batch_size)?);
-                    track();
-                }
-            }
-            for &c in &args.concurrencies {
-                rows.push(consumer.point(Op::Get, Frontend::Python, c, args.batch_size)?);
-                track();
-            }
-        }
-        Mode::Compare => {
-            for &c in &args.concurrencies {
-                rows.push(consumer.point(Op::Get, args.frontend, c, args.batch_size)?);
-                track();
-            }
-        }
+    for &(op, fe, c, b) in plan.iter().filter(|p| p.1 == Frontend::Rust) {
+        rows.push(consumer.point(op, fe, c, b)?);
+        peak_rss = peak_rss.max(rss_bytes());
     }
     if matches!(mode, Mode::Suite | Mode::Compare) {
         if let Some(p) = &producer {

@@ -17,7 +17,8 @@
 //! [`RankKeys`]) for component `e % C`, with `_p{e / C}` appended when a page
 //! has several pieces per component (layer-first layouts). Pools other than
 //! the KV pool (SGLang's v2 "extra" pools) name their objects after
-//! `{key}.{pool}`, one component with `E` pieces.
+//! `{key}.{pool}`, one component with `E` pieces, always per TP rank (their
+//! state may be TP-sharded even in MLA models).
 
 use peercache_engine::keys::RankKeys;
 use std::fmt::Write;
@@ -147,15 +148,24 @@ impl PageLayout {
     pub fn write_name(&self, key: &str, e: usize, scratch: &mut String, out: &mut String) {
         let c = self.components();
         let pieces = self.entries() / c;
-        let base: &str = match &self.pool {
-            None => key,
+        let (base, rank): (&str, RankKeys) = match &self.pool {
+            None => (key, self.rank),
             Some(pool) => {
                 scratch.clear();
                 let _ = write!(scratch, "{key}.{pool}");
-                scratch
+                // Extra pools (Mamba/KDA state, SWA, indexer) may be sharded
+                // over TP even when the KV pool is MLA-replicated, and every
+                // rank may back them up: always name them per TP rank, so two
+                // ranks never share (and overwrite) one object. A replicated
+                // pool then costs a miss on the other ranks, never wrong bytes.
+                let per_rank = RankKeys {
+                    is_mla: false,
+                    ..self.rank
+                };
+                (scratch.as_str(), per_rank)
             }
         };
-        self.rank.write_component_key(base, e % c, out);
+        rank.write_component_key(base, e % c, out);
         if pieces > 1 {
             let _ = write!(out, "_p{}", e / c);
         }
@@ -316,6 +326,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(l.names(&["x"]), ["x.mamba_0_k_p0", "x.mamba_0_k_p1"]);
+        // Per TP rank even for an MLA model, whose KV objects are shared.
+        let m =
+            PageLayout::new(vec![0], vec![1], vec![4], 1, 8, mla(), Some("mamba".into())).unwrap();
+        assert_eq!(m.names(&["x"]), ["x.mamba_1_k"]);
     }
 
     #[test]

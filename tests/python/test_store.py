@@ -153,7 +153,7 @@ def test_generic_batch_calls(pair):
 
 def test_raw_and_component_keyspaces():
     """batch_exists probes the keyspace SGLang reads: component keys with
-    interface_v1 on, raw keys with it off, both when the config is silent."""
+    interface_v1 on; generic keys with it off or absent (SGLang's default)."""
     port = free_port()
     writer = StoreWorker(cluster_config(port, interface_v1=1))
     raw_reader = StoreWorker(cluster_config(port, interface_v1=0))
@@ -174,10 +174,11 @@ def test_raw_and_component_keyspaces():
         # interface_v1 off: raw keys only.
         assert raw_reader.call("exists", raw_keys) == 3
         assert raw_reader.call("exists", zc_keys) == 0
-        # Not configured: whichever keyspace holds the pages.
+        # Not configured: SGLang uses the generic calls, so generic keys.
         assert either.call("exists", raw_keys) == 3
-        assert either.call("exists", zc_keys) == 3
+        assert either.call("exists", zc_keys) == 0
         assert either.call("exists_one", raw_keys[0]) is True
+        assert writer.call("exists_one", zc_keys[0]) is False
     finally:
         for w in (either, raw_reader, writer):
             w.close()
@@ -257,6 +258,12 @@ def test_mha_ranks_and_models_are_kept_apart():
         # A different model never sees model-a's pages.
         assert other_model.call("exists", keys) == 0
         assert other_model.call("get_v1", keys, [3, 4, 5]) == [False] * 3
+        # Generic pages are per TP rank too (MHA heads differ per rank): the
+        # same key written by both ranks keeps both ranks' bytes apart.
+        assert a.call("generic_set", "gen-shared", b"A" * 256, "bytes")
+        assert other_rank.call("generic_set", "gen-shared", b"B" * 256, "bytes")
+        assert same.call("generic_get", "gen-shared", 256, "bytearray") == b"A" * 256
+        assert other_rank.call("generic_get", "gen-shared", 256, "bytearray") == b"B" * 256
     finally:
         for w in reversed(workers):
             w.close()
@@ -292,6 +299,15 @@ def test_bad_config_raises_with_the_key(tmp_path):
         PeerCacheStore(None, {"discovery_addr": "127.0.0.1:1", "global_segment_size": "lots"})
     with pytest.raises(ValueError, match="discovery_addr"):
         PeerCacheStore(None, {"global_segment_size": "64mb"})
+    from sglang.srt.mem_cache.hicache_storage import HiCacheStorageConfig
+
+    cp = HiCacheStorageConfig(
+        tp_rank=0, tp_size=1, pp_rank=0, pp_size=1, attn_cp_rank=0, attn_cp_size=2,
+        is_mla_model=False, enable_storage_metrics=False, is_page_first_layout=True,
+        model_name="m", extra_config={"discovery_addr": "127.0.0.1:1"},
+    )
+    with pytest.raises(ValueError, match="attn_cp_size"):
+        PeerCacheStore(cp, {})
 
 
 def test_worker_errors_surface():

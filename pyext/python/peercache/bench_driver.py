@@ -29,6 +29,10 @@ class BenchHostPool:
     """A page-first host pool: ``pages`` pages of ``page_size`` tokens; each
     page is one object (MLA) or a K and a V object in two regions (MHA)."""
 
+    # Page pointers are base + index * stride: PeerCacheStore may compute
+    # them in Rust (as for SGLang's MHA/MLA host pools).
+    peercache_affine_pages = True
+
     def __init__(self, pages, tokens_per_page, page_bytes, layout):
         self.page_size = tokens_per_page
         self.size = pages * tokens_per_page
@@ -85,7 +89,8 @@ def main():
     ws = spec["working_set"]
     keys = ["hc-%d" % i for i in range(ws)]
     deadline = time.monotonic() + 60
-    while store.batch_exists(keys) < ws:
+    # In chunks: one call is limited to 65,536 objects.
+    while any(store.batch_exists(keys[i : i + 8192]) < len(keys[i : i + 8192]) for i in range(0, ws, 8192)):
         if time.monotonic() > deadline:
             sys.exit("bench_driver: the producer's working set never appeared")
         time.sleep(0.05)

@@ -7,6 +7,7 @@ benchmark uses it to start its second process).
 """
 
 import os
+import signal
 import sys
 
 from peercache import _native
@@ -19,6 +20,10 @@ def meta_main() -> None:
 
 def bench_main() -> None:
     """``peercache-bench``: the benchmark suite."""
+    # The Rust code runs with the GIL released, where Python's own SIGINT
+    # handler could only set a flag nobody reads: let Ctrl-C stop the process
+    # as it stops the standalone binary.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     again = [sys.executable, "-m", "peercache.cli", "bench"]
     # `--frontend python` runs peercache.bench_driver with this interpreter.
     os.environ.setdefault("PEERCACHE_PYTHON", sys.executable)

@@ -28,13 +28,16 @@ This module is a thin adapter. Its rules:
   from a stand-in with the same surface.
 
 Keyspaces. Generic calls (``set``, ``get``, ``batch_set``, ``batch_get``) store
-a page under its raw key. Zero-copy calls store each buffer entry of a page
-under the rank's component key (``{key}_{tp_rank}_k`` / ``_v`` for MHA,
-``{key}__k`` for MLA, shared by every TP rank; ``_p{n}`` appended per layer in
-layer-first layouts; ``{key}.{pool}`` for v2 extra pools). ``batch_exists``
-probes the keyspace SGLang will read: component keys when ``interface_v1`` is
-on, raw keys when it is off, and both (the longer prefix wins) when the config
-does not say.
+a page under its key plus the rank suffix SGLang's own file backend uses where
+ranks hold different bytes (``_{tp_rank}`` for MHA with ``tp_size > 1``,
+``_{pp_rank}`` with ``pp_size > 1``; nothing for one rank). Zero-copy calls
+store each buffer entry of a page under the rank's component key
+(``{key}_{tp_rank}_k`` / ``_v`` for MHA, ``{key}__k`` for MLA, shared by every
+TP rank; ``_p{n}`` appended per layer in layer-first layouts;
+``{key}.{pool}_{tp_rank}_k`` for v2 extra pools). ``batch_exists`` probes the
+keyspace SGLang will read: component keys when ``interface_v1`` is truthy
+(as SGLang reads it: ``bool(extra_config.get("interface_v1", 0))``), the
+generic keys otherwise.
 """
 
 from __future__ import annotations
@@ -121,13 +124,18 @@ def _name(value: Any) -> str:
     return str(getattr(value, "value", value))
 
 
-def _truthy(value: Any) -> Optional[bool]:
-    """``interface_v1`` as SGLang reads it; ``None`` when absent."""
-    if value is None:
-        return None
+def _truthy(value: Any) -> bool:
+    """A boolean config value; strings as the engine's config reads them."""
     if isinstance(value, str):
         return value.strip().lower() in ("1", "true", "yes", "on")
     return bool(value)
+
+
+def _passes_through(e: BaseException) -> bool:
+    """Exceptions the data path must not swallow (interpreter shutdown,
+    Ctrl-C); everything else, including a Rust panic surfacing as PyO3's
+    ``PanicException`` (a ``BaseException``), becomes a miss."""
+    return isinstance(e, (KeyboardInterrupt, SystemExit, GeneratorExit))
 
 
 class _RateLimitedLog:
@@ -157,7 +165,7 @@ class _Layout:
     """A registered host pool and its native page map."""
 
     pool: Any
-    native: PageLayout
+    native: Optional[PageLayout]
     # True when page pointers follow base + index * stride (computed in Rust);
     # False: the pool's own get_page_buffer_meta lists them per call.
     affine: bool
@@ -244,14 +252,48 @@ def _arange(start: int, stop: int) -> Any:
         return array("q", range(start, stop))
 
 
+# Host-pool classes whose page pointers are an affine function of the host
+# index in every layout (checked by the probe below as well). Pools that
+# translate indices through a table that changes at run time (page
+# envelopes, shared backings) must list their pointers on every call.
+_AFFINE_POOL_CLASSES = {"MHATokenToKVPoolHost", "MLATokenToKVPoolHost"}
+
+
+def _affine_capable(pool: Any) -> bool:
+    if getattr(pool, "stores_page_envelope", False) or hasattr(pool, "_shared_backing"):
+        return False
+    if getattr(pool, "peercache_affine_pages", False):  # declared by the pool itself
+        return True
+    return any(c.__name__ in _AFFINE_POOL_CLASSES for c in type(pool).__mro__)
+
+
+def _native_layout(pool: Any, pool_name: Optional[str], rank: Dict[str, Any], bases, strides, sizes) -> PageLayout:
+    return PageLayout(
+        bases,
+        strides,
+        sizes,
+        int(pool.page_size),
+        int(pool.size),
+        rank["tp_rank"],
+        rank["tp_size"],
+        rank["pp_rank"],
+        rank["pp_size"],
+        rank["is_mla"],
+        pool_name,
+    )
+
+
 def _measure_layout(pool: Any, pool_name: Optional[str], rank: Dict[str, Any]) -> _Layout:
-    """Builds the native page map of ``pool`` by probing its own
-    ``get_page_buffer_meta`` at the first, second, a middle and the last page:
-    if every buffer entry moves by the same number of bytes per token index,
-    the map is affine and Rust computes pointers from host indices alone."""
+    """Builds the native page map of ``pool``. For a known pool class, its own
+    ``get_page_buffer_meta`` is probed at the first, second, a middle and the
+    last page: if every buffer entry moves by the same (non-zero) number of
+    bytes per token index, the map is affine and Rust computes pointers from
+    host indices alone. Any other pool lists its pointers on every call; its
+    map is then built from its first call (``native`` stays None until then)."""
+    if not _affine_capable(pool):
+        return _Layout(pool=pool, native=None, affine=False)
     page = int(pool.page_size)
-    tokens = int(pool.size)
-    pages = tokens // page
+    pages = int(pool.size) // page
 
     def meta(first_index: int):
         ptrs, sizes = pool.get_page_buffer_meta(_arange(first_index, first_index + page))
@@ -265,7 +307,7 @@ def _measure_layout(pool: Any, pool_name: Optional[str], rank: Dict[str, Any]) -
         second_ptrs = probes[page][0]
         for e, b in enumerate(base):
             delta = second_ptrs[e] - b if e < len(second_ptrs) else -1
-            if delta < 0 or delta % page:
+            if delta <= 0 or delta % page:
                 affine = False
                 break
             strides.append(delta // page)
@@ -277,20 +319,7 @@ def _measure_layout(pool: Any, pool_name: Optional[str], rank: Dict[str, Any]) -
         )
     if not affine:
         strides = [0] * len(base)
-    native = PageLayout(
-        base,
-        strides,
-        sizes,
-        page,
-        tokens,
-        rank["tp_rank"],
-        rank["tp_size"],
-        rank["pp_rank"],
-        rank["pp_size"],
-        rank["is_mla"],
-        pool_name,
-    )
-    return _Layout(pool=pool, native=native, affine=affine)
+    return _Layout(pool=pool, native=_native_layout(pool, pool_name, rank, base, strides, sizes), affine=affine)
 
 
 class PeerCacheStore(_Base):
@@ -313,14 +342,34 @@ class PeerCacheStore(_Base):
                 config["model_name"] = str(model_name)
         self.storage_config = storage_config
         self.extra_config = config
-        self.interface_v1 = _truthy(config.get("interface_v1"))
+        # Exactly SGLang's test (cache_controller.py): any truthy value,
+        # even the string "false", selects the zero-copy calls.
+        self.interface_v1 = bool(config.get("interface_v1", 0))
         self._rank = {
             "tp_rank": int(config.get("tp_rank", 0)),
             "tp_size": int(config.get("tp_size", 1)),
             "pp_rank": int(config.get("pp_rank", 0)),
             "pp_size": int(config.get("pp_size", 1)),
-            "is_mla": bool(_truthy(config.get("is_mla_model")) or False),
+            "is_mla": _truthy(config.get("is_mla_model", False)),
         }
+        for what in ("attn_cp_size", "dcp_size"):
+            size = getattr(storage_config, what, 1) if storage_config is not None else 1
+            if size is not None and int(size) > 1:
+                # Each CP rank holds a different slice of every page; the
+                # object names carry no CP rank yet, so ranks would overwrite
+                # each other's pages. Refuse rather than serve wrong bytes.
+                raise ValueError(
+                    f"PeerCacheStore does not support context-parallel KV sharding yet "
+                    f"({what}={size}): run without attention context parallelism, or use "
+                    f"another HiCache storage backend"
+                )
+        # Generic keys: where this rank's bytes differ from other ranks'.
+        suffix = ""
+        if not self._rank["is_mla"] and self._rank["tp_size"] > 1:
+            suffix += "_%d" % self._rank["tp_rank"]
+        if self._rank["pp_size"] > 1:
+            suffix += "_%d" % self._rank["pp_rank"]
+        self._generic_suffix = suffix
         # Joins (or, on the head, hosts) discovery at discovery_addr. Raises
         # ValueError for a bad key or value (naming the fix), RuntimeError
         # when the node cannot start.
@@ -370,10 +419,15 @@ class PeerCacheStore(_Base):
     def _register(self, name: str, pool: Any) -> None:
         try:
             layout = _measure_layout(pool, None if name == KV_POOL else name, self._rank)
-        except Exception as e:  # an exotic pool: its zero-copy calls will miss
-            logger.warning("PeerCacheStore: host pool %r has no usable page map (%s)", name, e)
-            return
+        except Exception as e:
+            # The probe failed (e.g. a pool that cannot describe unallocated
+            # pages): the pool lists its pointers per call instead.
+            logger.info("PeerCacheStore: host pool %r not probed (%s); it lists its pointers per call", name, e)
+            layout = _Layout(pool=pool, native=None, affine=False)
         self._layouts[name] = layout
+        if layout.native is None:
+            logger.info("PeerCacheStore registered host pool %r: pointers listed by the pool per call", name)
+            return
         logger.info(
             "PeerCacheStore registered host pool %r: %d buffer(s) per page, %d bytes per page, %s",
             name,
@@ -381,6 +435,18 @@ class PeerCacheStore(_Base):
             layout.native.page_bytes,
             "pointers computed in Rust" if layout.affine else "pointers listed by the pool",
         )
+
+    def _listed_native(self, name: str, layout: _Layout, n: int, ptrs: List[int], sizes: List[int]) -> PageLayout:
+        """The page map of a listing pool, built from its first call."""
+        if layout.native is None:
+            if n == 0 or len(ptrs) % n:
+                raise ValueError("%d buffers listed for %d pages" % (len(ptrs), n))
+            entries = len(ptrs) // n
+            layout.native = _native_layout(
+                layout.pool, None if name == KV_POOL else name, self._rank,
+                [int(p) for p in ptrs[:entries]], [0] * entries, [int(z) for z in sizes[:entries]],
+            )
+        return layout.native
 
     # ------------------------------------------------------------------
     # Zero-copy page calls (v1 and v2)
@@ -411,12 +477,14 @@ class PeerCacheStore(_Base):
                 address, length, _keep = _index_array(host_indices)
                 return self._node.pages(op, layout.native, blob, len(keys), address, length)
             ptrs, sizes = layout.pool.get_page_buffer_meta(host_indices)
-            return self._node.pages_listed(op, layout.native, blob, len(keys), list(ptrs), list(sizes))
-        except Exception as e:
+            native = self._listed_native(pool, layout, len(keys), ptrs, sizes)
+            return self._node.pages_listed(op, native, blob, len(keys), list(ptrs), list(sizes))
+        except BaseException as e:
+            if _passes_through(e):
+                raise
             n = len(keys)
-            if pool not in self._layouts:
-                e = "no host pool %r is registered" % pool
-            self._miss(op, n, str(e) if isinstance(e, str) else repr(e))
+            reason = ("no host pool %r is registered" % pool) if pool not in self._layouts else repr(e)
+            self._miss(op, n, reason)
             return [False] * n
 
     # ------------------------------------------------------------------
@@ -429,17 +497,23 @@ class PeerCacheStore(_Base):
             return 0
         try:
             layout = self._layouts.get(KV_POOL)
-            raw = None
-            if self.interface_v1 is not True or layout is None:
-                raw = self._node.batch_exists(keys)
-                if self.interface_v1 is False or layout is None or raw == n:
-                    return raw
+            if not self.interface_v1:
+                return self._node.batch_exists(self._generic_keys(keys))
+            if layout is None or layout.native is None:
+                self._miss("batch_exists", n, "no host pool page map yet (register_mem_pool_host)")
+                return 0
             flags = self._node.pages_exist(layout.native, "\0".join(keys).encode(), n)
-            comp = flags.index(False) if False in flags else n
-            return comp if raw is None else max(raw, comp)
-        except Exception as e:
+            return flags.index(False) if False in flags else n
+        except BaseException as e:
+            if _passes_through(e):
+                raise
             self._miss("batch_exists", n, repr(e))
             return 0
+
+    def _generic_keys(self, keys: List[str]) -> List[str]:
+        """The stored names of generic pages (see the module doc)."""
+        suffix = self._generic_suffix
+        return list(keys) if not suffix else [k + suffix for k in keys]
 
     def batch_exists_v2(
         self, keys: List[str], pool_transfers: Optional[List[Any]] = None, extra_info: Any = None
@@ -455,10 +529,12 @@ class PeerCacheStore(_Base):
             try:
                 present = (
                     self._node.pages_exist(layout.native, "\0".join(keys[:kv_pages]).encode(), kv_pages)
-                    if layout is not None and kv_pages
+                    if layout is not None and layout.native is not None and kv_pages
                     else [False] * kv_pages
                 )
-            except Exception as e:
+            except BaseException as e:
+                if _passes_through(e):
+                    raise
                 self._miss("batch_exists_v2", kv_pages, repr(e))
                 present = [False] * kv_pages
             if policy == "all_pages":
@@ -490,7 +566,14 @@ class PeerCacheStore(_Base):
         return PoolTransferResult(final, hits, restorable)
 
     def exists(self, key: str) -> bool:
-        return self.batch_exists([key]) == 1
+        """Whether the generic page ``key`` is stored (SGLang's generic path)."""
+        try:
+            return self._node.batch_exists(self._generic_keys([key])) == 1
+        except BaseException as e:
+            if _passes_through(e):
+                raise
+            self._miss("exists", 1, repr(e))
+            return False
 
     # ------------------------------------------------------------------
     # Generic calls (raw keys): values, or fill targets
@@ -517,11 +600,13 @@ class PeerCacheStore(_Base):
                 raise ValueError("batch_set needs one value or target_location per key")
             sizes = target_sizes if target_sizes is not None else [None] * n
             bufs = [_buffer(s, z) for s, z in zip(sources, sizes)]
-            flags = self._node.batch_set(list(keys), [b[0] for b in bufs], [b[1] for b in bufs])
+            flags = self._node.batch_set(self._generic_keys(keys), [b[0] for b in bufs], [b[1] for b in bufs])
             if not all(flags):
                 self._log.warn("PeerCacheStore batch_set: %d of %d pages not stored", n - sum(flags), n)
             return all(flags)
-        except Exception as e:
+        except BaseException as e:
+            if _passes_through(e):
+                raise
             self._miss("batch_set", n, repr(e))
             return False
 
@@ -549,9 +634,11 @@ class PeerCacheStore(_Base):
                 )
             sizes = target_sizes if target_sizes is not None else [None] * n
             bufs = [_buffer(t, z, writable=True) for t, z in zip(target_locations, sizes)]
-            flags = self._node.batch_get(list(keys), [b[0] for b in bufs], [b[1] for b in bufs])
+            flags = self._node.batch_get(self._generic_keys(keys), [b[0] for b in bufs], [b[1] for b in bufs])
             return [t if ok else None for t, ok in zip(target_locations, flags)]
-        except Exception as e:
+        except BaseException as e:
+            if _passes_through(e):
+                raise
             self._miss("batch_get", n, repr(e))
             return [None] * n
 
