@@ -1,0 +1,204 @@
+//! The shard's side of the disk tier: write-through after a set, promotion
+//! (disk -> pool) for local gets, exists warming and peers' `DataPromote`,
+//! and the directory bookkeeping that keeps disk-resident pages findable.
+//!
+//! Directory design: a page evicted from the pool but still on disk keeps its
+//! directory entry, marked non-resident (length kept, pool location zeroed);
+//! a page dropped from disk (LRU or failed checksum) and not in the pool has
+//! its entry deleted. Both ride on the next `publish` of the shard. A reader
+//! that resolves a non-resident entry sends `DataPromote` to the page's shard,
+//! which promotes it and answers with a fresh resident location, then reads
+//! it with the ordinary `DataRead` (generation checks included).
+
+use super::shard::{BatchPart, ShardStore};
+use super::stats::ShardStats;
+use crate::disk::layout::BLOCK;
+use crate::keys::KeyHash;
+use crate::pool::{Insert, Location};
+use std::rc::Rc;
+use std::time::Instant;
+
+/// Promotes run this many at a time per shard: enough to keep the device
+/// busy, few enough that one large get does not monopolise the executor.
+const PROMOTE_CONCURRENCY: usize = 16;
+
+impl ShardStore {
+    /// One disk writer: takes queued (key, pool location) jobs and writes the
+    /// page if the pool still holds it at that location.
+    pub(super) async fn disk_writer(self: Rc<Self>) {
+        let Some(disk) = self.disk.clone() else {
+            return;
+        };
+        loop {
+            let (key, location) = disk.next_write().await;
+            disk.write(key, location.len as usize, |dst| {
+                let pool = self.pool.borrow();
+                match pool.validate(location) {
+                    Some(src) => {
+                        // SAFETY: a live slot of `len` bytes in our own pool,
+                        // copied synchronously (no await while borrowed).
+                        unsafe { std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), dst.len()) };
+                        true
+                    }
+                    None => false,
+                }
+            })
+            .await;
+        }
+    }
+
+    /// Brings `key` into the pool from disk (or finds it already there).
+    /// Returns its pool location; None when it is in neither tier or its
+    /// disk copy failed the checksum.
+    pub(super) async fn promote(self: Rc<Self>, key: KeyHash) -> Option<Location> {
+        if let Some(location) = self.pool.borrow().location(key) {
+            return Some(location);
+        }
+        let disk = self.disk.clone()?;
+        let (buf, len) = disk.read(key).await.ok()?;
+        let mut evicted = Vec::new();
+        let location = {
+            let mut pool = self.pool.borrow_mut();
+            match pool.insert(key, len, Instant::now(), &mut evicted) {
+                Ok(Insert::Fresh { dst, location }) => {
+                    // SAFETY: dst is a reserved slot of `len` bytes in our pool.
+                    unsafe { std::ptr::copy_nonoverlapping(buf[BLOCK..].as_ptr(), dst, len) };
+                    ShardStats::bump(&self.stats.promotes, 1);
+                    Some(location)
+                }
+                Ok(Insert::Present(location)) => Some(location),
+                Err(e) => {
+                    self.log_error(
+                        Instant::now(),
+                        format_args!("promote: page not placed in the pool: {e}"),
+                    );
+                    None
+                }
+            }
+        };
+        let mut pending = self.promoted.borrow_mut();
+        if let Some(location) = location {
+            pending.0.push((0, key, location));
+        }
+        pending.1.extend(evicted);
+        location
+    }
+
+    /// Promotes `keys` (several at a time); one location per key.
+    pub(super) async fn promote_many(self: &Rc<Self>, keys: &[KeyHash]) -> Vec<Option<Location>> {
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(PROMOTE_CONCURRENCY) {
+            self.promote_chunk(chunk, &mut out).await;
+        }
+        self.publish_promoted();
+        out
+    }
+
+    /// Promotes up to [`PROMOTE_CONCURRENCY`] keys concurrently.
+    async fn promote_chunk(self: &Rc<Self>, keys: &[KeyHash], out: &mut Vec<Option<Location>>) {
+        let tasks: Vec<_> = keys
+            .iter()
+            .map(|&key| glommio::spawn_local(Rc::clone(self).promote(key)))
+            .collect();
+        for task in tasks {
+            out.push(task.await);
+        }
+    }
+
+    /// Tells the directory about promotions (fresh resident locations) and
+    /// the pool evictions they caused, in the background: the reader that
+    /// asked already has its answer.
+    pub(super) fn publish_promoted(self: &Rc<Self>) {
+        let (stored, evicted) = std::mem::take(&mut *self.promoted.borrow_mut());
+        if stored.is_empty() && evicted.is_empty() {
+            return;
+        }
+        if let Some(view) = self.network_view() {
+            let this = Rc::clone(self);
+            glommio::spawn_local(async move {
+                this.publish(&view, &stored, &evicted).await;
+            })
+            .detach();
+        }
+    }
+
+    /// Serves pages of this part missing from the pool from the disk tier
+    /// (promoting them). Returns the positions still missing.
+    pub(super) async fn get_disk(
+        self: &Rc<Self>,
+        part: &BatchPart,
+        missing: Vec<usize>,
+    ) -> Vec<usize> {
+        let Some(disk) = self.disk.clone() else {
+            return missing;
+        };
+        let (candidates, mut rest): (Vec<usize>, Vec<usize>) = missing
+            .into_iter()
+            .partition(|&i| disk.len_of(part.hash(i)) == Some(part.len(i) as u32));
+        if candidates.is_empty() {
+            return rest;
+        }
+        let (mut hits, mut bytes) = (0u64, 0u64);
+        let mut scratch = Vec::with_capacity(PROMOTE_CONCURRENCY);
+        // Chunk by chunk, copying each chunk out before promoting the next:
+        // a batch larger than the pool must not evict its own promotions
+        // before they are delivered.
+        for chunk in candidates.chunks(PROMOTE_CONCURRENCY) {
+            let keys: Vec<KeyHash> = chunk.iter().map(|&i| part.hash(i)).collect();
+            scratch.clear();
+            self.promote_chunk(&keys, &mut scratch).await;
+            let mut pool = self.pool.borrow_mut();
+            for &i in chunk {
+                let (dst, len) = (part.addr(i), part.len(i));
+                match pool.get(part.hash(i)) {
+                    Some((src, location)) if location.len as usize == len => {
+                        // SAFETY: the caller vouched for [dst, dst+len); src is a live slot.
+                        unsafe { std::ptr::copy_nonoverlapping(src, dst as *mut u8, len) };
+                        part.set_result(i, true);
+                        hits += 1;
+                        bytes += len as u64;
+                    }
+                    // Failed its check, or the pool could not hold it.
+                    _ => rest.push(i),
+                }
+            }
+        }
+        self.publish_promoted();
+        let s = &self.stats;
+        ShardStats::bump(&s.read_hits, hits);
+        ShardStats::bump(&s.read_disk_hits, hits);
+        ShardStats::bump(&s.bytes_read, bytes);
+        rest
+    }
+
+    /// Exists warming: starts promoting disk-resident pages an exists just
+    /// reported, so the get that usually follows finds them in the pool.
+    pub(super) fn warm(self: &Rc<Self>, keys: Vec<KeyHash>) {
+        if keys.is_empty() {
+            return;
+        }
+        let this = Rc::clone(self);
+        glommio::spawn_local(async move {
+            this.promote_many(&keys).await;
+            this.publish_pool_gauges();
+        })
+        .detach();
+    }
+
+    /// Disk keys whose directory entries should be deleted now: dropped from
+    /// disk and not back in the pool.
+    pub(super) fn disk_dropped(&self) -> Vec<KeyHash> {
+        let Some(disk) = &self.disk else {
+            return Vec::new();
+        };
+        let pool = self.pool.borrow();
+        let mut dropped = disk.take_dropped();
+        dropped.retain(|&k| !pool.contains(k) && !disk.contains(k));
+        dropped
+    }
+
+    /// Length of `key`'s page on this shard's disk, if it is there.
+    pub(super) fn disk_len(&self, key: KeyHash) -> Option<u32> {
+        self.disk.as_ref().and_then(|d| d.len_of(key))
+    }
+}
