@@ -383,15 +383,19 @@ impl DiskTier {
     ) -> std::io::Result<()> {
         match file.write_at(buf, at).await {
             Ok(n) if n == len => Ok(()),
-            Ok(n) => Err(std::io::Error::other(format!(
-                "short write: {n} of {len} bytes"
-            ))),
+            // A regular file takes fewer bytes than asked only when the file
+            // system ran out of room mid-write.
+            Ok(n) => Err(std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                format!("short write: {n} of {len} bytes"),
+            )),
             Err(e) => Err(e.into()),
         }
     }
 
     fn write_failed(&self, e: &std::io::Error) {
-        if e.raw_os_error() == Some(libc::ENOSPC) {
+        // glommio's errors keep the kind but not always the raw errno.
+        if e.raw_os_error() == Some(libc::ENOSPC) || e.kind() == std::io::ErrorKind::StorageFull {
             self.stop_writes("no space left on device");
             return;
         }
