@@ -41,7 +41,7 @@ pub const WRITE_QUEUE_PAGES: usize = 4096;
 
 /// Concurrent writes per shard: enough to keep a device queue busy without
 /// letting background writes crowd out promotes.
-pub const WRITERS: usize = 4;
+pub const WRITERS: usize = 8;
 
 /// The node's disk directory and each shard's share of `disk_size`, or None
 /// (with one log line saying why) when the tier is off or unusable.

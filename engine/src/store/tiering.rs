@@ -15,12 +15,13 @@ use super::stats::ShardStats;
 use crate::disk::layout::BLOCK;
 use crate::keys::KeyHash;
 use crate::pool::{Insert, Location};
+use glommio::sync::Semaphore;
 use std::rc::Rc;
 use std::time::Instant;
 
 /// Promotes run this many at a time per shard: enough to keep the device
 /// busy, few enough that one large get does not monopolise the executor.
-const PROMOTE_CONCURRENCY: usize = 16;
+const PROMOTE_CONCURRENCY: usize = 32;
 
 impl ShardStore {
     /// One disk writer: takes queued (key, pool location) jobs and writes the
@@ -84,25 +85,26 @@ impl ShardStore {
         location
     }
 
-    /// Promotes `keys` (several at a time); one location per key.
+    /// Promotes `keys`, up to [`PROMOTE_CONCURRENCY`] at a time; one
+    /// location per key.
     pub(super) async fn promote_many(self: &Rc<Self>, keys: &[KeyHash]) -> Vec<Option<Location>> {
-        let mut out = Vec::with_capacity(keys.len());
-        for chunk in keys.chunks(PROMOTE_CONCURRENCY) {
-            self.promote_chunk(chunk, &mut out).await;
-        }
-        self.publish_promoted();
-        out
-    }
-
-    /// Promotes up to [`PROMOTE_CONCURRENCY`] keys concurrently.
-    async fn promote_chunk(self: &Rc<Self>, keys: &[KeyHash], out: &mut Vec<Option<Location>>) {
+        let window = Rc::new(Semaphore::new(PROMOTE_CONCURRENCY as u64));
         let tasks: Vec<_> = keys
             .iter()
-            .map(|&key| glommio::spawn_local(Rc::clone(self).promote(key)))
+            .map(|&key| {
+                let (this, window) = (Rc::clone(self), Rc::clone(&window));
+                glommio::spawn_local(async move {
+                    let _slot = window.acquire_permit(1).await.ok()?;
+                    this.promote(key).await
+                })
+            })
             .collect();
+        let mut out = Vec::with_capacity(keys.len());
         for task in tasks {
             out.push(task.await);
         }
+        self.publish_promoted();
+        out
     }
 
     /// Tells the directory about promotions (fresh resident locations) and
@@ -138,29 +140,42 @@ impl ShardStore {
         if candidates.is_empty() {
             return rest;
         }
-        let (mut hits, mut bytes) = (0u64, 0u64);
-        let mut scratch = Vec::with_capacity(PROMOTE_CONCURRENCY);
-        // Chunk by chunk, copying each chunk out before promoting the next:
-        // a batch larger than the pool must not evict its own promotions
-        // before they are delivered.
-        for chunk in candidates.chunks(PROMOTE_CONCURRENCY) {
-            let keys: Vec<KeyHash> = chunk.iter().map(|&i| part.hash(i)).collect();
-            scratch.clear();
-            self.promote_chunk(&keys, &mut scratch).await;
-            let mut pool = self.pool.borrow_mut();
-            for &i in chunk {
-                let (dst, len) = (part.addr(i), part.len(i));
-                match pool.get(part.hash(i)) {
-                    Some((src, location)) if location.len as usize == len => {
-                        // SAFETY: the caller vouched for [dst, dst+len); src is a live slot.
-                        unsafe { std::ptr::copy_nonoverlapping(src, dst as *mut u8, len) };
-                        part.set_result(i, true);
-                        hits += 1;
-                        bytes += len as u64;
+        // A sliding window of promotions, each page copied out as soon as it
+        // is in the pool: the device never idles behind a chunk boundary, and
+        // a batch larger than the pool cannot evict its own promotions before
+        // they are delivered.
+        let window = Rc::new(Semaphore::new(PROMOTE_CONCURRENCY as u64));
+        let tasks: Vec<_> = candidates
+            .iter()
+            .map(|&i| {
+                let (this, window) = (Rc::clone(self), Rc::clone(&window));
+                let (key, dst, len) = (part.hash(i), part.addr(i), part.len(i));
+                glommio::spawn_local(async move {
+                    let _slot = window.acquire_permit(1).await.ok()?;
+                    Rc::clone(&this).promote(key).await?;
+                    let mut pool = this.pool.borrow_mut();
+                    match pool.get(key) {
+                        Some((src, location)) if location.len as usize == len => {
+                            // SAFETY: the batch's caller vouched for [dst,
+                            // dst+len) and waits for this part; src is a live
+                            // slot of len bytes.
+                            unsafe { std::ptr::copy_nonoverlapping(src, dst as *mut u8, len) };
+                            Some(())
+                        }
+                        _ => None,
                     }
-                    // Failed its check, or the pool could not hold it.
-                    _ => rest.push(i),
-                }
+                })
+            })
+            .collect();
+        let (mut hits, mut bytes) = (0u64, 0u64);
+        for (task, &i) in tasks.into_iter().zip(&candidates) {
+            if task.await.is_some() {
+                part.set_result(i, true);
+                hits += 1;
+                bytes += part.len(i) as u64;
+            } else {
+                // Failed its check, or the pool could not hold it.
+                rest.push(i);
             }
         }
         self.publish_promoted();
