@@ -4,8 +4,9 @@
 //! Subcommands so far: `micro` (the data-plane microbenchmark: local set and
 //! get through the node store against a plain memcpy of the same bytes) and
 //! `remote` (two processes on loopback: remote get against a raw TCP stream,
-//! exists, set against memcpy, directory memory), each reference measured in
-//! the same run. Every figure it prints is a ratio to a reference
+//! exists, set against memcpy, directory memory) and `disk` (slab write and
+//! read against `dd` with O_DIRECT, promote latency), each reference measured
+//! in the same run. Every figure it prints is a ratio to a reference
 //! taken side by side, because the machines this runs on are shared and noisy.
 
 use clap::{Parser, Subcommand};
@@ -13,6 +14,7 @@ use std::ffi::OsString;
 use std::sync::OnceLock;
 
 mod aligned;
+mod disk;
 mod micro;
 mod remote;
 
@@ -29,6 +31,8 @@ enum Command {
     Micro(micro::MicroArgs),
     /// Two processes on loopback: remote get/exists/set vs same-run raw TCP and memcpy.
     Remote(remote::RemoteArgs),
+    /// Disk tier: slab write/read GB/s vs same-run dd with O_DIRECT, promote latency.
+    Disk(disk::DiskArgs),
     /// Server role of `remote` (started by it; not for direct use).
     #[command(hide = true)]
     RemoteServe(remote::ServeArgs),
@@ -78,6 +82,7 @@ where
         Command::Micro(args) => micro::run(&args),
         Command::Remote(args) => remote::run(&args),
         Command::RemoteServe(args) => remote::serve(&args),
+        Command::Disk(args) => disk::run(&args),
     };
     match result {
         Ok(()) => 0,
