@@ -67,7 +67,11 @@ const CALL_LOG_CAP: usize = 100_000;
 impl CallLog {
     fn record(&mut self, op: PageOp, pages: u64, bytes: u64, elapsed: Duration) {
         let secs = elapsed.as_secs_f64();
-        let gbps = if secs > 0.0 { bytes as f64 / secs / 1e9 } else { 0.0 };
+        let gbps = if secs > 0.0 {
+            bytes as f64 / secs / 1e9
+        } else {
+            0.0
+        };
         let (pgs, bw) = match op {
             PageOp::Set => (&mut self.backup_pgs, &mut self.backup_bandwidth),
             PageOp::Get => (&mut self.prefetch_pgs, &mut self.prefetch_bandwidth),
@@ -353,7 +357,8 @@ impl PyNode {
         indices_len: usize,
     ) -> PyResult<Vec<bool>> {
         let op = PageOp::parse(op)?;
-        if indices_len > 0 && (indices_addr == 0 || indices_addr % std::mem::align_of::<i64>() != 0)
+        if indices_len > 0
+            && (indices_addr == 0 || !indices_addr.is_multiple_of(std::mem::align_of::<i64>()))
         {
             return Err(PyValueError::new_err(format!(
                 "host indices at {indices_addr:#x} are not an aligned int64 array"
