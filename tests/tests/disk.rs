@@ -108,6 +108,33 @@ fn a_remote_reader_gets_pages_the_owner_evicted_to_disk() {
     assert_eq!(get_pages(&b, &cold), vec![true; 32]);
 }
 
+#[test]
+fn a_location_gone_stale_falls_back_to_the_owners_disk() {
+    let scratch = Scratch::new("stale");
+    let a = in_process_node("stale-a", Some(&scratch.0));
+    let b = in_process_node("stale-b", None);
+    let routes = vec![a.route(), b.route()];
+    a.set_membership(1, routes.clone());
+    b.set_membership(1, routes);
+
+    let early = keys("early", 32);
+    assert!(set_pages(&a, &early).iter().all(|&ok| ok));
+    a.flush_disk();
+    // b resolves them while they are in a's pool (the exists -> get handoff)...
+    assert_eq!(b.batch_exists(&early).unwrap(), 32);
+    // ...then a's pool moves on: every early page is evicted to disk.
+    let late = keys("late", 1024);
+    for batch in late.chunks(32) {
+        assert!(set_pages(&a, batch).iter().all(|&ok| ok));
+        a.flush_disk();
+    }
+    let promotes = a.stats().promotes;
+    // The handed-off locations are stale; the pages still arrive, promoted.
+    assert_eq!(get_pages(&b, &early), vec![true; 32]);
+    assert_eq!(b.stats().directory_lookups_saved, 32, "the stale handoff was used");
+    assert!(a.stats().promotes >= promotes + 32);
+}
+
 fn node_config(dir: &Path, port: u16, disk_size: &str) -> String {
     json!({
         "discovery_addr": format!("127.0.0.1:{port}"),

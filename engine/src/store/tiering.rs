@@ -13,6 +13,7 @@
 use super::shard::{BatchPart, ShardStore};
 use super::stats::ShardStats;
 use crate::disk::layout::BLOCK;
+use crate::disk::WriteOutcome;
 use crate::keys::KeyHash;
 use crate::pool::{Insert, Location};
 use glommio::sync::Semaphore;
@@ -32,19 +33,29 @@ impl ShardStore {
         };
         loop {
             let (key, location) = disk.next_write().await;
-            disk.write(key, location.len as usize, |dst| {
-                let pool = self.pool.borrow();
-                match pool.validate(location) {
-                    Some(src) => {
-                        // SAFETY: a live slot of `len` bytes in our own pool,
-                        // copied synchronously (no await while borrowed).
-                        unsafe { std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), dst.len()) };
-                        true
+            let outcome = disk
+                .write(key, location.len as usize, |dst| {
+                    let pool = self.pool.borrow();
+                    match pool.validate(location) {
+                        Some(src) => {
+                            // SAFETY: a live slot of `len` bytes in our own pool,
+                            // copied synchronously (no await while borrowed).
+                            unsafe {
+                                std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), dst.len())
+                            };
+                            true
+                        }
+                        None => false,
                     }
-                    None => false,
-                }
-            })
-            .await;
+                })
+                .await;
+            // Evicted from the pool while its write was in flight: the
+            // eviction's publish found it not yet on disk and deleted its
+            // entries; give it its non-resident entry now.
+            if outcome == WriteOutcome::Written && !self.pool.borrow().contains(key) {
+                self.promoted.borrow_mut().1.push(key);
+                self.publish_promoted();
+            }
         }
     }
 
