@@ -181,11 +181,10 @@ impl DiskTier {
             write_errors_logged: Cell::new(false),
         };
         if let Some(e) = prepared.preallocation_error {
-            tracing::warn!(
-                "disk tier: shard {shard}: cannot preallocate {} bytes for {}: {e}; writing into the space left and stopping new writes at the first ENOSPC (lower disk_size)",
-                disk.geometry.file_bytes(),
-                tier.path.display()
-            );
+            tier.stop_writes(&format!(
+                "cannot reserve its {} bytes: {e} (lower disk_size or free space)",
+                disk.geometry.file_bytes()
+            ));
         }
         let restored = tier.index.borrow().keys();
         if restored > 0 {

@@ -24,9 +24,9 @@ pub struct PreparedSlab {
     pub instance: u64,
     /// What it holds.
     pub index: SlabIndex,
-    /// Why the file could not be preallocated to its full size (usually
-    /// ENOSPC): the tier then writes into what the file system has left and
-    /// stops at the first ENOSPC.
+    /// Why the file could not be preallocated to its full size (not enough
+    /// free space): the tier then writes nothing, rather than fill a file
+    /// system it shares with others.
     pub preallocation_error: Option<io::Error>,
 }
 
@@ -51,7 +51,6 @@ pub fn prepare(dir: &Path, shard: usize, geometry: Geometry) -> io::Result<Prepa
         Ok(n) if n == BLOCK => layout::decode_file_header(&block),
         _ => None,
     };
-    let mut preallocation_error = None;
     let (instance, index) = match existing {
         Some((g, instance)) if g == geometry => {
             let index = rebuild(&file, geometry, instance)?;
@@ -76,11 +75,13 @@ pub fn prepare(dir: &Path, shard: usize, geometry: Geometry) -> io::Result<Prepa
             file.set_len(0)?;
             layout::encode_file_header(&mut block, &geometry, instance);
             file.write_all_at(&block, 0)?;
-            preallocation_error = preallocate(&file, geometry.file_bytes()).err();
             file.sync_all()?;
             (instance, SlabIndex::new(geometry))
         }
     };
+    // Also for a reopened file: one that could not be reserved last time
+    // is still short.
+    let preallocation_error = preallocate(&file, geometry.file_bytes()).err();
     drop_cache(&file);
     Ok(PreparedSlab {
         path,
@@ -91,8 +92,23 @@ pub fn prepare(dir: &Path, shard: usize, geometry: Geometry) -> io::Result<Prepa
 }
 
 /// Reserves the file's blocks up front, so a write in the data path never
-/// allocates (and a too-small file system is found now, not mid-run).
+/// allocates and a too-small file system is found now, not mid-run. The
+/// free space is checked first: a failing fallocate may fill the file
+/// system for a moment (and leave blocks behind), which other tenants of a
+/// shared disk would feel.
 fn preallocate(file: &File, bytes: u64) -> io::Result<()> {
+    let have = file.metadata()?.len();
+    if have >= bytes {
+        return Ok(());
+    }
+    if let Some(free) = free_bytes(file) {
+        if free < bytes - have {
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!("{} more bytes needed, {free} free", bytes - have),
+            ));
+        }
+    }
     // SAFETY: plain syscall on an open descriptor.
     let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, bytes as libc::off_t) };
     if rc == 0 {
@@ -100,10 +116,23 @@ fn preallocate(file: &File, bytes: u64) -> io::Result<()> {
     }
     let e = io::Error::last_os_error();
     match e.raw_os_error() {
-        // A file system without fallocate: a sparse file of the right size.
+        // A file system without fallocate: a sparse file of the right size
+        // (a full disk then shows up as ENOSPC on a write).
         Some(libc::EOPNOTSUPP) => file.set_len(bytes),
-        _ => Err(e),
+        _ => {
+            // Give back whatever the failed call did allocate.
+            let _ = file.set_len(have.max(BLOCK as u64));
+            Err(e)
+        }
     }
+}
+
+/// Bytes an unprivileged writer may still allocate on the file's file system.
+fn free_bytes(file: &File) -> Option<u64> {
+    // SAFETY: statvfs is plain data; fstatvfs fills it or fails.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::fstatvfs(file.as_raw_fd(), &mut st) };
+    (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 /// Rebuilds the index from the segment and slot headers.

@@ -336,3 +336,68 @@ fn disk_disabled_writes_nothing() {
     assert_eq!(node.stats().disk_capacity_bytes, 0);
     assert!(!dir.0.join("disk-test").exists());
 }
+
+#[test]
+fn enospc_and_short_writes_stop_writes_other_errors_are_counted() {
+    use super::{layout::Geometry, DiskTier, NodeDisk};
+    use crate::keys::KeyHash;
+    use crate::pool::Location;
+    use crate::store::ShardStats;
+    use std::io::{Error, ErrorKind};
+    use std::sync::Arc;
+
+    let dir = Scratch::new("errors");
+    let nd = NodeDisk {
+        dir: dir.0.clone(),
+        geometry: Geometry::for_budget(1 << 20, 1).unwrap(),
+    };
+    let page = Location {
+        offset: 0,
+        generation: 0,
+        len: 4096,
+    };
+    let cases = [
+        (Error::from_raw_os_error(libc::ENOSPC), true),
+        (Error::new(ErrorKind::StorageFull, "short write"), true),
+        (Error::from_raw_os_error(libc::EIO), false),
+    ];
+    for (error, stops) in cases {
+        let stats = Arc::new(ShardStats::default());
+        let tier = DiskTier::open(&nd, 0, Arc::clone(&stats)).unwrap();
+        tier.write_failed(&error);
+        let s = stats.snapshot();
+        assert_eq!(s.disk_writes_stopped, u64::from(stops), "{error}");
+        assert_eq!(s.disk_write_errors, u64::from(!stops), "{error}");
+        // A stopped tier drops new writes at once, counted.
+        tier.enqueue(KeyHash(1), page);
+        assert_eq!(
+            stats.snapshot().disk_write_drops,
+            u64::from(stops),
+            "{error}"
+        );
+    }
+}
+
+#[test]
+fn a_slab_the_file_system_cannot_hold_is_not_written_at_all() {
+    use super::{layout::Geometry, DiskTier, NodeDisk};
+    use crate::store::ShardStats;
+    use std::sync::Arc;
+
+    let dir = Scratch::new("reserve");
+    // Twice what the scratch directory's file system has free.
+    let path = std::ffi::CString::new(dir.0.to_str().unwrap()).unwrap();
+    // SAFETY: statvfs fills the plain struct or fails.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(path.as_ptr(), &mut st) }, 0);
+    let free = st.f_bavail as u64 * st.f_frsize as u64;
+    let nd = NodeDisk {
+        dir: dir.0.clone(),
+        geometry: Geometry::for_budget(2 * free + (1 << 30), 1).unwrap(),
+    };
+    let stats = Arc::new(ShardStats::default());
+    let tier = DiskTier::open(&nd, 0, Arc::clone(&stats)).unwrap();
+    assert_eq!(stats.snapshot().disk_writes_stopped, 1);
+    let len = std::fs::metadata(tier.path()).unwrap().len();
+    assert_eq!(len, super::layout::BLOCK as u64, "only the header block");
+}
