@@ -424,6 +424,11 @@ impl ShardStore {
                 ShardStats::bump(&self.stats.exists_pages_found, found);
             }
         }
+        if self.network_view().is_none() {
+            // Alone, nobody holds directory entries of ours: forget the
+            // disk's dropped keys (a later join re-publishes everything).
+            drop(self.disk_dropped());
+        }
         self.publish_pool_gauges();
         part.complete();
     }
