@@ -10,7 +10,9 @@
 //! - `micro`: the data-plane microbenchmark (local set and get through the
 //!   node store against a plain memcpy of the same bytes);
 //! - `remote`: two processes on loopback (remote get against a raw TCP
-//!   stream, exists, set against memcpy, batch-1 latency, directory memory).
+//!   stream, exists, set against memcpy, batch-1 latency, directory memory);
+//! - `disk`: the disk tier's slab write and read against `dd` with O_DIRECT,
+//!   and promote latency.
 //!
 //! Every reference is measured in the same run and figures are reported as
 //! ratios to it, because the machines this runs on are shared and noisy.
@@ -20,6 +22,7 @@ use std::ffi::OsString;
 use std::sync::OnceLock;
 
 mod aligned;
+mod disk;
 mod hicache;
 mod micro;
 mod remote;
@@ -52,6 +55,8 @@ enum Command {
     Micro(micro::MicroArgs),
     /// Two processes on loopback: remote get/exists/set vs same-run raw TCP and memcpy.
     Remote(remote::RemoteArgs),
+    /// Disk tier: slab write/read GB/s vs same-run dd with O_DIRECT, promote latency.
+    Disk(disk::DiskArgs),
     /// Server role of `remote` (started by it; not for direct use).
     #[command(hide = true)]
     RemoteServe(remote::ServeArgs),
@@ -108,6 +113,7 @@ where
         Command::Micro(args) => micro::run(&args),
         Command::Remote(args) => remote::run(&args),
         Command::RemoteServe(args) => remote::serve(&args),
+        Command::Disk(args) => disk::run(&args),
     };
     match result {
         Ok(()) => 0,

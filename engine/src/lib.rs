@@ -14,6 +14,7 @@ pub mod cluster;
 pub mod config;
 pub mod directory;
 pub mod discovery;
+pub mod disk;
 pub mod keys;
 pub mod logging;
 pub mod metrics;

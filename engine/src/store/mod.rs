@@ -10,6 +10,7 @@ mod remote;
 mod server;
 pub mod shard;
 pub mod stats;
+mod tiering;
 
 pub use shard::{BatchPart, Op, ShardIdentity, ShardStore, StoreJob};
 pub use stats::{NodeStats, ShardStats};
@@ -125,6 +126,8 @@ pub struct Node {
     member_gauge: Arc<AtomicUsize>,
     /// The metrics HTTP server, when enabled and its port was free.
     metrics: Option<MetricsServer>,
+    /// `shutdown` ran (it is idempotent; the disk flush runs once).
+    shut_down: bool,
     // Keeps the pool mapped for as long as any shard can touch it; dropped
     // after `runtime` (field order), i.e. after every shard thread joined.
     region: Arc<PoolRegion>,
@@ -205,6 +208,7 @@ impl Node {
             .node_id
             .clone()
             .unwrap_or_else(|| format!("{host}-{:04x}", crate::cluster::random_u64() & 0xffff));
+        let node_disk = crate::disk::prepare_node_dir(&config, &node_id, shard_count);
         let bound_ports: Arc<Mutex<Vec<u16>>> = Arc::new(Mutex::new(vec![0; shard_count]));
         let base_addr = region.base() as usize;
         let quarantine = config.pool_quarantine();
@@ -260,12 +264,27 @@ impl Node {
                 shard: ctx.index as u16,
                 ..identity.clone()
             };
+            let stats = Arc::clone(&shard_stats[ctx.index]);
+            // A slab that cannot be opened costs this shard its disk tier,
+            // never the node.
+            let disk = node_disk.as_ref().and_then(|nd| {
+                crate::disk::DiskTier::open(nd, ctx.index, Arc::clone(&stats))
+                    .map_err(|e| {
+                        tracing::warn!(
+                            "disk tier: shard {}: cannot open its slab in {}: {e}; this shard serves from memory only",
+                            ctx.index,
+                            nd.dir.display()
+                        )
+                    })
+                    .ok()
+            });
             Ok(ShardStore::new(
                 id,
                 pool,
                 directory_hint,
                 Some(listener),
-                Arc::clone(&shard_stats[ctx.index]),
+                stats,
+                disk,
             ))
         };
         let options = RuntimeOptions {
@@ -343,6 +362,7 @@ impl Node {
             latency,
             member_gauge,
             metrics,
+            shut_down: false,
             region,
         })
     }
@@ -594,6 +614,23 @@ impl Node {
         done.wait();
     }
 
+    /// Waits until every shard has written its queued disk writes and synced
+    /// its slab (a no-op without the disk tier). `shutdown` calls it, so a
+    /// clean stop keeps every page that reached the write queue.
+    pub fn flush_disk(&self) {
+        let done = BatchCompletion::new(self.shards());
+        for shard in 0..self.shards() {
+            if let Err((e, _)) =
+                self.runtime
+                    .submit(shard, StoreJob::DiskFlush(&done), SUBMIT_TIMEOUT)
+            {
+                tracing::warn!("disk flush: shard {shard} not flushed: {e}");
+                done.part_done();
+            }
+        }
+        done.wait();
+    }
+
     /// Counters summed over every shard.
     pub fn stats(&self) -> NodeStats {
         let mut total = NodeStats::default();
@@ -618,6 +655,10 @@ impl Node {
         }
         if let Some(mut discovery) = self.discovery.take() {
             discovery.shutdown();
+        }
+        if !self.shut_down {
+            self.shut_down = true;
+            self.flush_disk();
         }
         self.runtime.shutdown();
     }

@@ -15,9 +15,9 @@ use crate::keys::KeyHash;
 use crate::net::FramedConn;
 use crate::pool::Location;
 use crate::wire::{
-    self, BulkDest, BulkPlan, BulkSegment, DataRead, DataReadReply, DirDelete, DirDeleteAck,
-    DirEntry, DirGet, DirGetReply, DirPut, DirPutAck, ErrorReply, Hello, HelloAck, Kind, Purpose,
-    ReadItem, ReadStatus, WireError, WireMessage, PROTOCOL_VERSION,
+    self, BulkDest, BulkPlan, BulkSegment, DataPromote, DataPromoteReply, DataRead, DataReadReply,
+    DirDelete, DirDeleteAck, DirEntry, DirGet, DirGetReply, DirPut, DirPutAck, ErrorReply, Hello,
+    HelloAck, Kind, Purpose, ReadItem, ReadStatus, WireError, WireMessage, PROTOCOL_VERSION,
 };
 use glommio::net::TcpStream;
 use std::collections::HashMap;
@@ -88,10 +88,14 @@ async fn connect(
     }
 }
 
+/// `put_index` of a non-resident entry (not one of the batch's stored pages).
+const NOT_STORED: usize = usize::MAX;
+
 /// The writes of one batch to one directory owner shard.
 struct OwnerWrites {
     put: DirPut,
-    /// For each entry of `put`: its index in the batch's stored list.
+    /// For each entry of `put`: its index in the batch's stored list, or
+    /// [`NOT_STORED`].
     put_index: Vec<usize>,
     delete: DirDelete,
 }
@@ -115,8 +119,9 @@ impl OwnerWrites {
 struct DataReads {
     endpoint: SocketAddr,
     request: DataRead,
-    /// Destination (address, length) and batch position of each item.
-    targets: Vec<(usize, usize, usize)>,
+    /// Destination (address, length), batch position and resolved location
+    /// of each item.
+    targets: Vec<(usize, usize, usize, DirLocation)>,
 }
 
 impl ShardStore {
@@ -165,9 +170,11 @@ impl ShardStore {
         result
     }
 
-    /// Publishes `stored` pages (and deletes `evicted` keys) to every
-    /// directory owner. Returns, per stored page, whether at least one owner
-    /// accepted its entry.
+    /// Publishes `stored` pages to every directory owner, and the pages that
+    /// left the pool (`evicted`) or the disk tier: a page evicted from the
+    /// pool but on disk gets a non-resident entry, any other page that left
+    /// both tiers is deleted. Returns, per stored page, whether at least one
+    /// owner accepted its entry.
     pub(super) async fn publish(
         self: &Rc<Self>,
         view: &ClusterView,
@@ -202,19 +209,47 @@ impl ShardStore {
                     }
                 }
             }
-            for &key in evicted {
+            let dropped = self.disk_dropped();
+            let pool = self.pool.borrow();
+            for &key in evicted.iter().chain(&dropped) {
+                if pool.contains(key) {
+                    continue; // back in the pool: its resident entry stands
+                }
+                let on_disk = self.disk_len(key).map(|len| Location {
+                    offset: 0,
+                    generation: 0,
+                    len,
+                });
                 view.owners_into(key, &mut owners);
                 for &o in &owners {
                     let route = view.route_at(o);
                     if route.node_ref == self.node_ref {
-                        dir.remove_if_node(key, self.node_ref);
+                        match on_disk {
+                            Some(l) => {
+                                let loc = DirLocation::from_pool(self.node_ref, shard, l, false);
+                                let _ = dir.put(key, loc);
+                            }
+                            None => {
+                                dir.remove_if_node(key, self.node_ref);
+                            }
+                        }
                     } else if let Some(ep) = route.endpoint_for(key) {
-                        groups
+                        let g = groups
                             .entry(ep)
-                            .or_insert_with(|| OwnerWrites::new(self.node_ref))
-                            .delete
-                            .keys
-                            .push(key.to_be_bytes());
+                            .or_insert_with(|| OwnerWrites::new(self.node_ref));
+                        match on_disk {
+                            Some(l) => {
+                                g.put.entries.push(DirEntry::new(
+                                    key,
+                                    self.node_ref.0,
+                                    shard,
+                                    l,
+                                    false,
+                                ));
+                                g.put_index.push(NOT_STORED);
+                            }
+                            None => g.delete.keys.push(key.to_be_bytes()),
+                        }
                     }
                 }
             }
@@ -255,7 +290,7 @@ impl ShardStore {
         for task in tasks {
             let (indexes, ok) = task.await;
             if ok {
-                for j in indexes {
+                for j in indexes.into_iter().filter(|&j| j != NOT_STORED) {
                     accepted[j] = true;
                 }
             }
@@ -266,7 +301,8 @@ impl ShardStore {
     /// Resolves `keys` through the directory: the local table when this node
     /// is an owner, else one `DirGet` per owner shard, trying the next replica
     /// for keys still unresolved. Entries of nodes outside `view`, and of this
-    /// node (whose pool was already checked), are not locations.
+    /// node (whose pool and disk were already checked), are not locations.
+    /// Non-resident entries are (the page is on its node's disk).
     pub(super) async fn lookup(
         self: &Rc<Self>,
         view: &ClusterView,
@@ -276,8 +312,7 @@ impl ShardStore {
         let mut pending: Vec<usize> = (0..keys.len()).collect();
         let mut owners = Vec::new();
         let usable = |loc: DirLocation| {
-            (loc.resident && loc.node != self.node_ref && view.route(loc.node).is_some())
-                .then_some(loc)
+            (loc.node != self.node_ref && view.route(loc.node).is_some()).then_some(loc)
         };
         for round in 0..view.replicas() {
             let mut groups: HashMap<SocketAddr, (DirGet, Vec<usize>)> = HashMap::new();
@@ -341,17 +376,25 @@ impl ShardStore {
     ) -> u64 {
         let keys: Vec<KeyHash> = missing.iter().map(|&i| part.hash(i)).collect();
         let locations = self.lookup(view, &keys).await;
-        let now = Instant::now();
-        let mut cache = self.cache.borrow_mut();
-        let mut found = 0;
-        for ((&i, &key), location) in missing.iter().zip(&keys).zip(locations) {
-            if let Some(location) = location {
-                part.set_result(i, true);
-                cache.insert(key, location, now);
-                found += 1;
+        // Pages on their owner's disk: have the owner promote them now (the
+        // exists warming), so the get that follows reads them from memory.
+        let mut resolved: Vec<(usize, DirLocation)> = Vec::with_capacity(keys.len());
+        let mut on_disk = Vec::new();
+        for (&i, location) in missing.iter().zip(locations) {
+            match location {
+                Some(l) if l.resident => resolved.push((i, l)),
+                Some(l) => on_disk.push((i, part.hash(i), l)),
+                None => {}
             }
         }
-        found
+        resolved.extend(self.promote_remote(view, on_disk).await);
+        let now = Instant::now();
+        let mut cache = self.cache.borrow_mut();
+        for &(i, location) in &resolved {
+            part.set_result(i, true);
+            cache.insert(part.hash(i), location, now);
+        }
+        resolved.len() as u64
     }
 
     /// Get for pages not in the local pool: resolve (handoff, read cache,
@@ -387,9 +430,52 @@ impl ShardStore {
                     .filter_map(|(&i, l)| l.map(|l| (i, l))),
             );
         }
+        // Non-resident entries: the owner promotes, then we read as usual.
+        let (mut resolved, on_disk): (Vec<_>, Vec<_>) =
+            resolved.into_iter().partition(|(_, l)| l.resident);
+        let on_disk: Vec<(usize, KeyHash, DirLocation)> = on_disk
+            .into_iter()
+            .filter(|&(i, l)| l.len as usize == part.len(i))
+            .map(|(i, l)| (i, part.hash(i), l))
+            .collect();
+        resolved.extend(self.promote_remote(view, on_disk).await);
 
+        let (mut hits, mut bytes, failed) = self.read_resolved(view, part, &resolved).await;
+        // A page its owner evicted since it was resolved (a stale handoff or
+        // cache entry, a race with a set) may be on the owner's disk: one
+        // promote-and-read retry before it counts as a miss.
+        if !failed.is_empty() {
+            let retry = failed
+                .iter()
+                .map(|&(i, loc)| (i, part.hash(i), loc))
+                .collect();
+            let fresh = self.promote_remote(view, retry).await;
+            let (h, b, _) = self.read_resolved(view, part, &fresh).await;
+            hits += h;
+            bytes += b;
+            let mut cache = self.cache.borrow_mut();
+            for &(i, _) in &failed {
+                cache.invalidate(part.hash(i));
+            }
+        }
+        let s = &self.stats;
+        ShardStats::bump(&s.read_hits, hits);
+        ShardStats::bump(&s.read_remote_hits, hits);
+        ShardStats::bump(&s.bytes_read, bytes);
+        ShardStats::bump(&s.read_misses, missing.len() as u64 - hits);
+    }
+
+    /// Reads resolved pages: one `DataRead` per data shard, concurrently,
+    /// straight into the destinations. Returns hits, bytes, and the pages
+    /// whose read failed (stale slot, failed exchange).
+    async fn read_resolved(
+        self: &Rc<Self>,
+        view: &ClusterView,
+        part: &BatchPart,
+        resolved: &[(usize, DirLocation)],
+    ) -> (u64, u64, Vec<(usize, DirLocation)>) {
         let mut groups: HashMap<(NodeRef, u16), DataReads> = HashMap::new();
-        for &(i, loc) in &resolved {
+        for &(i, loc) in resolved {
             let len = part.len(i);
             if loc.len as usize != len {
                 continue; // wrong destination size: a miss, as for a local page
@@ -408,7 +494,7 @@ impl ShardStore {
                     targets: Vec::new(),
                 });
             g.request.items.push(ReadItem::from(loc.pool_location()));
-            g.targets.push((part.addr(i), len, i));
+            g.targets.push((part.addr(i), len, i, loc));
         }
         let tasks: Vec<_> = groups
             .into_values()
@@ -416,35 +502,76 @@ impl ShardStore {
                 let this = Rc::clone(self);
                 glommio::spawn_local(async move {
                     let delivered = this.read_pages(&reads).await;
-                    (reads.targets, delivered)
+                    (reads, delivered)
                 })
             })
             .collect();
         let (mut hits, mut bytes) = (0u64, 0u64);
-        let mut cache_misses = Vec::new();
+        let mut failed = Vec::new();
         for task in tasks {
-            let (targets, delivered) = task.await;
-            for ((_, len, i), ok) in targets.into_iter().zip(delivered) {
+            let (reads, delivered) = task.await;
+            for (&(_, len, i, loc), ok) in reads.targets.iter().zip(delivered) {
                 if ok {
                     part.set_result(i, true);
                     hits += 1;
                     bytes += len as u64;
                 } else {
-                    cache_misses.push(part.hash(i));
+                    failed.push((i, loc));
                 }
             }
         }
-        {
-            let mut cache = self.cache.borrow_mut();
-            for key in cache_misses {
-                cache.invalidate(key);
+        (hits, bytes, failed)
+    }
+
+    /// Asks the owners of non-resident pages to promote them: one
+    /// `DataPromote` per data shard, concurrently. Returns the fresh
+    /// resident locations of the pages that made it back into memory.
+    pub(super) async fn promote_remote(
+        self: &Rc<Self>,
+        view: &ClusterView,
+        items: Vec<(usize, KeyHash, DirLocation)>,
+    ) -> Vec<(usize, DirLocation)> {
+        let mut groups: HashMap<SocketAddr, (DataPromote, Vec<usize>)> = HashMap::new();
+        for (i, key, loc) in items {
+            let Some(ep) = view
+                .route(loc.node)
+                .and_then(|r| r.endpoint_of_shard(loc.shard))
+            else {
+                continue;
+            };
+            let g = groups
+                .entry(ep)
+                .or_insert_with(|| (DataPromote { keys: Vec::new() }, Vec::new()));
+            g.0.keys.push(key.to_be_bytes());
+            g.1.push(i);
+        }
+        let tasks: Vec<_> = groups
+            .into_iter()
+            .map(|(ep, (request, index))| {
+                let this = Rc::clone(self);
+                glommio::spawn_local(async move {
+                    let reply = this
+                        .exchange(ep, async |conn| {
+                            let id = conn.next_id();
+                            conn.send(&request, id, &[]).await?;
+                            expect_reply::<DataPromoteReply>(conn, id).await
+                        })
+                        .await;
+                    (index, reply)
+                })
+            })
+            .collect();
+        let mut fresh = Vec::new();
+        for task in tasks {
+            let (index, reply) = task.await;
+            let Ok(reply) = reply else { continue };
+            for (i, entry) in index.into_iter().zip(reply.entries) {
+                if let Some(loc) = entry.map(|e| to_location(&e)).filter(|l| l.resident) {
+                    fresh.push((i, loc));
+                }
             }
         }
-        let s = &self.stats;
-        ShardStats::bump(&s.read_hits, hits);
-        ShardStats::bump(&s.read_remote_hits, hits);
-        ShardStats::bump(&s.bytes_read, bytes);
-        ShardStats::bump(&s.read_misses, missing.len() as u64 - hits);
+        fresh
     }
 
     /// One `DataRead` exchange. Returns, per item, whether its bytes arrived
@@ -464,7 +591,7 @@ impl ShardStore {
                 let mut dests: Vec<BulkDest<'_>> = reads
                     .targets
                     .iter()
-                    .map(|&(addr, len, _)| unsafe { BulkDest::from_raw(addr as *mut u8, len) })
+                    .map(|&(addr, len, _, _)| unsafe { BulkDest::from_raw(addr as *mut u8, len) })
                     .collect();
                 let segments: Vec<BulkSegment> = {
                     let reply = wire::decode_meta::<DataReadReply>(conn.meta())?;
@@ -515,6 +642,25 @@ impl ShardStore {
             let stored: Vec<(usize, KeyHash, Location)> =
                 chunk.iter().map(|&(k, l)| (0, k, l)).collect();
             self.publish(&view, &stored, &[]).await;
+            ShardStats::bump(&self.stats.directory_republishes, chunk.len() as u64);
+        }
+        // Pages only on disk (e.g. after a restart) get non-resident entries.
+        let disk_keys: Vec<KeyHash> = match &self.disk {
+            Some(disk) => {
+                let pool = self.pool.borrow();
+                disk.entries()
+                    .into_iter()
+                    .map(|(k, _)| k)
+                    .filter(|&k| !pool.contains(k))
+                    .collect()
+            }
+            None => Vec::new(),
+        };
+        for chunk in disk_keys.chunks(REPUBLISH_CHUNK) {
+            if self.epoch.get() != view.epoch() {
+                return;
+            }
+            self.publish(&view, &[], chunk).await;
             ShardStats::bump(&self.stats.directory_republishes, chunk.len() as u64);
         }
         self.publish_pool_gauges();

@@ -21,8 +21,9 @@ use crate::keys::KeyHash;
 use crate::net::FramedConn;
 use crate::pool::Location;
 use crate::wire::{
-    self, DataRead, DataReadReply, DirDelete, DirDeleteAck, DirEntry, DirGet, DirGetReply, DirPut,
-    DirPutAck, ErrorReply, FrameHeader, Hello, HelloAck, Kind, ReadStatus, WireError,
+    self, DataPromote, DataPromoteReply, DataRead, DataReadReply, DirDelete, DirDeleteAck,
+    DirEntry, DirGet, DirGetReply, DirPut, DirPutAck, ErrorReply, FrameHeader, Hello, HelloAck,
+    Kind, ReadStatus, WireError,
 };
 use glommio::net::TcpStream;
 use std::rc::Rc;
@@ -32,7 +33,7 @@ use std::time::Instant;
 fn is_request(kind: Kind) -> bool {
     matches!(
         kind,
-        Kind::DirPut | Kind::DirGet | Kind::DirDelete | Kind::DataRead
+        Kind::DirPut | Kind::DirGet | Kind::DirDelete | Kind::DataRead | Kind::DataPromote
     )
 }
 
@@ -66,6 +67,7 @@ impl ShardStore {
                 Kind::DirGet => self.on_dir_get(&mut conn, &header).await,
                 Kind::DirDelete => self.on_dir_delete(&mut conn, &header).await,
                 Kind::DataRead => self.on_data_read(&mut conn, &header).await,
+                Kind::DataPromote => self.on_data_promote(&mut conn, &header).await,
                 _ => unreachable!("is_request lists exactly the kinds handled above"),
             };
             match result {
@@ -243,6 +245,30 @@ impl ShardStore {
         conn.send(&DataReadReply { status }, h.request_id, &[])
             .await?;
         Ok(())
+    }
+
+    /// Promotes the requested pages from this shard's disk tier into its pool
+    /// and answers with their fresh resident entries (see `tiering.rs`).
+    async fn on_data_promote(
+        self: &Rc<Self>,
+        conn: &mut FramedConn<TcpStream>,
+        h: &FrameHeader,
+    ) -> Result<(), WireError> {
+        let request = wire::decode_owned::<DataPromote>(conn.meta())?;
+        let keys: Vec<KeyHash> = request
+            .keys
+            .iter()
+            .map(|&k| KeyHash::from_be_bytes(k))
+            .collect();
+        let locations = self.promote_many(&keys).await;
+        let entries = keys
+            .iter()
+            .zip(locations)
+            .map(|(&key, l)| l.map(|l| DirEntry::new(key, self.node_ref.0, self.id.shard, l, true)))
+            .collect();
+        self.publish_pool_gauges();
+        conn.send(&DataPromoteReply { entries }, h.request_id, &[])
+            .await
     }
 
     /// Status of each location, and the bytes of the valid ones, in order.

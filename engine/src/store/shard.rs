@@ -9,7 +9,8 @@
 //! A shard owns, with no lock: its pool range, its part of this node's
 //! directory (the same key-to-shard function places a key's page and, when
 //! this node is an owner, its directory entry on the same shard), its reader
-//! location cache, its channels to peers and its listener. The local part of
+//! location cache, its channels to peers, its listener and its disk tier
+//! (`tiering.rs`). The local part of
 //! every operation runs synchronously; anything that crosses the network runs
 //! as a glommio task on the shard (see `remote.rs` and `server.rs`).
 
@@ -18,6 +19,7 @@ use crate::cluster::ClusterView;
 use crate::directory::{
     DirectoryTable, LocationCache, NodeRef, DEFAULT_CACHE_ENTRIES, HANDOFF_TTL,
 };
+use crate::disk::DiskTier;
 use crate::keys::KeyHash;
 use crate::logging::RateLimiter;
 use crate::net::{Channels, FramedConn};
@@ -118,6 +120,8 @@ pub enum StoreJob {
     Clear(*const BatchCompletion),
     /// The cluster membership changed: here is the new view.
     Membership(Arc<ClusterView>),
+    /// Finish every queued disk write and fdatasync the slab.
+    DiskFlush(*const BatchCompletion),
 }
 
 // SAFETY: as for BatchPart.
@@ -154,6 +158,12 @@ pub struct ShardStore {
     errors: RefCell<RateLimiter>,
     /// Bumped on every membership change; a re-publish of an older epoch stops.
     pub(super) epoch: Cell<u64>,
+    /// This shard's disk tier, when `disk_enabled` and its slab opened.
+    pub(super) disk: Option<Rc<DiskTier>>,
+    /// Promotions (and the pool evictions they caused) not yet published to
+    /// the directory.
+    #[allow(clippy::type_complexity)]
+    pub(super) promoted: RefCell<(Vec<(usize, KeyHash, Location)>, Vec<KeyHash>)>,
 }
 
 impl ShardStore {
@@ -164,6 +174,7 @@ impl ShardStore {
         directory_entries_hint: usize,
         listener: Option<TcpListener>,
         stats: Arc<ShardStats>,
+        disk: Option<DiskTier>,
     ) -> Self {
         let store = Self {
             node_ref: NodeRef::of(&id.node_id),
@@ -182,6 +193,8 @@ impl ShardStore {
             evicted: RefCell::new(Vec::new()),
             errors: RefCell::new(RateLimiter::new(Duration::from_secs(10))),
             epoch: Cell::new(0),
+            disk: disk.map(Rc::new),
+            promoted: RefCell::new((Vec::new(), Vec::new())),
         };
         store.publish_pool_gauges();
         store
@@ -190,6 +203,11 @@ impl ShardStore {
     /// The current cluster view, if discovery delivered one yet.
     pub(super) fn view(&self) -> Option<Arc<ClusterView>> {
         self.view.borrow().clone()
+    }
+
+    /// The current view when it has peers (alone, there is nobody to ask or tell).
+    pub(super) fn network_view(&self) -> Option<Arc<ClusterView>> {
+        self.view().filter(|v| v.len() > 1)
     }
 
     /// Stores this part's pages in the pool; returns what was stored (for the
@@ -232,6 +250,10 @@ impl ShardStore {
             };
             part.set_result(i, location.is_some());
             if let Some(location) = location {
+                if let Some(disk) = &self.disk {
+                    // Write-through: queued, never waited for.
+                    disk.enqueue(hash, location);
+                }
                 stored.push((i, hash, location));
             }
         }
@@ -299,19 +321,29 @@ impl ShardStore {
         missing
     }
 
-    /// Marks locally present pages; returns the positions not found locally.
-    pub(super) fn exists_local(&self, part: &BatchPart) -> Vec<usize> {
+    /// Marks locally present pages (in the pool or on disk); returns the
+    /// positions not found locally. Pages only on disk start promoting, so
+    /// the get that usually follows finds them in the pool.
+    pub(super) fn exists_local(self: &Rc<Self>, part: &BatchPart) -> Vec<usize> {
         let pool = self.pool.borrow();
         let mut missing = Vec::new();
+        let mut warm = Vec::new();
         for &i in part.indices() {
             let i = i as usize;
-            let present = pool.contains(part.hash(i));
+            let key = part.hash(i);
+            let mut present = pool.contains(key);
+            if !present && self.disk_len(key).is_some() {
+                present = true;
+                warm.push(key);
+            }
             part.set_result(i, present);
             if !present {
                 missing.push(i);
             }
         }
+        drop(pool);
         ShardStats::bump(&self.stats.exists_requests, part.count as u64);
+        self.warm(warm);
         missing
     }
 
@@ -325,6 +357,9 @@ impl ShardStore {
         ShardStats::set(&s.evictions, c.evictions);
         ShardStats::set(&s.quarantine_early_reuses, c.quarantine_early_reuses);
         ShardStats::set(&s.segment_steals, c.segment_steals);
+        if let Some(disk) = &self.disk {
+            disk.publish_gauges();
+        }
         ShardStats::set(&s.directory_entries, self.directory.borrow().len() as u64);
         let ch = self.channels.counters();
         ShardStats::set(&s.channels_opened, ch.opened);
@@ -354,7 +389,7 @@ impl ShardStore {
         match part.op {
             Op::Set => {
                 let (stored, evicted) = self.set_local(&part);
-                if let Some(view) = self.view() {
+                if let Some(view) = self.network_view() {
                     let accepted = self.publish(&view, &stored, &evicted).await;
                     let mut failed = 0;
                     for ((i, _, _), ok) in stored.iter().zip(accepted) {
@@ -369,7 +404,8 @@ impl ShardStore {
             }
             Op::Get => {
                 let missing = self.get_local(&part);
-                match self.view() {
+                let missing = self.get_disk(&part, missing).await;
+                match self.network_view() {
                     Some(view) if !missing.is_empty() => {
                         part.mark_remote();
                         self.get_remote(&view, &part, &missing).await
@@ -380,13 +416,18 @@ impl ShardStore {
             Op::Exists => {
                 let missing = self.exists_local(&part);
                 let mut found = (part.count - missing.len()) as u64;
-                if let Some(view) = self.view() {
+                if let Some(view) = self.network_view() {
                     if !missing.is_empty() {
                         found += self.exists_remote(&view, &part, &missing).await;
                     }
                 }
                 ShardStats::bump(&self.stats.exists_pages_found, found);
             }
+        }
+        if self.network_view().is_none() {
+            // Alone, nobody holds directory entries of ours: forget the
+            // disk's dropped keys (a later join re-publishes everything).
+            drop(self.disk_dropped());
         }
         self.publish_pool_gauges();
         part.complete();
@@ -443,7 +484,8 @@ impl ShardService for ShardStore {
         match job {
             StoreJob::Batch(part) => {
                 let needs_network = this.view.borrow().as_ref().is_some_and(|v| v.len() > 1);
-                if needs_network {
+                // The disk tier awaits I/O (promotion), so its parts run as tasks too.
+                if needs_network || this.disk.is_some() {
                     glommio::spawn_local(Rc::clone(this).run_part(part)).detach();
                 } else {
                     // Alone (or before discovery): everything is local and
@@ -454,8 +496,33 @@ impl ShardService for ShardStore {
             StoreJob::Clear(done) => {
                 this.pool.borrow_mut().clear(Instant::now());
                 this.publish_pool_gauges();
-                // SAFETY: the caller waits on `done`.
-                unsafe { (*done).part_done() };
+                match this.disk.clone() {
+                    Some(disk) => {
+                        let this = Rc::clone(this);
+                        let done = SendPtr(done);
+                        glommio::spawn_local(async move {
+                            disk.clear().await;
+                            this.publish_pool_gauges();
+                            // SAFETY: the caller waits on `done`.
+                            unsafe { (*done.0).part_done() };
+                        })
+                        .detach();
+                    }
+                    // SAFETY: the caller waits on `done`.
+                    None => unsafe { (*done).part_done() },
+                }
+            }
+            StoreJob::DiskFlush(done) => {
+                let disk = this.disk.clone();
+                let done = SendPtr(done);
+                glommio::spawn_local(async move {
+                    if let Some(disk) = disk {
+                        disk.drain().await;
+                    }
+                    // SAFETY: the caller waits on `done`.
+                    unsafe { (*done.0).part_done() };
+                })
+                .detach();
             }
             StoreJob::Membership(view) => Self::apply_view(this, view),
         }
@@ -465,8 +532,17 @@ impl ShardService for ShardStore {
         if let Some(listener) = this.listener.borrow_mut().take() {
             glommio::spawn_local(Rc::clone(this).accept_loop(listener)).detach();
         }
+        if let Some(disk) = this.disk.clone() {
+            glommio::spawn_local(async move { disk.open_io().await }).detach();
+            for _ in 0..crate::disk::WRITERS {
+                glommio::spawn_local(Rc::clone(this).disk_writer()).detach();
+            }
+        }
     }
 }
+
+/// A completion pointer moved into a task on the shard that received it.
+struct SendPtr(*const BatchCompletion);
 
 /// A part on a node with no peers: local pool only, no await.
 fn run_local_only(this: &Rc<ShardStore>, part: BatchPart) {

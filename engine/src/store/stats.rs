@@ -147,23 +147,30 @@ stats! {
     Counter quarantine_early_reuses,
     /// Pool segments moved from one page size class to another.
     Counter segment_steals,
-    // The tiers below are not built yet (the disk tier: issue 7; RDMA:
-    // issue 8). Their counters exist now so the metric names operators
-    // alert on are stable, and they read 0 until the tier exists.
-    /// Hits served from this node's disk tier (0 until the disk tier exists).
+    /// Hits served from this node's disk tier (promoted into the pool on the way).
     Counter read_disk_hits,
-    /// Pages promoted from the disk tier back into the pool (0 until the disk tier exists).
+    /// Pages promoted from the disk tier back into the pool (local gets, exists warming, peers' DataPromote).
     Counter promotes,
-    /// Pages resident on the disk tier now (0 until the disk tier exists).
+    /// Pages resident on the disk tier now.
     Gauge disk_keys,
-    /// Payload bytes resident on the disk tier now (0 until the disk tier exists).
+    /// Payload bytes resident on the disk tier now.
     Gauge disk_bytes_used,
-    /// Bytes the disk tier can hold (0 until the disk tier exists).
+    /// Bytes the disk tier can hold (the slab files' size).
     Gauge disk_capacity_bytes,
-    /// Pages written to the disk tier (0 until the disk tier exists).
+    /// Pages written to the disk tier.
     Counter disk_writes,
-    /// Pages evicted from the disk tier (0 until the disk tier exists).
+    /// Pages evicted from the disk tier by LRU.
     Counter disk_evictions,
+    /// Disk writes dropped: queue full, page evicted from the pool before its write ran, no room, or writes stopped.
+    Counter disk_write_drops,
+    /// Disk writes that failed with an I/O error other than ENOSPC.
+    Counter disk_write_errors,
+    /// Pages on disk whose checksum or header did not match on read: dropped, never returned.
+    Counter disk_corrupt_pages,
+    /// 1 when this shard stopped writing to disk (ENOSPC, or the slab could not be opened).
+    Status disk_writes_stopped,
+    // RDMA is not built yet (issue 8). Its counters exist now so the metric
+    // names operators alert on are stable, and they read 0 until it exists.
     /// RDMA READs that did not complete in time (0 until RDMA exists).
     Counter rdma_read_timeouts,
     /// RDMA channels (QP + CQ) dropped after an error (0 until RDMA exists).

@@ -18,7 +18,8 @@ use super::{HEADER_BYTES, MAGIC, MAX_BULK_BYTES, MAX_META_BYTES, PROTOCOL_VERSIO
 /// `MembersRequest` -> `MembersReply` (the answering master's current view,
 /// so every heartbeat also refreshes membership); `DirPut` -> `DirPutAck`;
 /// `DirGet` -> `DirGetReply`; `DirDelete` -> `DirDeleteAck`; `DataRead` ->
-/// `DataReadReply`. Any request may instead be answered with `Error`.
+/// `DataReadReply`; `DataPromote` -> `DataPromoteReply`. Any request may
+/// instead be answered with `Error`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u16)]
 pub enum Kind {
@@ -55,17 +56,16 @@ pub enum Kind {
     /// [`DataReadReply`](super::DataReadReply): the only kind with a bulk
     /// section.
     DataReadReply = 0x31,
+    /// [`DataPromote`](super::DataPromote): bring pages back from the
+    /// owner's disk tier into its pool.
+    DataPromote = 0x32,
+    /// [`DataPromoteReply`](super::DataPromoteReply).
+    DataPromoteReply = 0x33,
 }
-
-/// Kind numbers set aside for messages not implemented yet: `0x32`
-/// DataPromote (ask a page's owner to bring a non-resident page back from its
-/// disk slab) and `0x33` its reply. They are rejected as unknown until a
-/// protocol version defines them.
-pub const RESERVED_KINDS: [u16; 2] = [0x32, 0x33];
 
 impl Kind {
     /// Every kind this version speaks, in numeric order.
-    pub const ALL: [Kind; 16] = [
+    pub const ALL: [Kind; 18] = [
         Kind::Hello,
         Kind::HelloAck,
         Kind::Error,
@@ -82,6 +82,8 @@ impl Kind {
         Kind::DirDeleteAck,
         Kind::DataRead,
         Kind::DataReadReply,
+        Kind::DataPromote,
+        Kind::DataPromoteReply,
     ];
 
     /// The kind with this number, or `None` for unknown and reserved numbers.

@@ -372,6 +372,28 @@ pub struct DataReadReply {
     pub status: Vec<u8>,
 }
 
+/// Asks a data shard to bring pages back from its disk tier into its pool
+/// (answered with [`DataPromoteReply`]). A reader sends it for directory
+/// entries marked non-resident, then reads the fresh locations with a
+/// [`DataRead`]: promotion stays the owner's decision (it alone can evict to
+/// make room) and the read path stays the one that checks generations.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct DataPromote {
+    /// [`KeyHash::to_be_bytes`] of each key.
+    pub keys: Vec<[u8; 16]>,
+}
+
+/// Answers [`DataPromote`]: per key, in request order, the page's resident
+/// entry on the answering node, or `None` when it holds the page neither in
+/// memory nor (intact) on disk.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct DataPromoteReply {
+    /// One per requested key.
+    pub entries: Vec<Option<DirEntry>>,
+}
+
 /// Per-item outcome of a [`DataRead`]. Codes are part of the protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
@@ -509,6 +531,13 @@ wire_message!(DataRead, DataRead, |m| m.items.len(), |a| a.items.len());
 wire_message!(DataReadReply, DataReadReply, |m| m.status.len(), |a| a
     .status
     .len());
+wire_message!(DataPromote, DataPromote, |m| m.keys.len(), |a| a.keys.len());
+wire_message!(
+    DataPromoteReply,
+    DataPromoteReply,
+    |m| m.entries.len(),
+    |a| a.entries.len()
+);
 
 /// Builds the owned [`Message`] enum over every kind.
 macro_rules! message_enum {
@@ -584,4 +613,6 @@ message_enum!(
     DirDeleteAck(DirDeleteAck),
     DataRead(DataRead),
     DataReadReply(DataReadReply),
+    DataPromote(DataPromote),
+    DataPromoteReply(DataPromoteReply),
 );

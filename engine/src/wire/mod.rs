@@ -57,16 +57,16 @@ pub use codec::{
     decode_meta, decode_owned, discard_bulk, encode_frame, read_frame, write_frame, WireMessage,
 };
 pub use error::{error_code, WireError};
-pub use frame::{FrameHeader, Kind, RESERVED_KINDS};
+pub use frame::{FrameHeader, Kind};
 pub use messages::{
     node_hash, ArchivedDataRead, ArchivedDataReadReply, ArchivedDeregister, ArchivedDirDelete,
     ArchivedDirDeleteAck, ArchivedDirEntry, ArchivedDirGet, ArchivedDirGetReply, ArchivedDirPut,
     ArchivedDirPutAck, ArchivedEndpoint, ArchivedErrorReply, ArchivedHeartbeat, ArchivedHello,
     ArchivedHelloAck, ArchivedMemberInfo, ArchivedMembersReply, ArchivedMembersRequest,
-    ArchivedPurpose, ArchivedReadItem, ArchivedRegister, DataRead, DataReadReply, Deregister,
-    DirDelete, DirDeleteAck, DirEntry, DirGet, DirGetReply, DirPut, DirPutAck, Endpoint,
-    ErrorReply, Heartbeat, Hello, HelloAck, MemberInfo, MembersOutcome, MembersReply,
-    MembersRequest, Message, Purpose, ReadItem, ReadStatus, Register,
+    ArchivedPurpose, ArchivedReadItem, ArchivedRegister, DataPromote, DataPromoteReply, DataRead,
+    DataReadReply, Deregister, DirDelete, DirDeleteAck, DirEntry, DirGet, DirGetReply, DirPut,
+    DirPutAck, Endpoint, ErrorReply, Heartbeat, Hello, HelloAck, MemberInfo, MembersOutcome,
+    MembersReply, MembersRequest, Message, Purpose, ReadItem, ReadStatus, Register,
 };
 
 /// Bytes of the fixed frame header.

@@ -1,0 +1,403 @@
+//! Node-level disk tier tests: real shards, real slab files in a scratch
+//! directory, byte-exact comparisons. Every wait is bounded.
+
+use crate::config::Config;
+use crate::store::Node;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+const PAGE: usize = 16 << 10;
+
+/// A scratch directory removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "peercache-disk-{name}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A node with an 8 MiB pool (4 MiB and 256 pages of 16 KiB per shard) and
+/// a disk tier in `dir`.
+fn node(dir: &Path, disk_size: &str, disk_enabled: bool) -> Node {
+    let text = format!(
+        r#"{{"discovery_addr":"127.0.0.1:31998","global_segment_size":"8mb","shards":2,
+            "node_id":"disk-test","metrics_enabled":false,"pool_quarantine_ms":0,
+            "disk_enabled":{disk_enabled},"disk_path":"{}","disk_size":"{disk_size}"}}"#,
+        dir.display()
+    );
+    Node::start(Config::from_json(&text).unwrap()).unwrap()
+}
+
+/// Page content: splitmix64 words seeded by the key's hash, so no two keys
+/// share a run of bytes (a damaged copy can be found by its content).
+fn page(key: &str) -> Vec<u8> {
+    let seed = xxhash_rust::xxh3::xxh3_64(key.as_bytes());
+    (0..PAGE / 8)
+        .flat_map(|i| {
+            let mut z = seed.wrapping_add((i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            (z ^ (z >> 31)).to_le_bytes()
+        })
+        .collect()
+}
+
+fn keys(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("page-{i}")).collect()
+}
+
+/// Sets `keys` in batches of 32, letting the disk catch up after each (the
+/// pool holds 512 pages, so without that the first pages would be evicted
+/// before their queued writes ran).
+fn set_through(node: &Node, keys: &[String]) {
+    for batch in keys.chunks(32) {
+        let pages: Vec<Vec<u8>> = batch.iter().map(|k| page(k)).collect();
+        let refs: Vec<&[u8]> = pages.iter().map(|p| p.as_slice()).collect();
+        assert!(node
+            .batch_set_pages(batch, &refs)
+            .unwrap()
+            .iter()
+            .all(|&ok| ok));
+        node.flush_disk();
+    }
+}
+
+/// Gets `keys`; returns which arrived and whether each that arrived is byte-exact.
+fn get(node: &Node, keys: &[String]) -> Vec<bool> {
+    let mut out: Vec<Vec<u8>> = keys.iter().map(|_| vec![0u8; PAGE]).collect();
+    let mut dsts: Vec<&mut [u8]> = out.iter_mut().map(|v| v.as_mut_slice()).collect();
+    let ok = node.batch_get_into(keys, &mut dsts).unwrap();
+    for ((k, got), &ok) in keys.iter().zip(&out).zip(&ok) {
+        if ok {
+            assert!(*got == page(k), "{k} came back with other bytes");
+        }
+    }
+    ok
+}
+
+fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn evicted_pages_are_promoted_back_byte_exact() {
+    let dir = Scratch::new("promote");
+    let node = node(&dir.0, "64mb", true);
+    let ks = keys(1024);
+    set_through(&node, &ks);
+    let s = node.stats();
+    assert_eq!(s.disk_writes, 1024);
+    assert_eq!(s.disk_keys, 1024);
+    assert_eq!(s.disk_bytes_used, 1024 * PAGE as u64);
+    assert!(
+        s.evictions >= 512,
+        "the pool holds 512 pages: {}",
+        s.evictions
+    );
+
+    // All of them, in one batch twice the pool: byte-exact.
+    assert_eq!(get(&node, &ks), vec![true; 1024]);
+    let s = node.stats();
+    assert!(s.read_disk_hits >= 512, "{s:?}");
+    assert_eq!(s.promotes, s.read_disk_hits);
+    assert_eq!(s.read_hits, 1024);
+    assert_eq!(s.read_local_hits + s.read_disk_hits, 1024);
+    assert_eq!(s.disk_corrupt_pages, 0);
+    assert_eq!(node.batch_exists(&ks).unwrap(), 1024);
+}
+
+#[test]
+fn exists_reports_disk_pages_and_warms_them_for_the_get() {
+    let dir = Scratch::new("exists");
+    let node = node(&dir.0, "64mb", true);
+    let ks = keys(1024);
+    set_through(&node, &ks);
+    // The first pages were evicted long ago: only on disk now.
+    let cold = &ks[..8];
+    let before = node.stats();
+    assert_eq!(node.batch_exists(cold).unwrap(), 8);
+    eventually("exists warming", || {
+        node.stats().promotes >= before.promotes + 8
+    });
+    assert_eq!(get(&node, cold), vec![true; 8]);
+    let s = node.stats();
+    assert_eq!(
+        s.read_disk_hits, before.read_disk_hits,
+        "served from the pool"
+    );
+    assert_eq!(s.read_local_hits, before.read_local_hits + 8);
+    assert!(!node.batch_exists_each(&["never-set"]).unwrap()[0]);
+}
+
+#[test]
+fn pages_survive_a_clean_restart() {
+    let dir = Scratch::new("restart");
+    let ks = keys(300);
+    {
+        let node = node(&dir.0, "64mb", true);
+        set_through(&node, &ks);
+    } // dropped: shutdown flushes and syncs
+    let node = node(&dir.0, "64mb", true);
+    let s = node.stats();
+    assert_eq!(s.disk_keys, 300, "index rebuilt from the slot headers");
+    assert_eq!(s.pool_keys, 0);
+    assert_eq!(node.batch_exists(&ks).unwrap(), 300);
+    assert_eq!(get(&node, &ks), vec![true; 300]);
+    assert_eq!(node.stats().disk_corrupt_pages, 0);
+}
+
+#[test]
+fn clear_forgets_disk_pages_now_and_after_a_restart() {
+    let dir = Scratch::new("clear");
+    let ks = keys(64);
+    {
+        let node = node(&dir.0, "64mb", true);
+        set_through(&node, &ks);
+        node.clear();
+        assert_eq!(node.stats().disk_keys, 0);
+        assert_eq!(node.batch_exists(&ks).unwrap(), 0);
+    }
+    let node = node(&dir.0, "64mb", true);
+    assert_eq!(node.stats().disk_keys, 0);
+    assert_eq!(get(&node, &ks), vec![false; 64]);
+}
+
+/// Flips one byte of `needle`'s first occurrence in `file`.
+fn flip_byte_of(file: &Path, needle: &[u8]) {
+    let mut bytes = std::fs::read(file).unwrap();
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("the page is in the slab");
+    bytes[at + needle.len() / 2] ^= 0x01;
+    std::fs::write(file, bytes).unwrap();
+}
+
+#[test]
+fn a_flipped_byte_is_detected_and_never_returned() {
+    let dir = Scratch::new("flip");
+    let ks = keys(16);
+    {
+        let node = node(&dir.0, "64mb", true);
+        set_through(&node, &ks);
+    }
+    let victim = &ks[3];
+    let shard_files: Vec<PathBuf> = (0..2)
+        .map(|s| dir.0.join("disk-test").join(format!("shard-{s}.slab")))
+        .collect();
+    let needle = &page(victim)[..256];
+    let file = shard_files
+        .iter()
+        .find(|f| {
+            std::fs::read(f)
+                .unwrap()
+                .windows(needle.len())
+                .any(|w| w == needle)
+        })
+        .unwrap();
+    flip_byte_of(file, needle);
+
+    let node = node(&dir.0, "64mb", true);
+    let ok = get(&node, &ks);
+    assert!(
+        !ok[3],
+        "the damaged page is a miss: {ok:?} {:?}",
+        node.stats()
+    );
+    assert_eq!(
+        ok.iter().filter(|&&b| b).count(),
+        15,
+        "the others are intact"
+    );
+    let s = node.stats();
+    assert_eq!(s.disk_corrupt_pages, 1);
+    assert_eq!(s.disk_keys, 15, "the damaged page was dropped");
+    assert!(!node.batch_exists_each(&[victim]).unwrap()[0]);
+}
+
+/// Zeroes the second half of `needle`'s page in `file`, as a write cut
+/// short by a crash leaves it (header written, data not).
+fn tear_page_of(file: &Path, needle: &[u8]) {
+    let mut bytes = std::fs::read(file).unwrap();
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("the page is in the slab");
+    bytes[at + PAGE / 2..at + PAGE].fill(0);
+    std::fs::write(file, bytes).unwrap();
+}
+
+#[test]
+fn a_torn_write_is_detected_after_a_restart() {
+    let dir = Scratch::new("torn");
+    let ks = keys(16);
+    {
+        let node = node(&dir.0, "64mb", true);
+        set_through(&node, &ks);
+    }
+    let needle = &page(&ks[7])[..256];
+    for shard in 0..2 {
+        let file = dir.0.join("disk-test").join(format!("shard-{shard}.slab"));
+        let bytes = std::fs::read(&file).unwrap();
+        if bytes.windows(needle.len()).any(|w| w == needle) {
+            tear_page_of(&file, needle);
+        }
+    }
+    let node = node(&dir.0, "64mb", true);
+    assert_eq!(node.stats().disk_keys, 16, "the header alone looks fine");
+    let ok = get(&node, &ks);
+    assert!(!ok[7]);
+    assert_eq!(ok.iter().filter(|&&b| b).count(), 15);
+    assert_eq!(node.stats().disk_corrupt_pages, 1);
+}
+
+#[test]
+fn a_restart_with_another_disk_size_starts_the_slabs_empty() {
+    let dir = Scratch::new("resize");
+    let ks = keys(16);
+    {
+        let node = node(&dir.0, "64mb", true);
+        set_through(&node, &ks);
+    }
+    // Slots would move: the files are started afresh, not misread.
+    let node = node(&dir.0, "32mb", true);
+    let s = node.stats();
+    assert_eq!(s.disk_keys, 0);
+    assert!(s.disk_capacity_bytes <= 32 << 20);
+    assert_eq!(get(&node, &ks), vec![false; 16]);
+}
+
+#[test]
+fn disk_size_bounds_the_slab_and_lru_evicts() {
+    let dir = Scratch::new("bound");
+    // 4 MiB for 2 shards: 2 MiB per shard, about 96 pages of 16 KiB each.
+    let node = node(&dir.0, "4mb", true);
+    let ks = keys(1024);
+    set_through(&node, &ks);
+    let s = node.stats();
+    assert!(
+        s.disk_capacity_bytes <= 4 << 20,
+        "{}",
+        s.disk_capacity_bytes
+    );
+    assert!(s.disk_bytes_used <= s.disk_capacity_bytes);
+    assert!(s.disk_evictions > 0);
+    assert_eq!(s.disk_writes, s.disk_keys + s.disk_evictions);
+    for shard in 0..2 {
+        let path = dir.0.join("disk-test").join(format!("shard-{shard}.slab"));
+        let size = std::fs::metadata(&path).unwrap().len();
+        assert!(size <= 2 << 20, "{} is {size} bytes", path.display());
+    }
+    // The oldest pages left both tiers; the newest are still served.
+    assert_eq!(get(&node, &ks[..16]), vec![false; 16]);
+    assert_eq!(get(&node, &ks[1008..]), vec![true; 16]);
+}
+
+#[test]
+fn an_unwritable_disk_path_leaves_a_memory_only_node() {
+    let dir = Scratch::new("unwritable");
+    // A path under a regular file cannot be created, even by root.
+    let file = dir.0.join("not-a-directory");
+    std::fs::write(&file, b"x").unwrap();
+    let node = node(&file.join("sub"), "64mb", true);
+    let ks = keys(8);
+    set_through(&node, &ks);
+    assert_eq!(get(&node, &ks), vec![true; 8]);
+    let s = node.stats();
+    assert_eq!(s.disk_capacity_bytes, 0);
+    assert_eq!(s.disk_writes, 0);
+}
+
+#[test]
+fn disk_disabled_writes_nothing() {
+    let dir = Scratch::new("disabled");
+    let node = node(&dir.0, "64mb", false);
+    set_through(&node, &keys(8));
+    assert_eq!(node.stats().disk_capacity_bytes, 0);
+    assert!(!dir.0.join("disk-test").exists());
+}
+
+#[test]
+fn enospc_and_short_writes_stop_writes_other_errors_are_counted() {
+    use super::{layout::Geometry, DiskTier, NodeDisk};
+    use crate::keys::KeyHash;
+    use crate::pool::Location;
+    use crate::store::ShardStats;
+    use std::io::{Error, ErrorKind};
+    use std::sync::Arc;
+
+    let dir = Scratch::new("errors");
+    let nd = NodeDisk {
+        dir: dir.0.clone(),
+        geometry: Geometry::for_budget(1 << 20, 1).unwrap(),
+    };
+    let page = Location {
+        offset: 0,
+        generation: 0,
+        len: 4096,
+    };
+    let cases = [
+        (Error::from_raw_os_error(libc::ENOSPC), true),
+        (Error::new(ErrorKind::StorageFull, "short write"), true),
+        (Error::from_raw_os_error(libc::EIO), false),
+    ];
+    for (error, stops) in cases {
+        let stats = Arc::new(ShardStats::default());
+        let tier = DiskTier::open(&nd, 0, Arc::clone(&stats)).unwrap();
+        tier.write_failed(&error);
+        let s = stats.snapshot();
+        assert_eq!(s.disk_writes_stopped, u64::from(stops), "{error}");
+        assert_eq!(s.disk_write_errors, u64::from(!stops), "{error}");
+        // A stopped tier drops new writes at once, counted.
+        tier.enqueue(KeyHash(1), page);
+        assert_eq!(
+            stats.snapshot().disk_write_drops,
+            u64::from(stops),
+            "{error}"
+        );
+    }
+}
+
+#[test]
+fn a_slab_the_file_system_cannot_hold_is_not_written_at_all() {
+    use super::{layout::Geometry, DiskTier, NodeDisk};
+    use crate::store::ShardStats;
+    use std::sync::Arc;
+
+    let dir = Scratch::new("reserve");
+    // Twice what the scratch directory's file system has free.
+    let path = std::ffi::CString::new(dir.0.to_str().unwrap()).unwrap();
+    // SAFETY: statvfs fills the plain struct or fails.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(path.as_ptr(), &mut st) }, 0);
+    let free = st.f_bavail as u64 * st.f_frsize as u64;
+    let nd = NodeDisk {
+        dir: dir.0.clone(),
+        geometry: Geometry::for_budget(2 * free + (1 << 30), 1).unwrap(),
+    };
+    let stats = Arc::new(ShardStats::default());
+    let tier = DiskTier::open(&nd, 0, Arc::clone(&stats)).unwrap();
+    assert_eq!(stats.snapshot().disk_writes_stopped, 1);
+    let len = std::fs::metadata(tier.path()).unwrap().len();
+    assert_eq!(len, super::layout::BLOCK as u64, "only the header block");
+}
