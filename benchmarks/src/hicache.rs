@@ -108,8 +108,11 @@ pub struct HicacheArgs {
     /// Pages the producer publishes (and the consumer reads).
     #[arg(long, default_value_t = 1024)]
     pub working_set: usize,
-    /// Consumer processes. Only 1 is implemented in this build.
-    #[arg(long, default_value_t = 1)]
+    /// Consumer processes (seed 003's reader processes; `--readers` is the
+    /// same option). Each runs the point's threads against the producer at
+    /// the same moment; pages/s and GB/s are summed, latencies merged. Rust
+    /// front end only.
+    #[arg(long, visible_alias = "readers", default_value_t = 1)]
     pub processes: usize,
     /// max_channels_per_peer of the consumer.
     #[arg(long, default_value_t = 16)]
@@ -222,10 +225,13 @@ impl HicacheArgs {
                 self.protocol
             ));
         }
-        if self.processes != 1 {
+        if self.processes == 0 {
+            return Err("--processes must be >= 1".into());
+        }
+        if self.processes > 1 && self.frontend == Frontend::Python {
             return Err(
-                "--processes > 1 is not implemented in this build: run several \
-                        `drive` processes against one `serve` (perf-scripts/full-machine.sh)"
+                "--processes > 1 drives the Rust front end only: several Python \
+                        consumers are several `--frontend python` runs"
                     .into(),
             );
         }
@@ -444,12 +450,10 @@ struct Consumer<'a> {
 
 impl<'a> Consumer<'a> {
     fn start(args: &'a HicacheArgs, discovery: &str, max_threads: usize) -> Result<Self, String> {
-        let node = Node::start_cluster(args.node_config(
-            discovery,
-            "bench-consumer",
-            args.pool_bytes(),
-        )?)
-        .map_err(|e| e.to_string())?;
+        // One id per process: several consumers (--processes) join together.
+        let node_id = format!("bench-consumer-{}", std::process::id());
+        let node = Node::start_cluster(args.node_config(discovery, &node_id, args.pool_bytes())?)
+            .map_err(|e| e.to_string())?;
         let objects: Vec<String> = (0..args.working_set)
             .flat_map(|i| args.objects(&ws_key(i)))
             .collect();
@@ -519,7 +523,7 @@ impl<'a> Consumer<'a> {
             Op::Set => {
                 let n = self.set_round.fetch_add(1, Ordering::Relaxed);
                 let keys: Vec<String> = (0..batch)
-                    .flat_map(|i| a.objects(&format!("set-{n}-{i}")))
+                    .flat_map(|i| a.objects(&format!("set-{}-{n}-{i}", std::process::id())))
                     .collect();
                 let base = t * a.dst_region_bytes();
                 let srcs: Vec<*const u8> = (0..batch * per)
@@ -704,10 +708,8 @@ pub fn run(args: &HicacheArgs, mode: Mode) -> Result<(), String> {
     let mut plan: Vec<(Op, Frontend, usize, usize)> = Vec::new();
     match mode {
         Mode::Latency => plan.push((Op::Get, args.frontend, 1, 1)),
-        Mode::Throughput | Mode::Drive => {
-            plan.push((args.op, args.frontend, args.concurrency, args.batch_size))
-        }
-        Mode::Saturation => plan.extend(
+        Mode::Throughput => plan.push((args.op, args.frontend, args.concurrency, args.batch_size)),
+        Mode::Saturation | Mode::Drive => plan.extend(
             args.concurrencies
                 .iter()
                 .map(|&c| (args.op, args.frontend, c, args.batch_size)),
@@ -749,7 +751,12 @@ pub fn run(args: &HicacheArgs, mode: Mode) -> Result<(), String> {
     let mut references = serde_json::Map::new();
     let mut peak_rss = rss_bytes();
     for &(op, fe, c, b) in plan.iter().filter(|p| p.1 == Frontend::Rust) {
-        rows.push(consumer.point(op, fe, c, b)?);
+        let row = if args.processes > 1 {
+            multi_process_point(args, &discovery, op, c, b)?
+        } else {
+            consumer.point(op, fe, c, b)?
+        };
+        rows.push(row);
         peak_rss = peak_rss.max(rss_bytes());
     }
     if matches!(mode, Mode::Suite | Mode::Compare) {
@@ -1045,4 +1052,178 @@ pub struct ServeArgs {
     /// --discovery-addr is not given).
     #[arg(long)]
     pub meta_port: Option<u16>,
+}
+
+/// Options of the hidden `point-worker` role: one consumer process of a
+/// `--processes N` run.
+#[derive(Args, Debug, Clone)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub hicache: HicacheArgs,
+}
+
+/// A consumer process of a multi-process point: joins the producer, prints
+/// `READY`, waits for a line on stdin (all workers start together), runs
+/// `--op` at `--concurrency` threads, prints one JSON line: pages/s, GB/s,
+/// hit ratio and the latency histogram as (µs, count) pairs.
+pub fn point_worker(args: &WorkerArgs) -> Result<(), String> {
+    let a = &args.hicache;
+    let discovery = a
+        .discovery_addr
+        .clone()
+        .ok_or("point-worker needs --discovery-addr")?;
+    let consumer = Consumer::start(a, &discovery, a.concurrency)?;
+    println!("READY");
+    std::io::stdout().flush().ok();
+    let mut go = String::new();
+    std::io::stdin()
+        .read_line(&mut go)
+        .map_err(|e| e.to_string())?;
+    let (gbps, pages_per_s, hit_ratio, hist) =
+        sweep(a.concurrency, a.warmup, a.duration, |t, r| {
+            consumer.call(a.op, t, r, a.batch_size)
+        });
+    let buckets: Vec<(u64, u64)> = hist
+        .iter_recorded()
+        .map(|v| (v.value_iterated_to(), v.count_at_value()))
+        .collect();
+    println!(
+        "{}",
+        json!({"gbps": gbps, "pages_per_s": pages_per_s, "hit_ratio": hit_ratio, "hist": buckets})
+    );
+    Ok(())
+}
+
+/// Runs one Rust point in `args.processes` consumer processes at once and
+/// sums them.
+fn multi_process_point(
+    args: &HicacheArgs,
+    discovery: &str,
+    op: Op,
+    threads: usize,
+    batch: usize,
+) -> Result<Row, String> {
+    progress(&format!(
+        "{op:?} frontend=Rust processes={} concurrency={threads}/process batch={batch}: {:.0}+{:.0} s",
+        args.processes, args.warmup, args.duration
+    ));
+    let mut workers = Vec::new();
+    for _ in 0..args.processes {
+        let child = crate::self_command()?
+            .args([
+                "point-worker",
+                "--discovery-addr",
+                discovery,
+                "--op",
+                &format!("{op:?}").to_lowercase(),
+                "--concurrency",
+                &threads.to_string(),
+                "--batch-size",
+                &batch.to_string(),
+                "--layout",
+                &format!("{:?}", args.layout).to_lowercase(),
+                "--page-size",
+                &args.page_size.to_string(),
+                "--working-set",
+                &args.working_set.to_string(),
+                "--duration",
+                &args.duration.to_string(),
+                "--warmup",
+                &args.warmup.to_string(),
+                "--shards",
+                &args.shards.to_string(),
+                "--replicas",
+                &args.replicas.to_string(),
+                "--max-channels",
+                &args.max_channels.to_string(),
+                "--dir-cache-ttl",
+                &args.dir_cache_ttl.to_string(),
+                "--local-host",
+                &args.local_host,
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start a consumer process: {e}"))?;
+        workers.push(Worker::new(child));
+    }
+    for w in &mut workers {
+        let line = w.line()?;
+        if line.trim() != "READY" {
+            return Err(format!("a consumer process did not start: {line:?}"));
+        }
+    }
+    for w in &mut workers {
+        w.go()?;
+    }
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
+    let (mut pages_per_s, mut gbps, mut hits) = (0.0, 0.0, 0.0);
+    for w in &mut workers {
+        let line = w.line()?;
+        let v: Value = serde_json::from_str(&line)
+            .map_err(|e| format!("a consumer process answered {line:?}: {e}"))?;
+        let p = v["pages_per_s"].as_f64().unwrap_or(0.0);
+        pages_per_s += p;
+        gbps += v["gbps"].as_f64().unwrap_or(0.0);
+        hits += p * v["hit_ratio"].as_f64().unwrap_or(0.0);
+        for pair in v["hist"].as_array().into_iter().flatten() {
+            let (value, count) = (pair[0].as_u64().unwrap_or(1), pair[1].as_u64().unwrap_or(0));
+            let _ = hist.record_n(value.max(1), count);
+        }
+    }
+    let row = Row {
+        op,
+        frontend: Frontend::Rust,
+        concurrency: threads * args.processes,
+        batch,
+        pages_per_s,
+        gbps,
+        hit_pct: if pages_per_s > 0.0 {
+            100.0 * hits / pages_per_s
+        } else {
+            0.0
+        },
+        hist,
+    };
+    progress(&format!(
+        "  -> {:.0} pages/s, {:.3} GB/s over {} processes, p50 {:.0} us, p99 {:.0} us, hit {:.1}%",
+        row.pages_per_s,
+        row.gbps,
+        args.processes,
+        pct(&row.hist, 0.5),
+        pct(&row.hist, 0.99),
+        row.hit_pct
+    ));
+    Ok(row)
+}
+
+/// A consumer process and its pipes; killed if dropped early.
+struct Worker {
+    child: Child,
+    out: BufReader<std::process::ChildStdout>,
+}
+
+impl Worker {
+    fn new(mut child: Child) -> Self {
+        let out = BufReader::new(child.stdout.take().expect("piped"));
+        Worker { child, out }
+    }
+
+    fn line(&mut self) -> Result<String, String> {
+        let mut line = String::new();
+        self.out.read_line(&mut line).map_err(|e| e.to_string())?;
+        Ok(line)
+    }
+
+    fn go(&mut self) -> Result<(), String> {
+        let stdin = self.child.stdin.as_mut().ok_or("no stdin")?;
+        stdin.write_all(b"go\n").map_err(|e| e.to_string())
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

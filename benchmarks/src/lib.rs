@@ -47,10 +47,13 @@ enum Command {
     Suite(hicache::HicacheArgs),
     /// Producer half of a two-host run: publishes the working set, serves until stdin closes.
     Serve(hicache::ServeArgs),
-    /// Consumer half of a two-host run: --discovery-addr of a `serve`; runs --op at --concurrency.
+    /// Consumer half of a two-host run: --discovery-addr of a `serve`; runs --op over --concurrencies.
     Drive(hicache::HicacheArgs),
     /// PeerCache remote get vs same-run references (memcpy, raw TCP; Mooncake when installed).
     Compare(hicache::CompareArgs),
+    /// One consumer process of a `--processes N` run (started by it; not for direct use).
+    #[command(hide = true)]
+    PointWorker(hicache::WorkerArgs),
     /// Data-plane microbenchmark: local set/get GB/s vs a same-run memcpy.
     Micro(micro::MicroArgs),
     /// Two processes on loopback: remote get/exists/set vs same-run raw TCP and memcpy.
@@ -110,6 +113,7 @@ where
         Command::Serve(args) => hicache::serve(&args.hicache, args.meta_port),
         Command::Drive(args) => hicache::run(&args, hicache::Mode::Drive),
         Command::Compare(args) => hicache::compare(&args),
+        Command::PointWorker(args) => hicache::point_worker(&args),
         Command::Micro(args) => micro::run(&args),
         Command::Remote(args) => remote::run(&args),
         Command::RemoteServe(args) => remote::serve(&args),

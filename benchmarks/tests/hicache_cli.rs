@@ -104,7 +104,7 @@ fn what_this_build_cannot_measure_is_refused_by_name() {
     for (flag, value, expected) in [
         ("--gpu", None, "GPU"),
         ("--protocol", Some("rdma"), "RDMA"),
-        ("--processes", Some("2"), "--processes"),
+        ("--processes", Some("0"), "--processes"),
     ] {
         let mut cmd = bench();
         cmd.args(["latency", flag]);
@@ -116,4 +116,27 @@ fn what_this_build_cannot_measure_is_refused_by_name() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(expected), "{flag}: {err}");
     }
+}
+
+#[test]
+fn several_consumer_processes_are_summed_into_one_row() {
+    let v = run_mode(&[
+        "saturation",
+        "--processes",
+        "2",
+        "--concurrencies",
+        "1",
+        "--tag",
+        "processes",
+    ]);
+    let rows = v["results"].as_array().unwrap();
+    assert_eq!(rows.len(), 1);
+    // 2 processes x 1 thread.
+    assert_eq!(rows[0]["concurrency"], 2);
+    assert_eq!(rows[0]["hit_pct"], 100.0);
+    assert!(
+        rows[0]["calls"].as_u64().unwrap() >= 2,
+        "both processes' calls are merged"
+    );
+    assert_eq!(v["meta"]["processes"], 2);
 }
