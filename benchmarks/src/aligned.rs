@@ -25,6 +25,11 @@ impl AlignedBuf {
         Self { ptr, layout }
     }
 
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.layout.size()
+    }
+
     /// Start of the buffer.
     pub fn ptr(&self) -> *mut u8 {
         self.ptr

@@ -777,12 +777,14 @@ pub fn run(args: &HicacheArgs, mode: Mode) -> Result<(), String> {
     }
     peak_rss = peak_rss.max(rss_bytes());
     let stats = consumer.node.stats();
+    // The benchmark's own page buffers are not the node's memory.
+    let bench_buffers = consumer.dst.len();
     report(
         args,
         mode,
         &rows,
         references,
-        peak_rss,
+        (peak_rss, bench_buffers),
         consumer.node.pool_bytes(),
         &stats,
     )?;
@@ -843,7 +845,7 @@ fn report(
     mode: Mode,
     rows: &[Row],
     references: serde_json::Map<String, Value>,
-    peak_rss: u64,
+    (peak_rss, bench_buffers): (u64, usize),
     pool_bytes: usize,
     stats: &peercache_engine::NodeStats,
 ) -> Result<(), String> {
@@ -948,7 +950,8 @@ fn report(
         "memory": {
             "peak_rss_bytes": peak_rss,
             "pool_bytes": pool_bytes,
-            "rss_beyond_pool_bytes": peak_rss.saturating_sub(pool_bytes as u64),
+            "bench_buffers_bytes": bench_buffers,
+            "node_rss_beyond_pool_bytes": peak_rss.saturating_sub(pool_bytes as u64 + bench_buffers as u64),
         },
         "consumer_counters": stats.fields().into_iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
     });
@@ -1004,10 +1007,11 @@ fn report(
         md.push_str(&format!("\nRatios: {}\n", value["ratios"]));
     }
     md.push_str(&format!(
-        "\nMemory: peak RSS {} MiB, pool {} MiB, beyond the pool {} MiB.\n",
+        "\nMemory of the consumer process: peak RSS {} MiB = pool {} MiB + the benchmark's page buffers {} MiB + {} MiB of node (and benchmark) overhead.\n",
         peak_rss >> 20,
         pool_bytes >> 20,
-        peak_rss.saturating_sub(pool_bytes as u64) >> 20
+        bench_buffers >> 20,
+        peak_rss.saturating_sub(pool_bytes as u64 + bench_buffers as u64) >> 20
     ));
     std::fs::write(format!("{base}.md"), &md).map_err(|e| format!("{base}.md: {e}"))?;
     print!("{md}");

@@ -457,6 +457,32 @@ class PeerCacheStore(_Base):
 
     def batch_get_v1(self, keys: List[str], host_indices: Any, extra_info: Any = None) -> List[bool]:
         """Reads pages of ``keys`` (from any node) into the host pool at ``host_indices``."""
+        # SGLang's prefetch hot path, kept to one Python frame around the
+        # native call: after a large copy the interpreter's own memory is cold
+        # in cache, and every frame unwound with the GIL held costs
+        # microseconds. The common case (an affine KV map, an int64 CPU
+        # tensor) is handled inline; everything else goes through _pages.
+        layout = self._layouts.get(KV_POOL)
+        tensor_int64 = _TENSOR_INT64
+        if (
+            layout is not None
+            and layout.affine
+            and tensor_int64 is not None
+            and type(host_indices) is tensor_int64[0]
+            and host_indices.dtype is tensor_int64[1]
+            and host_indices.is_contiguous()
+            and host_indices.is_cpu
+        ):
+            try:
+                return self._node.pages(
+                    "get", layout.native, "\0".join(keys).encode(), len(keys),
+                    host_indices.data_ptr(), host_indices.numel(),
+                )
+            except BaseException as e:
+                if _passes_through(e):
+                    raise
+                self._miss("get", len(keys), repr(e))
+                return [False] * len(keys)
         return self._pages("get", KV_POOL, keys, host_indices)
 
     def batch_set_v2(self, transfers: List[Any], extra_info: Any = None) -> Dict[Any, List[bool]]:
