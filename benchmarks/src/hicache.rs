@@ -255,6 +255,22 @@ impl HicacheArgs {
         RankKeys::new(0, 1, 0, 1, self.layout == Layout::Mla).expect("rank 0 of 1")
     }
 
+    /// The flags every process of a run must agree on (the producer's
+    /// objects and the cluster's settings), for the child processes it starts.
+    fn shared_flags(&self) -> Vec<String> {
+        [
+            ("--layout", format!("{:?}", self.layout).to_lowercase()),
+            ("--page-size", self.page_size.to_string()),
+            ("--working-set", self.working_set.to_string()),
+            ("--shards", self.shards.to_string()),
+            ("--replicas", self.replicas.to_string()),
+            ("--local-host", self.local_host.clone()),
+        ]
+        .into_iter()
+        .flat_map(|(flag, value)| [flag.to_string(), value])
+        .collect()
+    }
+
     /// Bytes of one stored object.
     fn object_bytes(&self) -> usize {
         self.page_size / self.rank().components()
@@ -393,23 +409,8 @@ fn start_producer(args: &HicacheArgs) -> Result<Producer, String> {
         .map_err(|e| e.to_string())?
         .port();
     let mut child = crate::self_command()?
-        .args([
-            "serve",
-            "--meta-port",
-            &meta_port.to_string(),
-            "--layout",
-            &format!("{:?}", args.layout).to_lowercase(),
-            "--page-size",
-            &args.page_size.to_string(),
-            "--working-set",
-            &args.working_set.to_string(),
-            "--shards",
-            &args.shards.to_string(),
-            "--replicas",
-            &args.replicas.to_string(),
-            "--local-host",
-            &args.local_host,
-        ])
+        .args(["serve", "--meta-port", &meta_port.to_string()])
+        .args(args.shared_flags())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -1124,27 +1125,16 @@ fn multi_process_point(
                 &threads.to_string(),
                 "--batch-size",
                 &batch.to_string(),
-                "--layout",
-                &format!("{:?}", args.layout).to_lowercase(),
-                "--page-size",
-                &args.page_size.to_string(),
-                "--working-set",
-                &args.working_set.to_string(),
                 "--duration",
                 &args.duration.to_string(),
                 "--warmup",
                 &args.warmup.to_string(),
-                "--shards",
-                &args.shards.to_string(),
-                "--replicas",
-                &args.replicas.to_string(),
                 "--max-channels",
                 &args.max_channels.to_string(),
                 "--dir-cache-ttl",
                 &args.dir_cache_ttl.to_string(),
-                "--local-host",
-                &args.local_host,
             ])
+            .args(args.shared_flags())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
