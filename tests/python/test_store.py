@@ -174,6 +174,8 @@ def test_raw_and_component_keyspaces():
         # interface_v1 off: raw keys only.
         assert raw_reader.call("exists", raw_keys) == 3
         assert raw_reader.call("exists", zc_keys) == 0
+        # ... but the v2 probe pairs with the v2 page calls (component keys).
+        assert raw_reader.call("exists_v2", zc_keys, [])[0] == 3
         # Not configured: SGLang uses the generic calls, so generic keys.
         assert either.call("exists", raw_keys) == 3
         assert either.call("exists", zc_keys) == 0

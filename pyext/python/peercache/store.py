@@ -544,8 +544,22 @@ class PeerCacheStore(_Base):
     def batch_exists_v2(
         self, keys: List[str], pool_transfers: Optional[List[Any]] = None, extra_info: Any = None
     ) -> Any:
-        """KV prefix plus each extra pool's verdict under its hit policy."""
-        kv_pages = self.batch_exists(keys, extra_info)
+        """KV prefix plus each extra pool's verdict under its hit policy. The
+        v2 calls move KV pages through the host pool (component keys), so the
+        KV prefix is probed there whenever a KV pool is registered, whatever
+        ``interface_v1`` says."""
+        layout = self._layouts.get(KV_POOL)
+        if layout is not None and layout.native is not None and keys:
+            try:
+                flags = self._node.pages_exist(layout.native, "\0".join(keys).encode(), len(keys))
+                kv_pages = flags.index(False) if False in flags else len(keys)
+            except BaseException as e:
+                if _passes_through(e):
+                    raise
+                self._miss("batch_exists_v2", len(keys), repr(e))
+                kv_pages = 0
+        else:
+            kv_pages = self.batch_exists(keys, extra_info)
         hits: Dict[str, int] = {KV_POOL: kv_pages} if kv_pages else {}
         restorable = list(range(1, kv_pages + 1))
         for transfer in pool_transfers or []:
