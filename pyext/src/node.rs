@@ -3,7 +3,10 @@
 //! Every batch method converts its arguments with the GIL held, releases the
 //! GIL exactly once around the engine call, and never raises on a data-path
 //! failure: a closed node, a malformed batch, an engine error or even a panic
-//! becomes all-`False` (or `0`) plus one rate-limited log line.
+//! becomes all-`False` (or `0`) plus one rate-limited log line. Only a
+//! caller bug in the arguments themselves raises before any work starts (a
+//! wrong Python type, an op other than `"set"`/`"get"`, a misaligned index
+//! array); `peercache.store` turns those into misses too.
 
 use crate::layout::{PageLayout, ResolvedBatch};
 use peercache_engine::keys::RankKeys;
