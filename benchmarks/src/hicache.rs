@@ -166,6 +166,18 @@ pub struct Row {
 }
 
 impl Row {
+    /// The progress line of a finished point; `note` says how it was run.
+    fn report_progress(&self, note: &str) {
+        progress(&format!(
+            "  -> {:.0} pages/s, {:.3} GB/s, p50 {:.0} us, p99 {:.0} us, hit {:.1}%{note}",
+            self.pages_per_s,
+            self.gbps,
+            pct(&self.hist, 0.5),
+            pct(&self.hist, 0.99),
+            self.hit_pct
+        ));
+    }
+
     fn to_json(&self, tokens_per_page: usize) -> Value {
         json!({
             "op": format!("{:?}", self.op).to_lowercase(),
@@ -574,14 +586,7 @@ impl<'a> Consumer<'a> {
             hit_pct: 100.0 * hit_ratio,
             hist,
         };
-        progress(&format!(
-            "  -> {:.0} pages/s, {:.3} GB/s, p50 {:.0} us, p99 {:.0} us, hit {:.1}%",
-            row.pages_per_s,
-            row.gbps,
-            pct(&row.hist, 0.5),
-            pct(&row.hist, 0.99),
-            row.hit_pct
-        ));
+        row.report_progress("");
         Ok(row)
     }
 }
@@ -658,14 +663,7 @@ fn python_point(
         },
         hist,
     };
-    progress(&format!(
-        "  -> {:.0} pages/s, {:.3} GB/s, p50 {:.0} us, p99 {:.0} us, hit {:.1}% (python)",
-        row.pages_per_s,
-        row.gbps,
-        pct(&row.hist, 0.5),
-        pct(&row.hist, 0.99),
-        row.hit_pct
-    ));
+    row.report_progress(" (python)");
     Ok(row)
 }
 
@@ -1179,15 +1177,7 @@ fn multi_process_point(
         },
         hist,
     };
-    progress(&format!(
-        "  -> {:.0} pages/s, {:.3} GB/s over {} processes, p50 {:.0} us, p99 {:.0} us, hit {:.1}%",
-        row.pages_per_s,
-        row.gbps,
-        args.processes,
-        pct(&row.hist, 0.5),
-        pct(&row.hist, 0.99),
-        row.hit_pct
-    ));
+    row.report_progress(&format!(" over {} processes", args.processes));
     Ok(row)
 }
 

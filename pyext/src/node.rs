@@ -259,6 +259,21 @@ impl PyNode {
         out.map_err(|e| e.to_string())
     }
 
+    /// Folds object flags into page flags and logs the call for SGLang's
+    /// storage metrics (pages moved, their bytes).
+    fn per_page_recorded(
+        &self,
+        op: PageOp,
+        layout: &PageLayout,
+        flags: &[bool],
+        started: Instant,
+    ) -> Vec<bool> {
+        let pages = layout.per_page(flags);
+        let done = pages.iter().filter(|&&ok| ok).count();
+        self.record(op, done, (done * layout.page_bytes()) as u64, started);
+        pages
+    }
+
     /// Logs one call for SGLang's storage metrics: `pages` moved, `bytes` in all.
     fn record(&self, op: PageOp, pages: usize, bytes: u64, started: Instant) {
         self.call_log
@@ -388,10 +403,7 @@ impl PyNode {
                 // SAFETY: `resolve` only yields addresses inside the host buffer
                 // the layout was measured on (every index is bounds-checked).
                 let flags = unsafe { self.run_objects(node, op, &batch)? };
-                let pages = layout.per_page(&flags);
-                let done = pages.iter().filter(|&&ok| ok).count();
-                self.record(op, done, (done * layout.page_bytes()) as u64, started);
-                Ok(pages)
+                Ok(self.per_page_recorded(op, layout, &flags, started))
             }),
         )
     }
@@ -420,10 +432,7 @@ impl PyNode {
                     .map_err(|e| e.to_string())?;
                 // SAFETY: the pool listed these buffers for exactly these pages.
                 let flags = unsafe { self.run_objects(node, op, &batch)? };
-                let pages = layout.per_page(&flags);
-                let done = pages.iter().filter(|&&ok| ok).count();
-                self.record(op, done, (done * layout.page_bytes()) as u64, started);
-                Ok(pages)
+                Ok(self.per_page_recorded(op, layout, &flags, started))
             }),
         )
     }

@@ -131,6 +131,11 @@ def _truthy(value: Any) -> bool:
     return bool(value)
 
 
+def _prefix(flags: List[bool]) -> int:
+    """Length of the leading run of True."""
+    return flags.index(False) if False in flags else len(flags)
+
+
 def _passes_through(e: BaseException) -> bool:
     """Exceptions the data path must not swallow (interpreter shutdown,
     Ctrl-C); everything else, including a Rust panic surfacing as PyO3's
@@ -528,8 +533,7 @@ class PeerCacheStore(_Base):
             if layout is None or layout.native is None:
                 self._miss("batch_exists", n, "no host pool page map yet (register_mem_pool_host)")
                 return 0
-            flags = self._node.pages_exist(layout.native, "\0".join(keys).encode(), n)
-            return flags.index(False) if False in flags else n
+            return _prefix(self._node.pages_exist(layout.native, "\0".join(keys).encode(), n))
         except BaseException as e:
             if _passes_through(e):
                 raise
@@ -551,8 +555,7 @@ class PeerCacheStore(_Base):
         layout = self._layouts.get(KV_POOL)
         if layout is not None and layout.native is not None and keys:
             try:
-                flags = self._node.pages_exist(layout.native, "\0".join(keys).encode(), len(keys))
-                kv_pages = flags.index(False) if False in flags else len(keys)
+                kv_pages = _prefix(self._node.pages_exist(layout.native, "\0".join(keys).encode(), len(keys)))
             except BaseException as e:
                 if _passes_through(e):
                     raise
@@ -578,7 +581,7 @@ class PeerCacheStore(_Base):
                 self._miss("batch_exists_v2", kv_pages, repr(e))
                 present = [False] * kv_pages
             if policy == "all_pages":
-                boundary = present.index(False) if False in present else kv_pages
+                boundary = _prefix(present)
                 allowed = set(range(1, boundary + 1))
             elif policy == "trailing_pages":
                 trailing = max(1, len(transfer.keys) if getattr(transfer, "keys", None) else 1)
@@ -591,7 +594,7 @@ class PeerCacheStore(_Base):
             elif policy == "block_groups":
                 # The pool's own verdict (leading complete groups); never gates KV.
                 group = max(1, int(getattr(transfer, "group_pages", 0) or 1))
-                run = present.index(False) if False in present else kv_pages
+                run = _prefix(present)
                 boundary = run - run % group
                 if boundary:
                     hits[str(transfer.name)] = boundary
