@@ -456,6 +456,19 @@ impl PyNode {
         })
     }
 
+    /// Registers a buffer pages are read into (SGLang's host KV pool) with
+    /// every RDMA rail, LOCAL_WRITE only. Returns the rails that registered
+    /// it: 0 on TCP, and 0 (logged) when registration failed, in which case
+    /// READ destinations are registered lazily. The caller keeps the buffer
+    /// alive for the node's lifetime (SGLang's host pool lives as long as
+    /// the store).
+    fn register_host_buffer(&self, py: Python<'_>, addr: usize, len: usize) -> u64 {
+        self.detached(py, "register_host_buffer", 0, |node| {
+            // SAFETY: the caller's contract above.
+            unsafe { node.register_host_buffer(addr, len) }
+        })
+    }
+
     /// Drops every page of this node's pool (nothing to do once closed).
     fn clear(&self, py: Python<'_>) {
         self.detached(py, "clear", (), |node| {

@@ -87,8 +87,32 @@ pub enum LeaseError {
 
 struct PeerChannels<V: Verbs> {
     idle: Vec<Channel<V>>,
-    /// Channels that exist: idle plus leased.
+    /// Channels that exist: idle, leased and reserved.
     open: usize,
+    /// Their local QP numbers.
+    qps: Vec<u32>,
+}
+
+/// A channel whose QP exists but is not connected yet (see
+/// [`ChannelPool::reserve`]).
+pub struct PendingChannel<V: Verbs> {
+    qp: V::Qp,
+    cq: V::Cq,
+}
+
+impl<V: Verbs> PendingChannel<V> {
+    /// This end, for the peer.
+    pub fn endpoint(&self) -> QpEndpoint {
+        self.qp.endpoint()
+    }
+}
+
+impl<V: Verbs> std::fmt::Debug for PendingChannel<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingChannel")
+            .field("qp_num", &self.qp.endpoint().qp_num)
+            .finish()
+    }
 }
 
 /// The channels of one rail to every peer.
@@ -140,53 +164,127 @@ impl<V: Verbs, P: Clone + Eq + Hash> ChannelPool<V, P> {
         peer: &P,
         exchange: &mut dyn QpExchange<P>,
     ) -> Result<Channel<V>, LeaseError> {
+        if let Some(ch) = self.peers.get_mut(peer).and_then(|p| p.idle.pop()) {
+            return Ok(ch);
+        }
+        let pending = self.reserve(dev, peer)?;
+        let remote = match exchange.exchange(peer, self.rail, pending.endpoint()) {
+            Ok(remote) => remote,
+            Err(e) => {
+                self.abandon(peer, pending);
+                return Err(LeaseError::Exchange(e));
+            }
+        };
+        self.complete(dev, peer, pending, &remote)?;
+        Ok(self
+            .peers
+            .get_mut(peer)
+            .and_then(|p| p.idle.pop())
+            .expect("complete() made the channel idle"))
+    }
+
+    /// Creates the QP and CQ of a new channel to `peer` (counted against the
+    /// cap from now on) without connecting it: its endpoint goes to the peer,
+    /// whose answer [`ChannelPool::complete`] takes. A shard runs the
+    /// exchange as an awaited request on its control connection in between;
+    /// [`ChannelPool::lease`] runs it synchronously through a [`QpExchange`].
+    pub fn reserve(&mut self, dev: &V, peer: &P) -> Result<PendingChannel<V>, LeaseError> {
         let entry = self
             .peers
             .entry(peer.clone())
             .or_insert_with(|| PeerChannels {
                 idle: Vec::new(),
                 open: 0,
+                qps: Vec::new(),
             });
-        if let Some(ch) = entry.idle.pop() {
-            return Ok(ch);
-        }
         if entry.open >= self.max_per_peer {
             ShardStats::bump(&self.stats.rdma_lease_failures, 1);
             return Err(LeaseError::Busy(self.max_per_peer));
         }
-        match Self::build(dev, peer, self.rail, self.sizes, exchange) {
-            Ok(ch) => {
+        let built = dev.create_cq(self.sizes.cq_entries).and_then(|cq| {
+            let qp = dev.create_qp(
+                &cq,
+                QpCaps {
+                    max_send_wr: self.sizes.max_send_wr,
+                    max_send_sge: self.sizes.max_send_sge,
+                },
+            )?;
+            Ok(PendingChannel { qp, cq })
+        });
+        match built {
+            Ok(pending) => {
                 entry.open += 1;
-                Ok(ch)
+                entry.qps.push(pending.endpoint().qp_num);
+                Ok(pending)
             }
             Err(e) => {
                 ShardStats::bump(&self.stats.rdma_lease_failures, 1);
-                Err(e)
+                Err(e.into())
             }
         }
     }
 
-    fn build(
+    /// Connects a reserved channel to the peer's end and makes it idle.
+    pub fn complete(
+        &mut self,
         dev: &V,
         peer: &P,
-        rail: usize,
-        sizes: ChannelSizes,
-        exchange: &mut dyn QpExchange<P>,
-    ) -> Result<Channel<V>, LeaseError> {
-        let cq = dev.create_cq(sizes.cq_entries)?;
-        let mut qp = dev.create_qp(
-            &cq,
-            QpCaps {
-                max_send_wr: sizes.max_send_wr,
-                max_send_sge: sizes.max_send_sge,
-            },
-        )?;
-        let remote = exchange
-            .exchange(peer, rail, qp.endpoint())
-            .map_err(LeaseError::Exchange)?;
+        pending: PendingChannel<V>,
+        remote: &QpEndpoint,
+    ) -> Result<(), LeaseError> {
+        let PendingChannel { mut qp, cq } = pending;
         // The requester grants nothing: it only issues READs.
-        connect_qp(&mut qp, Access::default(), &remote, dev.port().active_mtu)?;
-        Ok(Channel { qp, cq, remote })
+        if let Err(e) = connect_qp(&mut qp, Access::default(), remote, dev.port().active_mtu) {
+            self.abandon(peer, PendingChannel { qp, cq });
+            return Err(e.into());
+        }
+        let ch = Channel {
+            qp,
+            cq,
+            remote: *remote,
+        };
+        match self.peers.get_mut(peer) {
+            Some(p) => p.idle.push(ch),
+            // The peer was forgotten meanwhile: the channel goes with it.
+            None => drop(ch),
+        }
+        Ok(())
+    }
+
+    /// Gives up a reserved channel whose exchange failed (a lease failure).
+    pub fn abandon(&mut self, peer: &P, pending: PendingChannel<V>) {
+        let qp_num = pending.endpoint().qp_num;
+        drop(pending);
+        self.forget_qp(peer, qp_num);
+        ShardStats::bump(&self.stats.rdma_lease_failures, 1);
+    }
+
+    /// QP numbers of every channel to `peer` that exists (idle, leased or
+    /// reserved): the peer keeps its responder QPs for exactly these.
+    pub fn live_qps(&self, peer: &P) -> Vec<u32> {
+        self.peers
+            .get(peer)
+            .map_or_else(Vec::new, |p| p.qps.clone())
+    }
+
+    /// How many new channels to `peer` a batch needing `chains` chains
+    /// should build: what the idle ones do not cover, within the cap.
+    pub fn missing_for(&self, peer: &P, chains: usize) -> usize {
+        let (idle, open) = self
+            .peers
+            .get(peer)
+            .map_or((0, 0), |p| (p.idle.len(), p.open));
+        chains
+            .saturating_sub(idle)
+            .min(self.max_per_peer.saturating_sub(open))
+    }
+
+    fn forget_qp(&mut self, peer: &P, qp_num: u32) {
+        if let Some(p) = self.peers.get_mut(peer) {
+            assert!(p.open > 0, "dropping more channels than were opened");
+            p.open -= 1;
+            p.qps.retain(|&q| q != qp_num);
+        }
     }
 
     /// Returns a healthy channel for reuse (dropped if the peer was
@@ -200,11 +298,9 @@ impl<V: Verbs, P: Clone + Eq + Hash> ChannelPool<V, P> {
     /// Drops a channel that errored or timed out; the next lease builds a
     /// fresh one.
     pub fn discard(&mut self, peer: &P, ch: Channel<V>) {
+        let qp_num = ch.qp.endpoint().qp_num;
         drop(ch);
-        if let Some(p) = self.peers.get_mut(peer) {
-            assert!(p.open > 0, "discarding more channels than were opened");
-            p.open -= 1;
-        }
+        self.forget_qp(peer, qp_num);
         ShardStats::bump(&self.stats.rdma_channel_discards, 1);
     }
 

@@ -970,24 +970,63 @@ fn config(extra: &str) -> Config {
     Config::from_json(&text).unwrap()
 }
 
+/// The transport `select` picks (the factory aside).
+fn transport(config: &Config, source: &RdmaSource) -> Result<Transport, String> {
+    select(config, source).map(|(t, _)| t)
+}
+
 #[test]
 fn transport_selection_falls_back_or_fails_fast() {
-    assert_eq!(select(&config(r#","protocol":"tcp""#)), Ok(Transport::Tcp));
-    let Ok(Transport::TcpFallback(reason)) = select(&config(r#","protocol":"rdma""#)) else {
+    let system = RdmaSource::System;
+    assert_eq!(
+        transport(&config(r#","protocol":"tcp""#), &system),
+        Ok(Transport::Tcp)
+    );
+    let Ok(Transport::TcpFallback(reason)) = transport(&config(r#","protocol":"rdma""#), &system)
+    else {
         panic!("protocol rdma without a usable device must fall back");
     };
     assert!(!reason.is_empty());
-    let err = select(&config(r#","protocol":"rdma","require_rdma":true"#)).unwrap_err();
+    let err = transport(
+        &config(r#","protocol":"rdma","require_rdma":true"#),
+        &system,
+    )
+    .unwrap_err();
     assert_eq!(err, reason, "require_rdma fails with the same reason");
     #[cfg(not(feature = "ibverbs"))]
     assert!(reason.contains("`ibverbs` cargo feature"), "{reason}");
-    // With the feature the reason is a verbs error naming its call (no
-    // device here), or, on a host with a NIC, that the get path is not wired.
+    // With the feature the reason is a verbs error naming its call (there
+    // is no device here).
     #[cfg(feature = "ibverbs")]
-    assert!(
-        reason.contains("ibv_") || reason.contains("get path"),
-        "{reason}"
+    assert!(reason.contains("ibv_"), "{reason}");
+}
+
+#[test]
+fn transport_selection_opens_the_named_devices_of_a_fabric() {
+    let fabric = Fabric::new(FabricOptions::default());
+    fabric.add_device("nic0", true);
+    fabric.add_device("nic1", true);
+    let source = RdmaSource::Fabric(fabric);
+    assert_eq!(
+        transport(
+            &config(r#","protocol":"rdma","device_names":"nic0,nic1""#),
+            &source
+        ),
+        Ok(Transport::Rdma(vec!["nic0".into(), "nic1".into()]))
     );
+    // A device that is not there: the fallback names it, or start fails.
+    let Ok(Transport::TcpFallback(reason)) = transport(
+        &config(r#","protocol":"rdma","device_name":"nic9""#),
+        &source,
+    ) else {
+        panic!("a missing device must fall back");
+    };
+    assert!(reason.contains("nic9"), "{reason}");
+    assert!(transport(
+        &config(r#","protocol":"rdma","device_name":"nic9","require_rdma":true"#),
+        &source
+    )
+    .is_err());
 }
 
 /// Runs a faulty, reordering workload and returns everything observable.

@@ -6,6 +6,7 @@
 //! shard that owns each key, submits one part per shard, and blocks once for
 //! the whole batch. Pages of one shard never take a lock another shard uses.
 
+mod rdma_read;
 mod remote;
 mod server;
 pub mod shard;
@@ -147,9 +148,17 @@ impl Node {
     /// Starts a node: maps and pre-faults the published pool, places and pins
     /// the shards, and returns once every shard is ready.
     pub fn start(config: Config) -> Result<Node, NodeError> {
+        Self::start_with(config, &crate::rdma::RdmaSource::System)
+    }
+
+    /// [`Node::start`] with RDMA devices from `rdma` (the host's, or a
+    /// software fabric shared by several nodes of one process).
+    pub fn start_with(config: Config, rdma: &crate::rdma::RdmaSource) -> Result<Node, NodeError> {
         // First, before any memory is mapped: a node that must not fall
         // back to TCP fails here with the reason.
-        let transport = crate::rdma::select(&config).map_err(NodeError::RdmaRequired)?;
+        let (transport, rdma_factory) =
+            crate::rdma::select(&config, rdma).map_err(NodeError::RdmaRequired)?;
+        let config_devices = config.rdma_devices();
         let topology = peercache_numa::Topology::detect();
         let sysfs = peercache_numa::Sysfs::system();
         // With an explicit `shards` the NICs do not decide the shard count.
@@ -265,6 +274,28 @@ impl Node {
                 ..identity.clone()
             };
             let stats = Arc::clone(&shard_stats[ctx.index]);
+            let rdma = rdma_factory.as_ref().and_then(|factory| {
+                // A shard placed by its NIC owns that NIC's rail; otherwise
+                // every configured device is one of its rails.
+                let names = match &ctx.site.device {
+                    Some(d) => vec![d.clone()],
+                    None => config_devices.clone(),
+                };
+                let opened = factory(&names, Arc::clone(&stats)).and_then(|mut rdma| {
+                    // SAFETY: the range stays mapped for the node's life
+                    // (Node field order drops the shards first).
+                    unsafe { rdma.register_pool(ptr, offset as u64, len) }?;
+                    Ok(rdma)
+                });
+                opened
+                    .map_err(|e| {
+                        tracing::warn!(
+                            "shard {}: RDMA rails did not open ({e}); this shard reads over TCP",
+                            ctx.index
+                        )
+                    })
+                    .ok()
+            });
             // A slab that cannot be opened costs this shard its disk tier,
             // never the node.
             let disk = node_disk.as_ref().and_then(|nd| {
@@ -285,6 +316,7 @@ impl Node {
                 Some(listener),
                 stats,
                 disk,
+                rdma,
             ))
         };
         let options = RuntimeOptions {
@@ -373,7 +405,15 @@ impl Node {
     /// current. A node started before the discovery head waits and retries,
     /// logging periodically, instead of failing.
     pub fn start_cluster(config: Config) -> Result<Node, NodeError> {
-        let mut node = Node::start(config.clone())?;
+        Self::start_cluster_with(config, &crate::rdma::RdmaSource::System)
+    }
+
+    /// [`Node::start_cluster`] with RDMA devices from `rdma`.
+    pub fn start_cluster_with(
+        config: Config,
+        rdma: &crate::rdma::RdmaSource,
+    ) -> Result<Node, NodeError> {
+        let mut node = Node::start_with(config.clone(), rdma)?;
         let host = node
             .endpoints
             .first()
@@ -427,9 +467,16 @@ impl Node {
             crate::rdma::Transport::Tcp => {
                 tracing::info!("protocol=tcp: pages travel over TCP (functional testing only)")
             }
+            crate::rdma::Transport::Rdma(devices) => {
+                tracing::info!("RDMA data path on {}", devices.join(","))
+            }
         }
+        let rdma_state = match &node.transport {
+            crate::rdma::Transport::Rdma(devices) => devices.join(","),
+            _ => "unavailable".to_owned(),
+        };
         tracing::info!(
-            "PeerCacheStore up: node={} rdma=unavailable control={} discovery={}:{}",
+            "PeerCacheStore up: node={} rdma={rdma_state} control={} discovery={}:{}",
             node.node_id,
             node.endpoints
                 .iter()
@@ -439,14 +486,22 @@ impl Node {
             head.host,
             head.port
         );
-        // With RDMA the receive buffers and the published pool are the memory
-        // regions registered with the NIC. Without it nothing is registered;
-        // the line still reports the pool that RDMA would register, so the
-        // operator can check the pool arrived at the size they configured.
-        tracing::info!(
-            "PeerCacheStore registered MRs: recv=0 bytes, pool={} bytes (RDMA unavailable: nothing is registered with a NIC; pool is what RDMA would register)",
-            node.pool_bytes()
-        );
+        // With RDMA the published pool is the memory region registered with
+        // each rail (the host KV buffer follows when SGLang registers it).
+        // Without it nothing is registered; the line still reports the pool
+        // that RDMA would register, so the operator can check the pool
+        // arrived at the size they configured.
+        match &node.transport {
+            crate::rdma::Transport::Rdma(_) => tracing::info!(
+                "PeerCacheStore registered MRs: recv=0 bytes, pool={} bytes on {} rail(s) (REMOTE_READ)",
+                node.pool_bytes(),
+                node.stats().rdma_rails
+            ),
+            _ => tracing::info!(
+                "PeerCacheStore registered MRs: recv=0 bytes, pool={} bytes (RDMA unavailable: nothing is registered with a NIC; pool is what RDMA would register)",
+                node.pool_bytes()
+            ),
+        }
         node.discovery = Some(discovery);
         Ok(node)
     }
@@ -612,6 +667,44 @@ impl Node {
             }
         }
         done.wait();
+    }
+
+    /// Registers a caller's buffer that pages are read into (SGLang's host KV
+    /// pool) with every rail, LOCAL_WRITE only: a peer can never access it.
+    /// Without it a READ destination is registered lazily (counted in
+    /// `rdma_local_reg_misses`). Returns how many rails registered it (0 when
+    /// the node does not run on RDMA).
+    ///
+    /// # Safety
+    /// `[addr, addr+len)` must stay mapped for the life of the node.
+    pub unsafe fn register_host_buffer(&self, addr: usize, len: usize) -> Result<u64, String> {
+        let done = BatchCompletion::new(self.shards());
+        let errors = Mutex::new(Vec::new());
+        for shard in 0..self.shards() {
+            let job = StoreJob::RegisterHostBuffer {
+                addr,
+                len,
+                errors: &errors,
+                done: &done,
+            };
+            if let Err((e, _)) = self.runtime.submit(shard, job, SUBMIT_TIMEOUT) {
+                errors
+                    .lock()
+                    .expect("not poisoned")
+                    .push(format!("shard {shard}: {e}"));
+                done.part_done();
+            }
+        }
+        done.wait();
+        let errors = errors.into_inner().expect("not poisoned");
+        if errors.is_empty() {
+            Ok(self.stats().rdma_rails)
+        } else {
+            Err(format!(
+                "registering the host buffer ({len} bytes at {addr:#x}) with the NIC failed: {}",
+                errors.join("; ")
+            ))
+        }
     }
 
     /// Waits until every shard has written its queued disk writes and synced

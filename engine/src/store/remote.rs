@@ -3,8 +3,8 @@
 //! Everything is batched per peer endpoint: one `DirPut` (+ one `DirDelete`
 //! for the batch's evictions, pipelined on the same channel) per directory
 //! owner shard, one `DirGet` per owner shard per lookup round, one `DataRead`
-//! per data shard. Requests to different peers run concurrently as tasks on
-//! this shard's executor. A failed or timed-out exchange makes its pages
+//! (or one RDMA READ batch, `rdma_read.rs`) per data shard. Requests to
+//! different peers run concurrently as tasks on this shard's executor. A failed or timed-out exchange makes its pages
 //! misses (`false`), never an error, and discards the channel.
 
 use super::shard::{BatchPart, ShardStore};
@@ -116,12 +116,12 @@ impl OwnerWrites {
 }
 
 /// The reads of one batch from one data shard.
-struct DataReads {
-    endpoint: SocketAddr,
-    request: DataRead,
+pub(super) struct DataReads {
+    pub(super) endpoint: SocketAddr,
+    pub(super) request: DataRead,
     /// Destination (address, length), batch position and resolved location
     /// of each item.
-    targets: Vec<(usize, usize, usize, DirLocation)>,
+    pub(super) targets: Vec<(usize, usize, usize, DirLocation)>,
 }
 
 impl ShardStore {
@@ -501,7 +501,11 @@ impl ShardStore {
             .map(|reads| {
                 let this = Rc::clone(self);
                 glommio::spawn_local(async move {
-                    let delivered = this.read_pages(&reads).await;
+                    // One-sided READs when both ends have RDMA, else TCP.
+                    let delivered = match this.read_pages_rdma(&reads).await {
+                        Some(delivered) => delivered,
+                        None => this.read_pages(&reads).await,
+                    };
                     (reads, delivered)
                 })
             })

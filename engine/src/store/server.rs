@@ -14,6 +14,7 @@
 //! memory stays mapped and quarantined, but the page is gone). A second
 //! `DataReadReply` with the final statuses follows the bulk.
 
+use super::rdma_read::{to_endpoint, to_info};
 use super::remote::to_location;
 use super::shard::ShardStore;
 use super::stats::ShardStats;
@@ -21,9 +22,10 @@ use crate::keys::KeyHash;
 use crate::net::FramedConn;
 use crate::pool::Location;
 use crate::wire::{
-    self, DataPromote, DataPromoteReply, DataRead, DataReadReply, DirDelete, DirDeleteAck,
-    DirEntry, DirGet, DirGetReply, DirPut, DirPutAck, ErrorReply, FrameHeader, Hello, HelloAck,
-    Kind, ReadStatus, WireError,
+    self, DataPromote, DataPromoteReply, DataRead, DataReadReply, DataValidate, DataValidateReply,
+    DirDelete, DirDeleteAck, DirEntry, DirGet, DirGetReply, DirPut, DirPutAck, ErrorReply,
+    FrameHeader, Hello, HelloAck, Kind, RdmaConnect, RdmaConnectReply, ReadItem, ReadStatus,
+    WireError,
 };
 use glommio::net::TcpStream;
 use std::rc::Rc;
@@ -33,8 +35,28 @@ use std::time::Instant;
 fn is_request(kind: Kind) -> bool {
     matches!(
         kind,
-        Kind::DirPut | Kind::DirGet | Kind::DirDelete | Kind::DataRead | Kind::DataPromote
+        Kind::DirPut
+            | Kind::DirGet
+            | Kind::DirDelete
+            | Kind::DataRead
+            | Kind::DataPromote
+            | Kind::RdmaConnect
+            | Kind::DataValidate
     )
+}
+
+/// A read item as a location in this shard's pool.
+fn to_pool_location(it: &ReadItem) -> Location {
+    Location {
+        offset: it.offset,
+        generation: it.generation,
+        len: it.len,
+    }
+}
+
+/// A request this server understood but refuses (sent back as `Error`).
+fn refused(message: String) -> WireError {
+    WireError::Io(std::io::Error::other(message))
 }
 
 impl ShardStore {
@@ -68,6 +90,8 @@ impl ShardStore {
                 Kind::DirDelete => self.on_dir_delete(&mut conn, &header).await,
                 Kind::DataRead => self.on_data_read(&mut conn, &header).await,
                 Kind::DataPromote => self.on_data_promote(&mut conn, &header).await,
+                Kind::RdmaConnect => self.on_rdma_connect(&mut conn, &header).await,
+                Kind::DataValidate => self.on_data_validate(&mut conn, &header).await,
                 _ => unreachable!("is_request lists exactly the kinds handled above"),
             };
             match result {
@@ -222,15 +246,7 @@ impl ShardStore {
         h: &FrameHeader,
     ) -> Result<(), WireError> {
         let request = wire::decode_owned::<DataRead>(conn.meta())?;
-        let locations: Vec<Location> = request
-            .items
-            .iter()
-            .map(|it| Location {
-                offset: it.offset,
-                generation: it.generation,
-                len: it.len,
-            })
-            .collect();
+        let locations: Vec<Location> = request.items.iter().map(to_pool_location).collect();
         let (status, pages) = self.check_slots(&locations);
         let bulk: Vec<&[u8]> = pages
             .iter()
@@ -245,6 +261,57 @@ impl ShardStore {
         conn.send(&DataReadReply { status }, h.request_id, &[])
             .await?;
         Ok(())
+    }
+
+    /// Creates a responder QP (REMOTE_READ) per reader QP on the requested
+    /// rail and answers with them and this shard's pool on that rail;
+    /// `rails: 0` when this shard has no RDMA data path.
+    async fn on_rdma_connect(
+        &self,
+        conn: &mut FramedConn<TcpStream>,
+        h: &FrameHeader,
+    ) -> Result<(), WireError> {
+        let request = wire::decode_owned::<RdmaConnect>(conn.meta())?;
+        let reply = match &self.rdma {
+            None => RdmaConnectReply::default(),
+            Some(rdma) => {
+                let mut rdma = rdma.borrow_mut();
+                let rail = usize::from(request.rail);
+                let remote: Vec<_> = request.endpoints.iter().map(to_endpoint).collect();
+                let accepted =
+                    rdma.accept((request.node, request.shard), rail, &request.live, &remote);
+                let pool = rdma.local_pool(rail);
+                match (accepted, pool) {
+                    (Ok(endpoints), Some(pool)) => RdmaConnectReply {
+                        rails: rdma.rails() as u16,
+                        endpoints: endpoints.iter().map(to_info).collect(),
+                        pool_addr: pool.addr,
+                        pool_rkey: pool.rkey,
+                    },
+                    (Err(e), _) => return Err(refused(format!("RDMA connect: {e}"))),
+                    (_, None) => {
+                        return Err(refused(format!(
+                            "RDMA connect: the pool is not registered on rail {rail}"
+                        )))
+                    }
+                }
+            }
+        };
+        conn.send(&reply, h.request_id, &[]).await
+    }
+
+    /// Answers whether each location still names the page it did (the
+    /// post-READ generation check of an RDMA reader).
+    async fn on_data_validate(
+        &self,
+        conn: &mut FramedConn<TcpStream>,
+        h: &FrameHeader,
+    ) -> Result<(), WireError> {
+        let request = wire::decode_owned::<DataValidate>(conn.meta())?;
+        let locations: Vec<Location> = request.items.iter().map(to_pool_location).collect();
+        let (status, _) = self.check_slots(&locations);
+        conn.send(&DataValidateReply { status }, h.request_id, &[])
+            .await
     }
 
     /// Promotes the requested pages from this shard's disk tier into its pool

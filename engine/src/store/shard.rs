@@ -24,9 +24,12 @@ use crate::keys::KeyHash;
 use crate::logging::RateLimiter;
 use crate::net::{Channels, FramedConn};
 use crate::pool::{Insert, Location, PoolError, ShardPool};
+use crate::rdma::rail::RemotePool;
+use crate::rdma::shard::ShardRdma;
 use crate::runtime::{BatchCompletion, ShardService};
 use glommio::net::{TcpListener, TcpStream};
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -122,6 +125,18 @@ pub enum StoreJob {
     Membership(Arc<ClusterView>),
     /// Finish every queued disk write and fdatasync the slab.
     DiskFlush(*const BatchCompletion),
+    /// Register a caller's host buffer (LOCAL_WRITE) on this shard's rails;
+    /// a failure is appended to `errors`.
+    RegisterHostBuffer {
+        /// Start of the buffer.
+        addr: usize,
+        /// Its length in bytes.
+        len: usize,
+        /// Failures, one line per shard.
+        errors: *const std::sync::Mutex<Vec<String>>,
+        /// Counted down once done.
+        done: *const BatchCompletion,
+    },
 }
 
 // SAFETY: as for BatchPart.
@@ -164,6 +179,22 @@ pub struct ShardStore {
     /// the directory.
     #[allow(clippy::type_complexity)]
     pub(super) promoted: RefCell<(Vec<(usize, KeyHash, Location)>, Vec<KeyHash>)>,
+    /// This shard's RDMA data path (its rails), when the node runs on RDMA
+    /// and the rails opened.
+    pub(super) rdma: Option<RefCell<Box<dyn ShardRdma>>>,
+    /// What this shard knows of each peer data shard's RDMA side; cleared
+    /// on every membership change.
+    pub(super) rdma_peers: RefCell<HashMap<SocketAddr, PeerRdma>>,
+}
+
+/// A peer data shard as this shard's RDMA reader knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum PeerRdma {
+    /// Its pool on each rail both ends have.
+    Pools(Vec<RemotePool>),
+    /// It has no RDMA data path, or the QP exchange with it failed: read it
+    /// over TCP until the next membership change.
+    TcpOnly,
 }
 
 impl ShardStore {
@@ -175,6 +206,7 @@ impl ShardStore {
         listener: Option<TcpListener>,
         stats: Arc<ShardStats>,
         disk: Option<DiskTier>,
+        rdma: Option<Box<dyn ShardRdma>>,
     ) -> Self {
         let store = Self {
             node_ref: NodeRef::of(&id.node_id),
@@ -195,6 +227,8 @@ impl ShardStore {
             epoch: Cell::new(0),
             disk: disk.map(Rc::new),
             promoted: RefCell::new((Vec::new(), Vec::new())),
+            rdma: rdma.map(RefCell::new),
+            rdma_peers: RefCell::new(HashMap::new()),
         };
         store.publish_pool_gauges();
         store
@@ -442,6 +476,9 @@ impl ShardStore {
                     let dropped = this.directory.borrow_mut().drop_node(member.node_ref);
                     for ep in &member.shard_endpoints {
                         this.channels.forget(ep);
+                        if let Some(rdma) = &this.rdma {
+                            rdma.borrow_mut().forget(ep);
+                        }
                     }
                     tracing::debug!(
                         "shard {}: {} left; dropped {dropped} directory entries",
@@ -456,6 +493,8 @@ impl ShardStore {
             .borrow_mut()
             .retain_owned(|key| view.owns(key, &mut scratch));
         this.cache.borrow_mut().clear();
+        // Peers read over TCP (no RDMA, failed exchange) get another chance.
+        this.rdma_peers.borrow_mut().clear();
         this.publish_pool_gauges();
         let shard = Rc::clone(this);
         glommio::spawn_local(async move { shard.republish(view).await }).detach();
@@ -525,6 +564,28 @@ impl ShardService for ShardStore {
                 .detach();
             }
             StoreJob::Membership(view) => Self::apply_view(this, view),
+            StoreJob::RegisterHostBuffer {
+                addr,
+                len,
+                errors,
+                done,
+            } => {
+                if let Some(rdma) = &this.rdma {
+                    // SAFETY: the caller of Node::register_host_buffer
+                    // vouched that the buffer stays mapped for the node's life.
+                    let r = unsafe { rdma.borrow_mut().register_host_buffer(addr as *mut u8, len) };
+                    if let Err(e) = r {
+                        // SAFETY: the caller waits on `done`, so `errors` lives.
+                        let errors = unsafe { &*errors };
+                        errors
+                            .lock()
+                            .expect("not poisoned")
+                            .push(format!("shard {}: {e}", this.id.shard));
+                    }
+                }
+                // SAFETY: the caller waits on `done`.
+                unsafe { (*done).part_done() };
+            }
         }
     }
 

@@ -18,7 +18,8 @@ use super::{HEADER_BYTES, MAGIC, MAX_BULK_BYTES, MAX_META_BYTES, PROTOCOL_VERSIO
 /// `MembersRequest` -> `MembersReply` (the answering master's current view,
 /// so every heartbeat also refreshes membership); `DirPut` -> `DirPutAck`;
 /// `DirGet` -> `DirGetReply`; `DirDelete` -> `DirDeleteAck`; `DataRead` ->
-/// `DataReadReply`; `DataPromote` -> `DataPromoteReply`. Any request may
+/// `DataReadReply`; `DataPromote` -> `DataPromoteReply`; `RdmaConnect` -> `RdmaConnectReply`;
+/// `DataValidate` -> `DataValidateReply`. Any request may
 /// instead be answered with `Error`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u16)]
@@ -61,11 +62,19 @@ pub enum Kind {
     DataPromote = 0x32,
     /// [`DataPromoteReply`](super::DataPromoteReply).
     DataPromoteReply = 0x33,
+    /// [`RdmaConnect`](super::RdmaConnect): open RDMA channels (QP exchange).
+    RdmaConnect = 0x34,
+    /// [`RdmaConnectReply`](super::RdmaConnectReply).
+    RdmaConnectReply = 0x35,
+    /// [`DataValidate`](super::DataValidate): re-check slots after RDMA READs.
+    DataValidate = 0x36,
+    /// [`DataValidateReply`](super::DataValidateReply).
+    DataValidateReply = 0x37,
 }
 
 impl Kind {
     /// Every kind this version speaks, in numeric order.
-    pub const ALL: [Kind; 18] = [
+    pub const ALL: [Kind; 22] = [
         Kind::Hello,
         Kind::HelloAck,
         Kind::Error,
@@ -84,6 +93,10 @@ impl Kind {
         Kind::DataReadReply,
         Kind::DataPromote,
         Kind::DataPromoteReply,
+        Kind::RdmaConnect,
+        Kind::RdmaConnectReply,
+        Kind::DataValidate,
+        Kind::DataValidateReply,
     ];
 
     /// The kind with this number, or `None` for unknown and reserved numbers.

@@ -372,6 +372,73 @@ pub struct DataReadReply {
     pub status: Vec<u8>,
 }
 
+/// One end of an RDMA RC connection (see `rdma::verbs::QpEndpoint`).
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct QpInfo {
+    /// Queue pair number.
+    pub qp_num: u32,
+    /// Initial packet sequence number (24 bits).
+    pub psn: u32,
+    /// Port LID (0 on RoCE).
+    pub lid: u16,
+    /// Port GID at the sender's `gid_index`.
+    pub gid: [u8; 16],
+}
+
+/// Opens RDMA channels to a data shard on one rail (answered with
+/// [`RdmaConnectReply`]): the reader's new QPs, for each of which the data
+/// shard creates a responder QP granting REMOTE_READ and connects it back.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct RdmaConnect {
+    /// [`node_hash`] of the reader's node id.
+    pub node: u64,
+    /// The reader's shard.
+    pub shard: u16,
+    /// Rail index (rails pair by index across nodes).
+    pub rail: u16,
+    /// Every QP the reader still has to this shard on this rail, the new
+    /// ones included: the data shard drops its responder QPs for any other
+    /// (channels the reader discarded).
+    pub live: Vec<u32>,
+    /// The reader's new QPs.
+    pub endpoints: Vec<QpInfo>,
+}
+
+/// Answers [`RdmaConnect`]. `rails == 0` means the data shard has no RDMA
+/// data path (it runs on TCP): read it over TCP.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct RdmaConnectReply {
+    /// Rails the data shard has.
+    pub rails: u16,
+    /// Its responder QP for each requested endpoint, in request order.
+    pub endpoints: Vec<QpInfo>,
+    /// Address that pool offsets (`ReadItem::offset`) are relative to.
+    pub pool_addr: u64,
+    /// rkey of the pool's memory region on the requested rail.
+    pub pool_rkey: u32,
+}
+
+/// Asks a data shard whether pages are still what their locations name
+/// (answered with [`DataValidateReply`]). A reader sends it after its RDMA
+/// READs landed: a slot evicted and reused meanwhile is a miss.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct DataValidate {
+    /// Locations to check.
+    pub items: Vec<ReadItem>,
+}
+
+/// Answers [`DataValidate`].
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct DataValidateReply {
+    /// One [`ReadStatus`] code per item, in request order.
+    pub status: Vec<u8>,
+}
+
 /// Asks a data shard to bring pages back from its disk tier into its pool
 /// (answered with [`DataPromoteReply`]). A reader sends it for directory
 /// entries marked non-resident, then reads the fresh locations with a
@@ -538,6 +605,27 @@ wire_message!(
     |m| m.entries.len(),
     |a| a.entries.len()
 );
+wire_message!(
+    RdmaConnect,
+    RdmaConnect,
+    |m| m.live.len().max(m.endpoints.len()),
+    |a| a.live.len().max(a.endpoints.len())
+);
+wire_message!(
+    RdmaConnectReply,
+    RdmaConnectReply,
+    |m| m.endpoints.len(),
+    |a| a.endpoints.len()
+);
+wire_message!(DataValidate, DataValidate, |m| m.items.len(), |a| a
+    .items
+    .len());
+wire_message!(
+    DataValidateReply,
+    DataValidateReply,
+    |m| m.status.len(),
+    |a| a.status.len()
+);
 
 /// Builds the owned [`Message`] enum over every kind.
 macro_rules! message_enum {
@@ -615,4 +703,8 @@ message_enum!(
     DataReadReply(DataReadReply),
     DataPromote(DataPromote),
     DataPromoteReply(DataPromoteReply),
+    RdmaConnect(RdmaConnect),
+    RdmaConnectReply(RdmaConnectReply),
+    DataValidate(DataValidate),
+    DataValidateReply(DataValidateReply),
 );

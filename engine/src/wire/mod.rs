@@ -64,9 +64,10 @@ pub use messages::{
     ArchivedDirPutAck, ArchivedEndpoint, ArchivedErrorReply, ArchivedHeartbeat, ArchivedHello,
     ArchivedHelloAck, ArchivedMemberInfo, ArchivedMembersReply, ArchivedMembersRequest,
     ArchivedPurpose, ArchivedReadItem, ArchivedRegister, DataPromote, DataPromoteReply, DataRead,
-    DataReadReply, Deregister, DirDelete, DirDeleteAck, DirEntry, DirGet, DirGetReply, DirPut,
-    DirPutAck, Endpoint, ErrorReply, Heartbeat, Hello, HelloAck, MemberInfo, MembersOutcome,
-    MembersReply, MembersRequest, Message, Purpose, ReadItem, ReadStatus, Register,
+    DataReadReply, DataValidate, DataValidateReply, Deregister, DirDelete, DirDeleteAck, DirEntry,
+    DirGet, DirGetReply, DirPut, DirPutAck, Endpoint, ErrorReply, Heartbeat, Hello, HelloAck,
+    MemberInfo, MembersOutcome, MembersReply, MembersRequest, Message, Purpose, QpInfo,
+    RdmaConnect, RdmaConnectReply, ReadItem, ReadStatus, Register,
 };
 
 /// Bytes of the fixed frame header.

@@ -155,6 +155,39 @@ fn samples() -> Vec<Message> {
             entries: vec![None, Some(entry(3))],
         }
         .into(),
+        RdmaConnect {
+            node: node_hash("node-b"),
+            shard: 1,
+            rail: 2,
+            live: vec![7, 9],
+            endpoints: vec![QpInfo {
+                qp_num: 9,
+                psn: 0x12_3456,
+                lid: 0,
+                gid: [0xfe; 16],
+            }],
+        }
+        .into(),
+        RdmaConnectReply {
+            rails: 2,
+            endpoints: vec![QpInfo {
+                qp_num: 40,
+                psn: 77,
+                lid: 3,
+                gid: [1; 16],
+            }],
+            pool_addr: 0x7f00_0000_0000,
+            pool_rkey: 0xabcd,
+        }
+        .into(),
+        DataValidate {
+            items: sample_read_items(),
+        }
+        .into(),
+        DataValidateReply {
+            status: vec![ReadStatus::Ok as u8, ReadStatus::StaleGeneration as u8],
+        }
+        .into(),
     ]
 }
 
@@ -323,7 +356,7 @@ fn header_round_trips_and_checks_limits_in_order() {
     );
     assert_eq!(err.code(), error_code::UNSUPPORTED_VERSION);
 
-    for raw in [0u16, 0x04, 0x15, 0x26, 0x99, 0x34, 0xffff] {
+    for raw in [0u16, 0x04, 0x15, 0x26, 0x99, 0x38, 0xffff] {
         let err = FrameHeader::parse(&raw_header(MAGIC, 1, raw, 0, 0, 0)).unwrap_err();
         assert!(
             matches!(err, WireError::UnknownKind(k) if k == raw),

@@ -422,6 +422,7 @@ class PeerCacheStore(_Base):
         logger.info("PeerCacheStore host pools: %s", ", ".join(sorted(self._layouts)) or "none")
 
     def _register(self, name: str, pool: Any) -> None:
+        self._register_with_nic(name, pool)
         try:
             layout = _measure_layout(pool, None if name == KV_POOL else name, self._rank)
         except Exception as e:
@@ -440,6 +441,27 @@ class PeerCacheStore(_Base):
             layout.native.page_bytes,
             "pointers computed in Rust" if layout.affine else "pointers listed by the pool",
         )
+
+    def _register_with_nic(self, name: str, pool: Any) -> None:
+        """Registers the pool's buffers with the RDMA rails (LOCAL_WRITE
+        only), so READs land in them without a lazy registration. A no-op
+        on TCP; a failure is logged and READs register lazily instead."""
+        # One kv_buffer tensor (k_buffer / v_buffer are views into it when
+        # both exist), else separate K and V buffers.
+        for attrs in (("kv_buffer",), ("k_buffer", "v_buffer")):
+            found = False
+            for attr in attrs:
+                buf = getattr(pool, attr, None)
+                for t in buf if isinstance(buf, (list, tuple)) else [buf]:
+                    try:
+                        addr, size = int(t.data_ptr()), int(t.numel()) * int(t.element_size())
+                    except Exception:
+                        continue  # not a tensor (absent, or None before allocation)
+                    found = True
+                    if size and self._node.register_host_buffer(addr, size):
+                        logger.info("PeerCacheStore registered host pool %r %s with the NIC: %d bytes", name, attr, size)
+            if found:
+                return
 
     def _listed_native(self, name: str, layout: _Layout, n: int, ptrs: List[int], sizes: List[int]) -> PageLayout:
         """The page map of a listing pool, built from its first call."""

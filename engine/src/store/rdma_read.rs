@@ -1,0 +1,199 @@
+//! Remote reads over RDMA: the shard's side of `rdma::shard`.
+//!
+//! For each data shard a batch reads from, the reader:
+//! 1. makes sure it has connected channels: it reserves QPs for what idle
+//!    channels do not cover and sends their endpoints in one `RdmaConnect`
+//!    per rail on the control connection; the data shard answers with its
+//!    responder QPs and its pool's address and rkey on that rail;
+//! 2. posts the pages as chained one-sided READs straight into the
+//!    destinations, and polls them with a yield to the executor between
+//!    polls (other tasks of the shard keep running);
+//! 3. asks the data shard, in one `DataValidate`, whether every page that
+//!    landed is still the page its location named: an owner that evicted
+//!    and reused a slot while the READ was in flight bumped its generation,
+//!    so such a page is a miss, never wrong bytes.
+//!
+//! A data shard without RDMA (it answers `rails: 0`), or one whose QP
+//! exchange fails, is read over TCP (`DataRead`) until the next membership
+//! change. READ errors and timeouts are misses, counted by the reader.
+
+use super::remote::{expect_reply, DataReads};
+use super::shard::{PeerRdma, ShardStore};
+use crate::rdma::rail::RemotePool;
+use crate::rdma::reader::ReadItem;
+use crate::rdma::verbs::QpEndpoint;
+use crate::wire::{
+    DataValidate, DataValidateReply, QpInfo, RdmaConnect, RdmaConnectReply, ReadStatus,
+};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// Polls without finding a settled batch before the shard naps instead of
+/// spinning (a real NIC completes a READ batch in microseconds; a slow peer
+/// should not cost a whole core).
+const SPIN_POLLS: u32 = 256;
+/// The nap.
+const POLL_NAP: Duration = Duration::from_micros(50);
+
+pub(super) fn to_info(ep: &QpEndpoint) -> QpInfo {
+    QpInfo {
+        qp_num: ep.qp_num,
+        psn: ep.psn,
+        lid: ep.lid,
+        gid: ep.gid,
+    }
+}
+
+pub(super) fn to_endpoint(info: &QpInfo) -> QpEndpoint {
+    QpEndpoint {
+        qp_num: info.qp_num,
+        psn: info.psn,
+        lid: info.lid,
+        gid: info.gid,
+    }
+}
+
+impl ShardStore {
+    /// Reads `reads` with RDMA READs; `None` when this data shard is to be
+    /// read over TCP instead (no RDMA on either side, or the QP exchange
+    /// failed).
+    pub(super) async fn read_pages_rdma(&self, reads: &DataReads) -> Option<Vec<bool>> {
+        let rdma = self.rdma.as_ref()?;
+        let n = reads.targets.len();
+        let pools = self.rdma_channels(reads.endpoint, n).await?;
+        let items: Vec<ReadItem> = reads
+            .targets
+            .iter()
+            .map(|&(addr, _, _, loc)| ReadItem {
+                location: loc.pool_location(),
+                dst: addr as *mut u8,
+            })
+            .collect();
+        let ep = reads.endpoint;
+        // SAFETY: the batch's caller vouched for each destination and blocks
+        // until this part completes, which is after `finish` below.
+        let batch = unsafe { rdma.borrow_mut().post(&ep, &pools, &items) };
+        let mut idle_polls = 0u32;
+        while !rdma.borrow_mut().poll(batch, &ep) {
+            idle_polls += 1;
+            if idle_polls < SPIN_POLLS {
+                glommio::executor().yield_now().await;
+            } else {
+                glommio::timer::sleep(POLL_NAP).await;
+            }
+        }
+        let landed = rdma.borrow_mut().finish(batch, &ep, &items);
+        Some(self.validate(ep, reads, landed).await)
+    }
+
+    /// The data shard's pools per rail, after making sure enough connected
+    /// channels exist for a batch of `pages` (None: read it over TCP).
+    async fn rdma_channels(&self, ep: SocketAddr, pages: usize) -> Option<Vec<RemotePool>> {
+        let rdma = self.rdma.as_ref()?;
+        let known = self.rdma_peers.borrow().get(&ep).cloned();
+        // Rails pair by index: a batch stripes over the rails both ends
+        // have (learnt from the first answer).
+        let (mut rails, mut pools) = match known {
+            Some(PeerRdma::TcpOnly) => return None,
+            Some(PeerRdma::Pools(p)) => (p.len(), p),
+            None => (rdma.borrow().rails(), Vec::new()),
+        };
+        let mut rail = 0;
+        while rail < rails {
+            // Rail r carries pages r, r+rails, ...; chains of at most one
+            // send queue each.
+            let share = pages / rails + usize::from(rail < pages % rails);
+            let depth = rdma.borrow().send_depth(rail);
+            let missing = rdma.borrow().missing_for(&ep, rail, share.div_ceil(depth));
+            if missing == 0 && rail < pools.len() {
+                rail += 1;
+                continue;
+            }
+            let local = match rdma.borrow_mut().reserve(&ep, rail, missing) {
+                Ok(local) => local,
+                Err(e) => {
+                    // Every channel busy: this rail's pages will be misses
+                    // (counted as lease failures), not a reason to drop
+                    // RDMA for this peer.
+                    self.log_error(Instant::now(), format_args!("RDMA to {ep}: {e}"));
+                    Vec::new()
+                }
+            };
+            let request = RdmaConnect {
+                node: self.node_ref.0,
+                shard: self.id.shard,
+                rail: rail as u16,
+                live: rdma.borrow().live_qps(&ep, rail),
+                endpoints: local.iter().map(to_info).collect(),
+            };
+            let reply = self
+                .exchange(ep, async |conn| {
+                    let id = conn.next_id();
+                    conn.send(&request, id, &[]).await?;
+                    expect_reply::<RdmaConnectReply>(conn, id).await
+                })
+                .await;
+            let reply = match reply {
+                Ok(r) if r.rails > 0 => r,
+                other => {
+                    rdma.borrow_mut().abandon(&ep, rail, &local);
+                    if let Err(e) = other {
+                        self.log_error(
+                            Instant::now(),
+                            format_args!("RDMA QP exchange with {ep} failed ({e}); reading it over TCP until the membership changes"),
+                        );
+                    }
+                    self.rdma_peers.borrow_mut().insert(ep, PeerRdma::TcpOnly);
+                    return None;
+                }
+            };
+            let remote: Vec<QpEndpoint> = reply.endpoints.iter().map(to_endpoint).collect();
+            if let Err(e) = rdma.borrow_mut().complete(&ep, rail, &local, &remote) {
+                self.log_error(Instant::now(), format_args!("RDMA to {ep}: {e}"));
+            }
+            rails = rails.min(usize::from(reply.rails));
+            let pool = RemotePool {
+                addr: reply.pool_addr,
+                rkey: reply.pool_rkey,
+            };
+            match pools.get_mut(rail) {
+                Some(p) => *p = pool,
+                None => pools.push(pool),
+            }
+            rail += 1;
+        }
+        pools.truncate(rails);
+        self.rdma_peers
+            .borrow_mut()
+            .insert(ep, PeerRdma::Pools(pools.clone()));
+        Some(pools)
+    }
+
+    /// The post-READ generation check: one `DataValidate` for the pages that
+    /// landed. A failed exchange makes them all misses.
+    async fn validate(&self, ep: SocketAddr, reads: &DataReads, landed: Vec<bool>) -> Vec<bool> {
+        let positions: Vec<usize> = (0..landed.len()).filter(|&i| landed[i]).collect();
+        if positions.is_empty() {
+            return landed;
+        }
+        let request = DataValidate {
+            items: positions.iter().map(|&i| reads.request.items[i]).collect(),
+        };
+        let reply = self
+            .exchange(ep, async |conn| {
+                let id = conn.next_id();
+                conn.send(&request, id, &[]).await?;
+                expect_reply::<DataValidateReply>(conn, id).await
+            })
+            .await;
+        let mut ok = vec![false; landed.len()];
+        if let Ok(reply) = reply {
+            if reply.status.len() == positions.len() {
+                for (&i, &status) in positions.iter().zip(&reply.status) {
+                    ok[i] = status == ReadStatus::Ok as u8;
+                }
+            }
+        }
+        ok
+    }
+}
