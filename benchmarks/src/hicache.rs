@@ -229,11 +229,9 @@ impl HicacheArgs {
                     .into(),
             );
         }
-        if self.protocol != "tcp" {
+        if self.protocol != "tcp" && self.protocol != "rdma" {
             return Err(format!(
-                "--protocol {}: this build's data plane is TCP only (the RDMA transport is \
-                 not wired into the node yet); rerun with --protocol tcp, and do not publish \
-                 TCP figures as RDMA ones",
+                "--protocol {}: expected tcp or rdma",
                 self.protocol
             ));
         }
@@ -270,17 +268,25 @@ impl HicacheArgs {
     /// The flags every process of a run must agree on (the producer's
     /// objects and the cluster's settings), for the child processes it starts.
     fn shared_flags(&self) -> Vec<String> {
-        [
+        let mut flags = vec![
             ("--layout", format!("{:?}", self.layout).to_lowercase()),
             ("--page-size", self.page_size.to_string()),
             ("--working-set", self.working_set.to_string()),
             ("--shards", self.shards.to_string()),
             ("--replicas", self.replicas.to_string()),
             ("--local-host", self.local_host.clone()),
-        ]
-        .into_iter()
-        .flat_map(|(flag, value)| [flag.to_string(), value])
-        .collect()
+            ("--protocol", self.protocol.clone()),
+        ];
+        if !self.device_name.is_empty() {
+            flags.push(("--device-name", self.device_name.clone()));
+        }
+        if !self.devices.is_empty() {
+            flags.push(("--devices", self.devices.join(",")));
+        }
+        flags
+            .into_iter()
+            .flat_map(|(flag, value)| [flag.to_string(), value])
+            .collect()
     }
 
     /// Bytes of one stored object.
@@ -294,26 +300,31 @@ impl HicacheArgs {
     }
 
     fn node_config(&self, discovery: &str, node_id: &str, pool: usize) -> Result<Config, String> {
-        Config::from_json(
-            &json!({
-                "discovery_addr": discovery,
-                "node_id": node_id,
-                "global_segment_size": pool,
-                "shards": self.shards,
-                "local_hostname": self.local_host,
-                "control_bind_host": self.local_host,
-                "model_name": MODEL,
-                "max_channels_per_peer": self.max_channels,
-                "directory_replicas": self.replicas,
-                "directory_read_cache_ttl": self.dir_cache_ttl,
-                "heartbeat_interval": 0.5,
-                "member_ttl": 3,
-                "disk_enabled": false,
-                "metrics_enabled": false,
-            })
-            .to_string(),
-        )
-        .map_err(|e| e.to_string())
+        let mut config = json!({
+            "discovery_addr": discovery,
+            "node_id": node_id,
+            "global_segment_size": pool,
+            "shards": self.shards,
+            "local_hostname": self.local_host,
+            "control_bind_host": self.local_host,
+            "model_name": MODEL,
+            "max_channels_per_peer": self.max_channels,
+            "directory_replicas": self.replicas,
+            "directory_read_cache_ttl": self.dir_cache_ttl,
+            "heartbeat_interval": 0.5,
+            "member_ttl": 3,
+            "disk_enabled": false,
+            "metrics_enabled": false,
+            "protocol": self.protocol,
+            // An RDMA run never silently measures the TCP fallback: its
+            // nodes fail to start without a usable device.
+            "require_rdma": self.protocol == "rdma",
+            "device_name": self.device_name,
+        });
+        if !self.devices.is_empty() {
+            config["device_names"] = json!(self.devices.join(","));
+        }
+        Config::from_json(&config.to_string()).map_err(|e| e.to_string())
     }
 
     /// Destination region per consumer thread: the working set's size, at
@@ -626,6 +637,9 @@ fn python_point(
         "max_channels": a.max_channels,
         "replicas": a.replicas,
         "dir_cache_ttl": a.dir_cache_ttl,
+        "protocol": a.protocol,
+        "device_name": a.device_name,
+        "device_names": a.devices.join(","),
     });
     let out = std::process::Command::new(&python)
         .args(["-m", "peercache.bench_driver", &spec.to_string()])

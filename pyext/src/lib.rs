@@ -36,7 +36,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cli::run_meta, m)?)?;
     m.add_function(wrap_pyfunction!(cli::run_bench, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
-    // No RDMA transport exists yet: pages move only within this process.
-    m.add("HAS_RDMA", false)?;
+    // Whether this build can read over RDMA hardware (the `ibverbs`
+    // feature); without it `protocol: "rdma"` falls back to TCP.
+    m.add("HAS_RDMA", cfg!(feature = "ibverbs"))?;
     Ok(())
 }

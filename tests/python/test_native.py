@@ -191,6 +191,15 @@ def test_clear_drops_every_page(node):
     assert node.stats()["pool_keys"] == 0
 
 
+def test_register_host_buffer_without_rdma_registers_nothing(make_node):
+    node = make_node()
+    buf = Pages.filled(1, 64 * KIB)
+    # A node on TCP has no rail: nothing registered, nothing raised.
+    assert node.register_host_buffer(buf.ptrs[0], buf.lens[0]) == 0
+    node.close()
+    assert node.register_host_buffer(buf.ptrs[0], buf.lens[0]) == 0
+
+
 # --- failures return False instead of raising --------------------------------
 
 

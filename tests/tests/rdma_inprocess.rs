@@ -232,3 +232,36 @@ fn a_registered_host_buffer_needs_no_lazy_registration() {
         Ok(0)
     );
 }
+
+#[test]
+fn a_batch_is_striped_over_every_rail() {
+    let fabric = Fabric::new(FabricOptions::default());
+    let node = |name: &str| {
+        let nics: Vec<String> = (0..4).map(|i| format!("{name}-nic{i}")).collect();
+        for nic in &nics {
+            fabric.add_device(nic, true);
+        }
+        // One shard owning all four NICs: four rails.
+        let extra = format!(
+            r#","protocol":"rdma","require_rdma":true,"device_names":"{}","shards":1"#,
+            nics.join(",")
+        );
+        let config = Config::from_json(&format!(
+            r#"{{"discovery_addr":"127.0.0.1:1","global_segment_size":"16mb",
+                "node_id":"{name}","local_hostname":"127.0.0.1","control_bind_host":"127.0.0.1",
+                "disk_enabled":false,"metrics_enabled":false,"pool_quarantine_ms":0{extra}}}"#
+        ))
+        .unwrap();
+        Node::start_with(config, &RdmaSource::Fabric(fabric.clone())).unwrap()
+    };
+    let (a, b) = (node("rails-a"), node("rails-b"));
+    join(&[&a, &b], 1);
+    assert_eq!(b.stats().rdma_rails, 4);
+    let ks = keys("striped", 32);
+    set_all(&a, &ks);
+    let before = fabric.counters();
+    assert_eq!(get_checked(&b, &ks), vec![true; 32]);
+    let after = fabric.counters();
+    assert_eq!(after.posts - before.posts, 4, "one post per rail");
+    assert_eq!(after.bytes - before.bytes, (32 * PAGE) as u64);
+}

@@ -203,6 +203,11 @@ impl<V: Verbs> RdmaShard<V> {
             rails,
         }
     }
+
+    /// Responder QPs kept for readers, over all rails.
+    pub fn responder_qps(&self) -> usize {
+        self.responders.values().map(HashMap::len).sum()
+    }
 }
 
 impl<V: Verbs> ShardRdma for RdmaShard<V> {

@@ -5,8 +5,8 @@ This package is loaded in-process by each SGLang rank. ``PeerCacheStore``
 is the native engine node it runs on (``peercache._native``). Importing the
 package needs neither torch, numpy nor sglang.
 
-``HAS_RDMA`` says whether this build has an RDMA transport (it has none yet:
-pages move over TCP).
+``HAS_RDMA`` says whether this build has the libibverbs data path (built with
+the ``ibverbs`` feature, see docs/rdma.md); without it pages move over TCP.
 """
 
 from peercache._native import HAS_RDMA, Node, PageLayout, __version__

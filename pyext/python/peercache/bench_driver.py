@@ -64,27 +64,31 @@ def main():
     region = max(batch, min(spec["working_set"], (64 << 20) // page_bytes) // batch * batch)
     slots = region // batch
     pool = BenchHostPool(threads * region, tpp, page_bytes, spec["layout"])
-    store = PeerCacheStore(
-        None,
-        {
-            "discovery_addr": spec["discovery_addr"],
-            "local_hostname": spec["local_host"],
-            "control_bind_host": spec["local_host"],
-            "model_name": spec["model_name"],
-            "is_mla_model": spec["layout"] == "mla",
-            "protocol": "tcp",
-            "global_segment_size": spec["working_set"] * page_bytes * 2 + (64 << 20),
-            "shards": spec["shards"],
-            "max_channels_per_peer": spec["max_channels"],
-            "directory_replicas": spec["replicas"],
-            "directory_read_cache_ttl": spec["dir_cache_ttl"],
-            "heartbeat_interval": 0.5,
-            "member_ttl": 3,
-            "interface_v1": 1,
-            "disk_enabled": False,
-            "metrics_enabled": False,
-        },
-    )
+    config = {
+        "discovery_addr": spec["discovery_addr"],
+        "local_hostname": spec["local_host"],
+        "control_bind_host": spec["local_host"],
+        "model_name": spec["model_name"],
+        "is_mla_model": spec["layout"] == "mla",
+        "protocol": spec.get("protocol", "tcp"),
+        # An RDMA run never silently measures the TCP fallback.
+        "require_rdma": spec.get("protocol") == "rdma",
+        "global_segment_size": spec["working_set"] * page_bytes * 2 + (64 << 20),
+        "shards": spec["shards"],
+        "max_channels_per_peer": spec["max_channels"],
+        "directory_replicas": spec["replicas"],
+        "directory_read_cache_ttl": spec["dir_cache_ttl"],
+        "heartbeat_interval": 0.5,
+        "member_ttl": 3,
+        "interface_v1": 1,
+        "disk_enabled": False,
+        "metrics_enabled": False,
+    }
+    if spec.get("device_name"):
+        config["device_name"] = spec["device_name"]
+    if spec.get("device_names"):
+        config["device_names"] = spec["device_names"]
+    store = PeerCacheStore(None, config)
     store.register_mem_pool_host(pool)
     ws = spec["working_set"]
     keys = ["hc-%d" % i for i in range(ws)]
