@@ -54,11 +54,6 @@ fn to_pool_location(it: &ReadItem) -> Location {
     }
 }
 
-/// A request this server understood but refuses (sent back as `Error`).
-fn refused(message: String) -> WireError {
-    WireError::Io(std::io::Error::other(message))
-}
-
 impl ShardStore {
     /// Serves one peer connection until it closes or misbehaves.
     pub(super) async fn serve(self: Rc<Self>, stream: TcpStream) {
@@ -273,31 +268,36 @@ impl ShardStore {
     ) -> Result<(), WireError> {
         let request = wire::decode_owned::<RdmaConnect>(conn.meta())?;
         let reply = match &self.rdma {
-            None => RdmaConnectReply::default(),
+            None => Ok(RdmaConnectReply::default()),
             Some(rdma) => {
                 let mut rdma = rdma.borrow_mut();
                 let rail = usize::from(request.rail);
                 let remote: Vec<_> = request.endpoints.iter().map(to_endpoint).collect();
-                let accepted =
-                    rdma.accept((request.node, request.shard), rail, &request.live, &remote);
-                let pool = rdma.local_pool(rail);
-                match (accepted, pool) {
-                    (Ok(endpoints), Some(pool)) => RdmaConnectReply {
-                        rails: rdma.rails() as u16,
-                        endpoints: endpoints.iter().map(to_info).collect(),
-                        pool_addr: pool.addr,
-                        pool_rkey: pool.rkey,
-                    },
-                    (Err(e), _) => return Err(refused(format!("RDMA connect: {e}"))),
-                    (_, None) => {
-                        return Err(refused(format!(
-                            "RDMA connect: the pool is not registered on rail {rail}"
-                        )))
-                    }
-                }
+                rdma.accept((request.node, request.shard), rail, &request.live, &remote)
+                    .and_then(|endpoints| {
+                        let pool = rdma
+                            .local_pool(rail)
+                            .ok_or_else(|| format!("the pool is not registered on rail {rail}"))?;
+                        Ok(RdmaConnectReply {
+                            rails: rdma.rails() as u16,
+                            endpoints: endpoints.iter().map(to_info).collect(),
+                            pool_addr: pool.addr,
+                            pool_rkey: pool.rkey,
+                        })
+                    })
             }
         };
-        conn.send(&reply, h.request_id, &[]).await
+        match reply {
+            Ok(reply) => conn.send(&reply, h.request_id, &[]).await,
+            // The request was well formed: say why and keep the connection.
+            Err(e) => {
+                let reply = ErrorReply {
+                    code: wire::error_code::UNAVAILABLE,
+                    message: format!("RDMA connect: {e}"),
+                };
+                conn.send(&reply, h.request_id, &[]).await
+            }
+        }
     }
 
     /// Answers whether each location still names the page it did (the
