@@ -9,6 +9,7 @@
 use peercache_engine::rdma::fabric::{Fabric, FabricOptions, FaultPlan};
 use peercache_engine::rdma::{RdmaSource, Transport};
 use peercache_engine::{Config, Node};
+use peercache_tests::pages;
 
 const PAGE: usize = 64 << 10;
 
@@ -43,13 +44,9 @@ fn join(nodes: &[&Node], epoch: u64) {
     }
 }
 
+/// Page `key`'s content, as every node agrees on it.
 fn page(key: &str) -> Vec<u8> {
-    let seed = key
-        .bytes()
-        .fold(0u64, |h, b| h.wrapping_mul(131).wrapping_add(u64::from(b)));
-    (0..PAGE)
-        .map(|i| (seed.wrapping_add(i as u64 * 2654435761) >> 7) as u8)
-        .collect()
+    pages::page(key, PAGE)
 }
 
 fn keys(prefix: &str, n: usize) -> Vec<String> {

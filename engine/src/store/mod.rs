@@ -471,12 +471,20 @@ impl Node {
                 tracing::info!("RDMA data path on {}", devices.join(","))
             }
         }
-        let rdma_state = match &node.transport {
-            crate::rdma::Transport::Rdma(devices) => devices.join(","),
-            _ => "unavailable".to_owned(),
+        // As seed 000 shows it: `rdma=<ip>:<port>`, where peers set up RDMA
+        // channels (the QP exchange rides the control connection), and the
+        // devices at the end; `rdma=unavailable` on TCP.
+        let (rdma_state, devices) = match &node.transport {
+            crate::rdma::Transport::Rdma(devices) => (
+                node.endpoints
+                    .first()
+                    .map_or_else(String::new, |e| e.to_string()),
+                format!(" devices={}", devices.join(",")),
+            ),
+            _ => ("unavailable".to_owned(), String::new()),
         };
         tracing::info!(
-            "PeerCacheStore up: node={} rdma={rdma_state} control={} discovery={}:{}",
+            "PeerCacheStore up: node={} rdma={rdma_state} control={} discovery={}:{}{devices}",
             node.node_id,
             node.endpoints
                 .iter()
@@ -698,7 +706,21 @@ impl Node {
         done.wait();
         let errors = errors.into_inner().expect("not poisoned");
         if errors.is_empty() {
-            Ok(self.stats().rdma_rails)
+            let rails = self.stats().rdma_rails;
+            // The line seed 000 has the operator look for once SGLang handed
+            // over its host pool.
+            if rails > 0 {
+                tracing::info!(
+                    "PeerCacheStore registered MRs: recv={len} bytes, pool={} bytes on {rails} rail(s) (recv LOCAL_WRITE, pool REMOTE_READ)",
+                    self.pool_bytes()
+                );
+            } else {
+                tracing::info!(
+                    "PeerCacheStore registered MRs: recv={len} bytes, pool={} bytes (RDMA unavailable: nothing is registered with a NIC; these are what RDMA would register)",
+                    self.pool_bytes()
+                );
+            }
+            Ok(rails)
         } else {
             Err(format!(
                 "registering the host buffer ({len} bytes at {addr:#x}) with the NIC failed: {}",
