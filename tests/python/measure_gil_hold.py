@@ -12,6 +12,7 @@ native module reports having run with the GIL released
 (`Node._last_detached_ns`, measured in Rust around the engine call).
 
     python tests/python/measure_gil_hold.py [--store] [--pages 32] [--page-kib 128] [--repeat 500]
+        [--shards 2] [--caller-cpu C]
 """
 
 import argparse
@@ -30,7 +31,16 @@ def main():
     ap.add_argument("--page-kib", type=int, default=128)
     ap.add_argument("--repeat", type=int, default=500)
     ap.add_argument("--store", action="store_true", help="measure PeerCacheStore.batch_get_v1")
+    ap.add_argument("--shards", type=int, default=2, help="shard threads of the node")
+    ap.add_argument("--wait-spin-us", type=int, default=0, help="batch_wait_spin_us of the node")
+    ap.add_argument(
+        "--caller-cpu", type=int, default=None,
+        help="pin the calling thread to this CPU (the shards pin themselves from CPU 0 up), "
+        "as on a host where the shards have cores of their own",
+    )
     args = ap.parse_args()
+    if args.caller_cpu is not None:
+        os.sched_setaffinity(0, {args.caller_cpu})
     if args.store:
         return measure_store(args)
 
@@ -40,7 +50,7 @@ def main():
             {
                 "discovery_addr": "127.0.0.1:31998",
                 "global_segment_size": "256mb",
-                "shards": 2,
+                "shards": args.shards,
                 "disk_enabled": False,
                 "metrics_enabled": False,
             }
@@ -112,7 +122,7 @@ def measure_store(args):
         is_mla_model=False, enable_storage_metrics=True, is_page_first_layout=True,
         model_name="gil", extra_config={
             "discovery_addr": f"127.0.0.1:{port}", "global_segment_size": "256mb",
-            "shards": 2, "disk_enabled": False, "metrics_enabled": False, "interface_v1": 1,
+            "shards": args.shards, "batch_wait_spin_us": args.wait_spin_us, "disk_enabled": False, "metrics_enabled": False, "interface_v1": 1,
         },
     )
     store = PeerCacheStore(config, {})
@@ -136,7 +146,10 @@ def measure_store(args):
     assert torch.equal(bits[:, : args.pages * page], bits[:, args.pages * page : 2 * args.pages * page])
     store.close()
     page_bytes = 2 * layers * page * heads * head_dim * 2
-    print(f"PeerCacheStore.batch_get_v1 of {args.pages} pages (K+V {page_bytes // 1024} KiB each), {args.repeat} calls")
+    print(
+        f"PeerCacheStore.batch_get_v1 of {args.pages} pages (K+V {page_bytes // 1024} KiB each), "
+        f"{args.repeat} calls, {args.shards} shard(s), caller on CPU {args.caller_cpu if args.caller_cpu is not None else 'any'}"
+    )
     print(
         f"GIL held per call: median {statistics.median(held) / 1000:.1f} us, "
         f"p90 {sorted(held)[len(held) * 9 // 10] / 1000:.1f} us, min {min(held) / 1000:.1f} us"
