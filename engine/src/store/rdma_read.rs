@@ -13,9 +13,9 @@
 //!    and reused a slot while the READ was in flight bumped its generation,
 //!    so such a page is a miss, never wrong bytes.
 //!
-//! A data shard without RDMA (it answers `rails: 0`), or one whose QP
-//! exchange fails, is read over TCP (`DataRead`) until the next membership
-//! change. READ errors and timeouts are misses, counted by the reader.
+//! A data shard without RDMA (it answers `rails: 0`) is read over TCP
+//! (`DataRead`) until the next membership change; one whose QP exchange
+//! fails, for the next 30 s. READ errors and timeouts are misses, counted by the reader.
 
 use super::remote::{expect_reply, DataReads};
 use super::shard::{PeerRdma, ShardStore};
@@ -34,6 +34,9 @@ use std::time::{Duration, Instant};
 const SPIN_POLLS: u32 = 256;
 /// The nap.
 const POLL_NAP: Duration = Duration::from_micros(50);
+/// How long a data shard whose QP exchange failed is read over TCP before
+/// RDMA is tried again.
+const RDMA_RETRY: Duration = Duration::from_secs(30);
 
 pub(super) fn to_info(ep: &QpEndpoint) -> QpInfo {
     QpInfo {
@@ -95,6 +98,8 @@ impl ShardStore {
         // have (learnt from the first answer).
         let (mut rails, mut pools) = match known {
             Some(PeerRdma::TcpOnly) => return None,
+            Some(PeerRdma::TcpUntil(t)) if Instant::now() < t => return None,
+            Some(PeerRdma::TcpUntil(_)) => (rdma.borrow().rails(), Vec::new()),
             Some(PeerRdma::Pools(p)) => (p.len(), p),
             None => (rdma.borrow().rails(), Vec::new()),
         };
@@ -109,7 +114,8 @@ impl ShardStore {
                 rail += 1;
                 continue;
             }
-            let local = match rdma.borrow_mut().reserve(&ep, rail, missing) {
+            let reserved = rdma.borrow_mut().reserve(&ep, rail, missing);
+            let local = match reserved {
                 Ok(local) => local,
                 Err(e) => {
                     // Every channel busy: this rail's pages will be misses
@@ -119,6 +125,10 @@ impl ShardStore {
                     Vec::new()
                 }
             };
+            if local.is_empty() && rail < pools.len() {
+                rail += 1; // nothing new to connect, and the pool is known
+                continue;
+            }
             let request = RdmaConnect {
                 node: self.node_ref.0,
                 shard: self.id.shard,
@@ -137,13 +147,18 @@ impl ShardStore {
                 Ok(r) if r.rails > 0 => r,
                 other => {
                     rdma.borrow_mut().abandon(&ep, rail, &local);
-                    if let Err(e) = other {
-                        self.log_error(
-                            Instant::now(),
-                            format_args!("RDMA QP exchange with {ep} failed ({e}); reading it over TCP until the membership changes"),
-                        );
-                    }
-                    self.rdma_peers.borrow_mut().insert(ep, PeerRdma::TcpOnly);
+                    let state = match other {
+                        // A node on TCP: no point asking again.
+                        Ok(_) => PeerRdma::TcpOnly,
+                        Err(e) => {
+                            self.log_error(
+                                Instant::now(),
+                                format_args!("RDMA QP exchange with {ep} failed ({e}); reading it over TCP for {RDMA_RETRY:?}"),
+                            );
+                            PeerRdma::TcpUntil(Instant::now() + RDMA_RETRY)
+                        }
+                    };
+                    self.rdma_peers.borrow_mut().insert(ep, state);
                     return None;
                 }
             };

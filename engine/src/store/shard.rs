@@ -192,9 +192,12 @@ pub struct ShardStore {
 pub(super) enum PeerRdma {
     /// Its pool on each rail both ends have.
     Pools(Vec<RemotePool>),
-    /// It has no RDMA data path, or the QP exchange with it failed: read it
-    /// over TCP until the next membership change.
+    /// It has no RDMA data path: read it over TCP until the next
+    /// membership change.
     TcpOnly,
+    /// The QP exchange with it failed: read it over TCP until then (or the
+    /// next membership change), then try RDMA again.
+    TcpUntil(std::time::Instant),
 }
 
 impl ShardStore {
