@@ -262,3 +262,25 @@ fn a_batch_is_striped_over_every_rail() {
     assert_eq!(after.posts - before.posts, 4, "one post per rail");
     assert_eq!(after.bytes - before.bytes, (32 * PAGE) as u64);
 }
+
+#[test]
+fn a_failed_qp_exchange_falls_back_to_tcp() {
+    // Two RDMA nodes on different fabrics: no RDMA path between them, so the
+    // owner cannot connect its responder QPs and refuses the exchange.
+    let (fabric_a, fabric_b) = (
+        Fabric::new(FabricOptions::default()),
+        Fabric::new(FabricOptions::default()),
+    );
+    let a = rdma_node(&fabric_a, "apart-a", "");
+    let b = rdma_node(&fabric_b, "apart-b", "");
+    join(&[&a, &b], 1);
+    let ks = keys("apart", 16);
+    set_all(&a, &ks);
+    assert_eq!(get_checked(&b, &ks), vec![true; 16], "read over TCP");
+    assert_eq!(fabric_a.counters().bytes + fabric_b.counters().bytes, 0);
+    assert!(b.stats().rdma_lease_failures > 0, "the abandoned QPs count");
+    // And again (within the retry delay: no new exchange, no new QP).
+    let qps = fabric_b.counters().qps_created;
+    assert_eq!(get_checked(&b, &ks), vec![true; 16]);
+    assert_eq!(fabric_b.counters().qps_created, qps);
+}
