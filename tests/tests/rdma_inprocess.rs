@@ -284,3 +284,47 @@ fn a_failed_qp_exchange_falls_back_to_tcp() {
     assert_eq!(get_checked(&b, &ks), vec![true; 16]);
     assert_eq!(fabric_b.counters().qps_created, qps);
 }
+
+/// Two consecutive free ports on 127.0.0.1 (one per shard of a node).
+fn free_port_pair() -> u16 {
+    use std::net::TcpListener;
+    for _ in 0..100 {
+        let first = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = first.local_addr().unwrap().port();
+        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no two consecutive free ports");
+}
+
+#[test]
+fn a_peer_restarted_behind_the_same_endpoint_is_reconnected() {
+    let fabric = Fabric::new(FabricOptions::default());
+    let port = free_port_pair();
+    let fixed = format!(r#","control_port":{port}"#);
+    let a = rdma_node(&fabric, "again-a", &fixed);
+    let b = rdma_node(&fabric, "again-b", "");
+    join(&[&a, &b], 1);
+    let ks = keys("again", 16);
+    set_all(&a, &ks);
+    assert_eq!(get_checked(&b, &ks), vec![true; 16]);
+
+    // `a` restarts on the same ports: its QPs and MRs are gone (it
+    // deregistered them when it stopped), and `b` sees no membership change.
+    let routes = vec![a.route(), b.route()];
+    drop(a);
+    let config = config(
+        "again-a",
+        &format!(r#","protocol":"rdma","require_rdma":true,"device_name":"again-a-nic"{fixed}"#),
+    );
+    let a = Node::start_with(config, &RdmaSource::Fabric(fabric.clone())).unwrap();
+    assert_eq!(a.route(), routes[0], "same node behind the same endpoints");
+    a.set_membership(2, routes);
+    set_all(&a, &ks);
+    // The READs on the old channels fail and the channels are discarded;
+    // the retry every failed remote read gets opens new ones (their
+    // exchange brings the new pool's address and rkey) and reads.
+    assert_eq!(get_checked(&b, &ks), vec![true; 16]);
+    assert!(b.stats().rdma_read_wc_errors > 0, "the stale READs failed");
+}

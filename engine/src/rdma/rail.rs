@@ -60,6 +60,7 @@ impl From<MrKeys> for RemotePool {
 /// The rails a shard reads through.
 pub struct Rails<V: Verbs, P> {
     rails: Vec<Rail<V, P>>,
+    stats: Arc<ShardStats>,
 }
 
 impl<V: Verbs, P> std::fmt::Debug for Rails<V, P> {
@@ -134,7 +135,14 @@ impl<V: Verbs, P: Clone + Eq + Hash> Rails<V, P> {
             })
             .collect();
         ShardStats::set(&stats.rdma_rails, rails.len() as u64);
-        Self { rails }
+        Self { rails, stats }
+    }
+
+    /// Closes every rail (channels, then MRs, then the device) and sets the
+    /// `rdma_rails` gauge to 0.
+    pub fn close(&mut self) {
+        self.rails.clear();
+        ShardStats::set(&self.stats.rdma_rails, 0);
     }
 
     /// Number of rails.

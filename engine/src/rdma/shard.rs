@@ -94,6 +94,9 @@ pub trait ShardRdma {
     fn finish(&mut self, batch: u64, peer: &PeerShard, items: &[ReadItem]) -> Vec<bool>;
     /// Drops every channel to a peer that left.
     fn forget(&mut self, peer: &PeerShard);
+    /// Destroys every QP and deregisters every MR (the shard is stopping).
+    /// Afterwards the object has no rail and must not be used.
+    fn close(&mut self);
 
     /// Responder side: creates and connects one QP (REMOTE_READ) per reader
     /// endpoint, after dropping the QPs of that reader that are not in
@@ -362,6 +365,15 @@ impl<V: Verbs> ShardRdma for RdmaShard<V> {
         for r in 0..self.rails.len() {
             self.rails.rail_mut(r).channels.forget(peer);
         }
+    }
+
+    fn close(&mut self) {
+        // QPs before the MRs and devices they use (as in the field order).
+        self.responders.clear();
+        self.pending.clear();
+        self.batches.clear();
+        self.pools.clear();
+        self.rails.close();
     }
 
     fn accept(

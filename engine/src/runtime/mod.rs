@@ -38,6 +38,14 @@ pub trait ShardService: 'static {
     fn start(this: &Rc<Self>) {
         let _ = this;
     }
+
+    /// Called once on the shard thread when it stops, after its last job.
+    /// Long-lived tasks holding the service may never be dropped (the
+    /// executor stops polling them), so anything that must be released
+    /// (NIC registrations, queue pairs) is released here.
+    fn stop(this: &Rc<Self>) {
+        let _ = this;
+    }
 }
 
 /// Where a shard runs; decided by the numa crate before start.
@@ -328,6 +336,7 @@ fn shard_main<S, F>(
             }
             inbox.ready().await;
         }
+        S::stop(&service);
     });
 }
 

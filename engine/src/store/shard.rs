@@ -592,6 +592,15 @@ impl ShardService for ShardStore {
         }
     }
 
+    fn stop(this: &Rc<Self>) {
+        // Destroy the QPs and deregister the MRs now: the accept loop and
+        // other detached tasks keep this shard alive past its executor, and a
+        // registration outliving the pool's mapping must not exist.
+        if let Some(rdma) = &this.rdma {
+            rdma.borrow_mut().close();
+        }
+    }
+
     fn start(this: &Rc<Self>) {
         if let Some(listener) = this.listener.borrow_mut().take() {
             glommio::spawn_local(Rc::clone(this).accept_loop(listener)).detach();
