@@ -159,6 +159,7 @@ impl Node {
         let (transport, rdma_factory) =
             crate::rdma::select(&config, rdma).map_err(NodeError::RdmaRequired)?;
         let config_devices = config.rdma_devices();
+        let require_rdma = config.require_rdma;
         let topology = peercache_numa::Topology::detect();
         let sysfs = peercache_numa::Sysfs::system();
         // With an explicit `shards` the NICs do not decide the shard count.
@@ -274,28 +275,37 @@ impl Node {
                 ..identity.clone()
             };
             let stats = Arc::clone(&shard_stats[ctx.index]);
-            let rdma = rdma_factory.as_ref().and_then(|factory| {
-                // A shard placed by its NIC owns that NIC's rail; otherwise
-                // every configured device is one of its rails.
-                let names = match &ctx.site.device {
-                    Some(d) => vec![d.clone()],
-                    None => config_devices.clone(),
-                };
-                let opened = factory(&names, Arc::clone(&stats)).and_then(|mut rdma| {
-                    // SAFETY: the range stays mapped for the node's life
-                    // (Node field order drops the shards first).
-                    unsafe { rdma.register_pool(ptr, offset as u64, len) }?;
-                    Ok(rdma)
-                });
-                opened
-                    .map_err(|e| {
-                        tracing::warn!(
-                            "shard {}: RDMA rails did not open ({e}); this shard reads over TCP",
+            let rdma = match &rdma_factory {
+                None => None,
+                Some(factory) => {
+                    // A shard placed by its NIC owns that NIC's rail;
+                    // otherwise every configured device is one of its rails.
+                    let names = match &ctx.site.device {
+                        Some(d) => vec![d.clone()],
+                        None => config_devices.clone(),
+                    };
+                    let opened = factory(&names, Arc::clone(&stats)).and_then(|mut rdma| {
+                        // SAFETY: the range stays mapped while the shard
+                        // runs, and the shard closes its rails when it stops.
+                        unsafe { rdma.register_pool(ptr, offset as u64, len) }?;
+                        Ok(rdma)
+                    });
+                    match opened {
+                        Ok(rdma) => Some(rdma),
+                        Err(e) if require_rdma => return Err(format!(
+                            "RDMA rails of shard {} did not open ({e}) and require_rdma is true",
                             ctx.index
-                        )
-                    })
-                    .ok()
-            });
+                        )),
+                        Err(e) => {
+                            tracing::warn!(
+                                "shard {}: RDMA rails did not open ({e}); this shard reads over TCP",
+                                ctx.index
+                            );
+                            None
+                        }
+                    }
+                }
+            };
             // A slab that cannot be opened costs this shard its disk tier,
             // never the node.
             let disk = node_disk.as_ref().and_then(|nd| {
