@@ -216,3 +216,23 @@ fn a_dead_peer_makes_its_pages_misses_quickly() {
     );
     assert!(b.stats().remote_failures > 0);
 }
+
+#[test]
+fn a_stopped_node_releases_its_ports_and_connections() {
+    let a = node("stops-a", "");
+    let b = node("stops-b", "");
+    join(&[&a, &b], 1);
+    let ks = keys("stops", 8);
+    assert_eq!(set_all(&a, &ks, 4096), vec![true; 8]);
+    assert_eq!(get_all(&b, &ks, 4096).0, vec![true; 8]);
+    let endpoints = a.endpoints().to_vec();
+    drop(a);
+    // Nothing listens any more (a leaked accept loop would still accept,
+    // and with SO_REUSEPORT share the port with the next node bound there).
+    for ep in endpoints {
+        assert!(
+            TcpStream::connect_timeout(&ep, Duration::from_secs(1)).is_err(),
+            "{ep} still accepts connections after its node stopped"
+        );
+    }
+}

@@ -337,6 +337,8 @@ fn shard_main<S, F>(
             inbox.ready().await;
         }
         S::stop(&service);
+        // Let the tasks `stop` cancelled run once more, which drops them.
+        glommio::executor().yield_now().await;
     });
 }
 

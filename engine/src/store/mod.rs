@@ -292,10 +292,12 @@ impl Node {
                     });
                     match opened {
                         Ok(rdma) => Some(rdma),
-                        Err(e) if require_rdma => return Err(format!(
+                        Err(e) if require_rdma => {
+                            return Err(format!(
                             "RDMA rails of shard {} did not open ({e}) and require_rdma is true",
                             ctx.index
-                        )),
+                        ))
+                        }
                         Err(e) => {
                             tracing::warn!(
                                 "shard {}: RDMA rails did not open ({e}); this shard reads over TCP",

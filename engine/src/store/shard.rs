@@ -185,6 +185,12 @@ pub struct ShardStore {
     /// What this shard knows of each peer data shard's RDMA side; cleared
     /// on every membership change.
     pub(super) rdma_peers: RefCell<HashMap<SocketAddr, PeerRdma>>,
+    /// Long-lived tasks (the accept loop, one per peer connection, the disk
+    /// writers), by id, cancelled when the shard stops: the executor never
+    /// drops a task it stops polling, and a leaked accept loop would keep
+    /// its port (bound with SO_REUSEPORT) taking connections for nobody.
+    tasks: RefCell<HashMap<u64, glommio::task::JoinHandle<()>>>,
+    next_task: Cell<u64>,
 }
 
 /// A peer data shard as this shard's RDMA reader knows it.
@@ -232,6 +238,8 @@ impl ShardStore {
             promoted: RefCell::new((Vec::new(), Vec::new())),
             rdma: rdma.map(RefCell::new),
             rdma_peers: RefCell::new(HashMap::new()),
+            tasks: RefCell::new(HashMap::new()),
+            next_task: Cell::new(0),
         };
         store.publish_pool_gauges();
         store
@@ -503,12 +511,27 @@ impl ShardStore {
         glommio::spawn_local(async move { shard.republish(view).await }).detach();
     }
 
+    /// Spawns a long-lived task this shard cancels when it stops.
+    fn spawn_owned(self: &Rc<Self>, task: impl std::future::Future<Output = ()> + 'static) {
+        let id = self.next_task.get();
+        self.next_task.set(id + 1);
+        let this = Rc::downgrade(self);
+        let handle = glommio::spawn_local(async move {
+            task.await;
+            if let Some(this) = this.upgrade() {
+                this.tasks.borrow_mut().remove(&id);
+            }
+        })
+        .detach();
+        self.tasks.borrow_mut().insert(id, handle);
+    }
+
     async fn accept_loop(self: Rc<Self>, listener: TcpListener) {
         loop {
             match listener.accept().await {
                 Ok(stream) => {
                     let shard = Rc::clone(&self);
-                    glommio::spawn_local(async move { shard.serve(stream).await }).detach();
+                    self.spawn_owned(async move { shard.serve(stream).await });
                 }
                 Err(e) => {
                     self.log_error(Instant::now(), format_args!("accept failed: {e}"));
@@ -593,9 +616,13 @@ impl ShardService for ShardStore {
     }
 
     fn stop(this: &Rc<Self>) {
-        // Destroy the QPs and deregister the MRs now: the accept loop and
-        // other detached tasks keep this shard alive past its executor, and a
-        // registration outliving the pool's mapping must not exist.
+        // Close the listener and the peer connections (their tasks drop
+        // their futures once the runtime yields after this call).
+        for (_, task) in this.tasks.borrow_mut().drain() {
+            task.cancel();
+        }
+        // Destroy the QPs and deregister the MRs now, whatever still holds
+        // this shard: a registration must not outlive the pool's mapping.
         if let Some(rdma) = &this.rdma {
             rdma.borrow_mut().close();
         }
@@ -603,12 +630,12 @@ impl ShardService for ShardStore {
 
     fn start(this: &Rc<Self>) {
         if let Some(listener) = this.listener.borrow_mut().take() {
-            glommio::spawn_local(Rc::clone(this).accept_loop(listener)).detach();
+            this.spawn_owned(Rc::clone(this).accept_loop(listener));
         }
         if let Some(disk) = this.disk.clone() {
             glommio::spawn_local(async move { disk.open_io().await }).detach();
             for _ in 0..crate::disk::WRITERS {
-                glommio::spawn_local(Rc::clone(this).disk_writer()).detach();
+                this.spawn_owned(Rc::clone(this).disk_writer());
             }
         }
     }
