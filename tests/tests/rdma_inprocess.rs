@@ -328,3 +328,27 @@ fn a_peer_restarted_behind_the_same_endpoint_is_reconnected() {
     assert_eq!(get_checked(&b, &ks), vec![true; 16]);
     assert!(b.stats().rdma_read_wc_errors > 0, "the stale READs failed");
 }
+
+#[test]
+fn lost_completions_time_out_as_counted_misses_not_hangs() {
+    let fabric = Fabric::new(FabricOptions::default());
+    let a = rdma_node(&fabric, "lost-a", "");
+    let b = rdma_node(&fabric, "lost-b", "");
+    join(&[&a, &b], 1);
+    let ks = keys("lost", 8);
+    set_all(&a, &ks);
+    fabric.set_faults(FaultPlan {
+        lost_completion_per_mille: 1000,
+        ..FaultPlan::default()
+    });
+    // Each READ chain times out (2 s), for the read and for its retry.
+    assert_eq!(get_checked(&b, &ks), vec![false; 8]);
+    let s = b.stats();
+    assert!(s.rdma_read_timeouts > 0);
+    assert!(
+        s.rdma_channel_discards > 0,
+        "timed-out channels are destroyed"
+    );
+    fabric.set_faults(FaultPlan::default());
+    assert_eq!(get_checked(&b, &ks), vec![true; 8]);
+}
