@@ -24,11 +24,15 @@ fn config(name: &str, extra: &str) -> Config {
 
 /// A node whose NIC is fabric device `{name}-nic`.
 fn rdma_node(fabric: &Fabric, name: &str, extra: &str) -> Node {
-    let device = format!("{name}-nic");
-    fabric.add_device(&device, true);
+    fabric.add_device(&format!("{name}-nic"), true);
+    start_on_nic(fabric, name, extra)
+}
+
+/// Starts node `name` on its existing fabric device `{name}-nic`.
+fn start_on_nic(fabric: &Fabric, name: &str, extra: &str) -> Node {
     let config = config(
         name,
-        &format!(r#","protocol":"rdma","require_rdma":true,"device_name":"{device}"{extra}"#),
+        &format!(r#","protocol":"rdma","require_rdma":true,"device_name":"{name}-nic"{extra}"#),
     );
     Node::start_with(config, &RdmaSource::Fabric(fabric.clone())).unwrap()
 }
@@ -314,11 +318,7 @@ fn a_peer_restarted_behind_the_same_endpoint_is_reconnected() {
     // deregistered them when it stopped), and `b` sees no membership change.
     let routes = vec![a.route(), b.route()];
     drop(a);
-    let config = config(
-        "again-a",
-        &format!(r#","protocol":"rdma","require_rdma":true,"device_name":"again-a-nic"{fixed}"#),
-    );
-    let a = Node::start_with(config, &RdmaSource::Fabric(fabric.clone())).unwrap();
+    let a = start_on_nic(&fabric, "again-a", &fixed);
     assert_eq!(a.route(), routes[0], "same node behind the same endpoints");
     a.set_membership(2, routes);
     set_all(&a, &ks);

@@ -99,9 +99,9 @@ impl ShardStore {
         let (mut rails, mut pools) = match known {
             Some(PeerRdma::TcpOnly) => return None,
             Some(PeerRdma::TcpUntil(t)) if Instant::now() < t => return None,
-            Some(PeerRdma::TcpUntil(_)) => (rdma.borrow().rails(), Vec::new()),
             Some(PeerRdma::Pools(p)) => (p.len(), p),
-            None => (rdma.borrow().rails(), Vec::new()),
+            // Unknown, or the retry delay is over: connect every rail.
+            _ => (rdma.borrow().rails(), Vec::new()),
         };
         let mut rail = 0;
         while rail < rails {
