@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Remote get through the Python front end against the raw TCP reference,
+# repeated so that one noisy run does not decide the figure: ROUNDS runs of
+# `peercache-bench compare --frontend python` (2 processes, batch 32 ×
+# 128 KiB MLA pages, PeerCacheStore.batch_get_v1 from Python threads at each
+# concurrency, then the raw TCP stream reference and memcpy in the same run).
+# Prints each round (raw TCP GB/s, Python GB/s per concurrency, the PEAK's
+# ratio to raw TCP, p99/p50 at concurrency 1) and the median, min and max of
+# the ratio over the rounds. The JSON/MD files stay in
+# ./peercache-bench-results/.
+#
+#   perf-scripts/python-get-rounds.sh [ROUNDS] [extra peercache-bench flags...]
+#
+# Environment: BENCH (default target/release/peercache-bench), PYTHON (an
+# interpreter with the peercache package installed; default python3).
+# Bounded: each round is --concurrencies 1,2,4,8 --duration 2 --warmup 1
+# unless overridden, about a minute with SGLang's import.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds="${1:-6}"
+shift || true
+bench="${BENCH:-target/release/peercache-bench}"
+python="${PYTHON:-python3}"
+[[ -x "$bench" ]] || { echo "no $bench: cargo build --release -p peercache-bench" >&2; exit 2; }
+tag="pyrounds-$$"
+files=()
+for ((r = 1; r <= rounds; r++)); do
+  echo "round $r/$rounds ..." >&2
+  "$bench" compare --frontend python --python "$python" \
+    --concurrencies 1,2,4,8 --duration 2 --warmup 1 --tag "$tag-$r" "$@" >/dev/null 2>&1 ||
+    { echo "round $r failed: rerun it alone to see why" >&2; exit 1; }
+  files+=("$(ls -t peercache-bench-results/hicache-compare-"$tag-$r"-*.json | head -1)")
+done
+"$python" - "${files[@]}" <<'EOF'
+import json, statistics, sys
+ratios = []
+for r, path in enumerate(sys.argv[1:], 1):
+    d = json.load(open(path))
+    raw = d["references"]["raw_tcp_gbps"]
+    gets = " / ".join(f'{p["gbps"]:.2f}' for p in d["results"])
+    ratio = d["ratios"]["python_get_peak_vs_raw_tcp"]
+    tail = d["ratios"].get("get_c1_p99_over_p50", float("nan"))
+    ratios.append(ratio)
+    print(f"round {r}: raw TCP {raw:.2f} GB/s; Python get {gets} GB/s; "
+          f"PEAK = {100 * ratio:.0f}% of raw TCP; p99/p50 at 1 thread {tail:.2f}")
+print(f"PEAK vs raw TCP over {len(ratios)} rounds: median {100 * statistics.median(ratios):.0f}%, "
+      f"min {100 * min(ratios):.0f}%, max {100 * max(ratios):.0f}%")
+EOF
