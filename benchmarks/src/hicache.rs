@@ -24,7 +24,9 @@
 
 use crate::aligned::AlignedBuf;
 use crate::micro::host_info;
-use crate::remote::{pct, raw_tcp_gbps, rss_bytes, sweep};
+use crate::remote::{
+    pct, raw_tcp_gbps, raw_tcp_round_trips, rss_bytes, serve_raw_references, sweep,
+};
 use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
 use peercache_engine::keys::RankKeys;
@@ -380,14 +382,7 @@ pub fn serve(args: &HicacheArgs, meta_port: Option<u16>) -> Result<(), String> {
     }
     let raw = TcpListener::bind((args.local_host.as_str(), 0)).map_err(|e| e.to_string())?;
     let raw_port = raw.local_addr().map_err(|e| e.to_string())?.port();
-    let page = args.page_size;
-    std::thread::spawn(move || {
-        for stream in raw.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let _ = stream.set_nodelay(true);
-            std::thread::spawn(move || while stream.write_all(block_slice(page)).is_ok() {});
-        }
-    });
+    serve_raw_references(raw, args.page_size);
     println!("READY {discovery} {raw_port}");
     std::io::stdout().flush().ok();
     eprintln!(
@@ -402,14 +397,6 @@ pub fn serve(args: &HicacheArgs, meta_port: Option<u16>) -> Result<(), String> {
     {}
     drop(node);
     Ok(())
-}
-
-/// A page of zeros, shared by every raw-stream connection.
-fn block_slice(page: usize) -> &'static [u8] {
-    use std::sync::OnceLock;
-    static BLOCK: OnceLock<Vec<u8>> = OnceLock::new();
-    let b = BLOCK.get_or_init(|| vec![0x5a; 1 << 22]);
-    &b[..page.min(b.len())]
 }
 
 /// A producer process started by this run.
@@ -772,6 +759,21 @@ pub fn run(args: &HicacheArgs, mode: Mode) -> Result<(), String> {
         rows.push(row);
         peak_rss = peak_rss.max(rss_bytes());
     }
+    if let (Some(p), true) = (&producer, matches!(mode, Mode::Suite | Mode::Latency)) {
+        progress("raw TCP round trip reference (one page per request, one connection) ...");
+        // Where the consumer's batch-1 gets land: one page at the start of
+        // each batch-sized slot of its destination region.
+        let places = (args.dst_region_bytes(), args.batch_size * args.page_size);
+        let rt = raw_tcp_round_trips(
+            p.raw_port,
+            args.page_size,
+            places,
+            args.warmup,
+            args.duration,
+        )?;
+        references.insert("raw_tcp_round_trip_p50_us".into(), json!(pct(&rt, 0.5)));
+        references.insert("raw_tcp_round_trip_p99_us".into(), json!(pct(&rt, 0.99)));
+    }
     if matches!(mode, Mode::Suite | Mode::Compare) {
         if let Some(p) = &producer {
             progress("raw TCP stream reference (same page size, one connection) ...");
@@ -909,6 +911,17 @@ fn report(
         peak_of(Op::Set, Frontend::Rust),
     ) {
         ratios.insert("set_peak_vs_memcpy".into(), json!(set.gbps / m));
+    }
+    if let (Some(rt), Some(b1)) = (
+        references
+            .get("raw_tcp_round_trip_p50_us")
+            .and_then(Value::as_f64),
+        rows.iter().find(|r| r.op == Op::Get && r.batch == 1),
+    ) {
+        ratios.insert(
+            "get_batch1_p50_over_raw_tcp_round_trip".into(),
+            json!(pct(&b1.hist, 0.5) / rt.max(1.0)),
+        );
     }
     let c1 = rows
         .iter()

@@ -9,7 +9,7 @@
 //! - exists pages/s on keys whose directory owner is the other process;
 //! - set GB/s (pool copy + directory publish) at each concurrency, and a
 //!   memcpy of the same bytes;
-//! - batch-1 remote get latency;
+//! - batch-1 remote get latency, and a raw TCP round trip of one page;
 //! - the resident memory a node adds for 1 M directory entries.
 
 use crate::aligned::AlignedBuf;
@@ -140,15 +140,7 @@ pub fn serve(args: &ServeArgs) -> Result<(), String> {
     }
     let raw = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     let raw_port = raw.local_addr().map_err(|e| e.to_string())?.port();
-    let page = args.page_size;
-    std::thread::spawn(move || {
-        let block = AlignedBuf::new(page);
-        for stream in raw.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let _ = stream.set_nodelay(true);
-            while stream.write_all(block.as_slice()).is_ok() {}
-        }
-    });
+    serve_raw_references(raw, args.page_size);
     println!("READY {raw_port}");
     std::io::stdout().flush().ok();
     let mut sink = String::new();
@@ -238,6 +230,90 @@ where
     )
 }
 
+/// First byte of a connection to the raw TCP references: stream pages.
+const RAW_STREAM: u8 = b'S';
+/// First byte of a connection to the raw TCP references: one page per request.
+const RAW_REQUEST_REPLY: u8 = b'R';
+/// Bytes of one request to the request/reply reference.
+const RAW_REQUEST_BYTES: usize = 8;
+
+/// Serves the raw TCP references on `listener`, one thread per connection.
+/// The connection's first byte picks the reference: [`RAW_STREAM`] gets pages
+/// of `page` bytes back to back until it closes (the throughput reference);
+/// [`RAW_REQUEST_REPLY`] gets one page per [`RAW_REQUEST_BYTES`]-byte
+/// request (the latency reference: one round trip between two processes
+/// with blocking sockets, no shards, no framing, no lookup).
+pub(crate) fn serve_raw_references(listener: TcpListener, page: usize) {
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let _ = stream.set_nodelay(true);
+                let block = AlignedBuf::new(page);
+                let mut mode = [0u8; 1];
+                if stream.read_exact(&mut mode).is_err() {
+                    return;
+                }
+                match mode[0] {
+                    RAW_STREAM => while stream.write_all(block.as_slice()).is_ok() {},
+                    RAW_REQUEST_REPLY => {
+                        let mut request = [0u8; RAW_REQUEST_BYTES];
+                        while stream.read_exact(&mut request).is_ok()
+                            && stream.write_all(block.as_slice()).is_ok()
+                        {}
+                    }
+                    _ => {}
+                }
+            });
+        }
+    });
+}
+
+/// The latency reference of a batch-1 remote get: per call, send a request
+/// to the server process and receive one `page` at the next of the
+/// destinations `stride` bytes apart in `region_bytes`, the same places the
+/// benchmark's batch-1 gets land in. Returns the per-call latency histogram
+/// (µs).
+pub(crate) fn raw_tcp_round_trips(
+    port: u16,
+    page: usize,
+    (region_bytes, stride): (usize, usize),
+    warmup: f64,
+    duration: f64,
+) -> Result<Histogram<u64>, String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    let _ = stream.set_nodelay(true);
+    stream
+        .write_all(&[RAW_REQUEST_REPLY])
+        .map_err(|e| e.to_string())?;
+    let stride = stride.max(page);
+    let slots = (region_bytes / stride).max(1);
+    let dst = AlignedBuf::new(slots * stride);
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
+    let mut round_trip = |i: usize| -> Result<u64, String> {
+        // SAFETY: slot i of the destination buffer, page bytes long.
+        let d =
+            unsafe { std::slice::from_raw_parts_mut(dst.ptr().add((i % slots) * stride), page) };
+        let t0 = Instant::now();
+        stream
+            .write_all(&(i as u64).to_le_bytes())
+            .and_then(|()| stream.read_exact(d))
+            .map_err(|e| e.to_string())?;
+        Ok(t0.elapsed().as_micros().max(1) as u64)
+    };
+    let (t, mut i) = (Instant::now(), 0);
+    while t.elapsed().as_secs_f64() < warmup {
+        round_trip(i)?;
+        i += 1;
+    }
+    let t = Instant::now();
+    while t.elapsed().as_secs_f64() < duration {
+        let _ = hist.record(round_trip(i)?);
+        i += 1;
+    }
+    Ok(hist)
+}
+
 pub(crate) fn raw_tcp_gbps(
     port: u16,
     page: usize,
@@ -246,6 +322,7 @@ pub(crate) fn raw_tcp_gbps(
     duration: f64,
 ) -> Result<f64, String> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    stream.write_all(&[RAW_STREAM]).map_err(|e| e.to_string())?;
     let dst = AlignedBuf::new(ws_bytes);
     let slots = ws_bytes / page;
     let mut read_page = |i: usize| -> Result<(), String> {
@@ -442,6 +519,14 @@ pub fn run(args: &RemoteArgs) -> Result<(), String> {
     let _ = batches;
     eprintln!("remote: get, batch 1 ...");
     let (_, _, _, lat1) = sweep(1, args.warmup, args.duration, |t, r| get_batch(t, r, 1));
+    eprintln!("remote: raw TCP round trip reference (one page per request) ...");
+    let raw_rt = raw_tcp_round_trips(
+        server.raw_port,
+        page,
+        (ws_bytes, page),
+        args.warmup,
+        args.duration,
+    )?;
 
     // Exists on keys whose (single or first) directory owner is the server.
     let ns = Namespace::new(MODEL, None);
@@ -465,7 +550,7 @@ pub fn run(args: &RemoteArgs) -> Result<(), String> {
         .collect();
     let mut exists = Vec::new();
     if remote_owned.len() >= batch {
-        for &c in &[1usize, 4] {
+        for &c in &args.concurrencies {
             eprintln!(
                 "remote: exists ({} remotely owned keys), {c} thread(s) ...",
                 remote_owned.len()
@@ -571,12 +656,19 @@ pub fn run(args: &RemoteArgs) -> Result<(), String> {
         );
     }
     println!(
-        "get batch 1: p50 {:.0} µs, p99 {:.0} µs",
+        "get batch 1: p50 {:.0} µs, p99 {:.0} µs; raw TCP round trip of one page (same run): p50 {:.0} µs, p99 {:.0} µs; get p50 = {:.2}x the round trip's",
         pct(&lat1, 0.5),
-        pct(&lat1, 0.99)
+        pct(&lat1, 0.99),
+        pct(&raw_rt, 0.5),
+        pct(&raw_rt, 0.99),
+        pct(&lat1, 0.5) / pct(&raw_rt, 0.5).max(1.0)
     );
     for (c, pps, p50, p99) in &exists {
         println!("exists (remote owner), {c} thread(s): {pps:.0} pages/s, p50 {p50:.0} µs, p99 {p99:.0} µs per batch");
+    }
+    let exists_peak = exists.iter().max_by(|a, b| a.1.total_cmp(&b.1));
+    if let Some((c, pps, _, _)) = exists_peak {
+        println!("exists PEAK {c} thread(s): {pps:.0} pages/s");
     }
     for (c, gbps, stored, hist) in &sets {
         println!(
@@ -625,8 +717,10 @@ pub fn run(args: &RemoteArgs) -> Result<(), String> {
                 "p999_us": pct(&p.hist, 0.999), "max_us": p.hist.max(),
             })).collect::<Vec<_>>(),
             "get_batch1_p50_us": pct(&lat1, 0.5), "get_batch1_p99_us": pct(&lat1, 0.99),
+            "raw_tcp_round_trip_p50_us": pct(&raw_rt, 0.5), "raw_tcp_round_trip_p99_us": pct(&raw_rt, 0.99),
             "exists": exists.iter().map(|(c, pps, p50, p99)| json!({
                 "concurrency": c, "pages_per_s": pps, "p50_us": p50, "p99_us": p99})).collect::<Vec<_>>(),
+            "exists_peak_pages_per_s": exists_peak.map(|p| p.1),
             "set": sets.iter().map(|(c, gbps, stored, hist)| json!({
                 "concurrency": c, "gbps": gbps, "vs_memcpy": gbps / memcpy, "stored_ratio": stored,
                 "p50_us": pct(hist, 0.5), "p99_us": pct(hist, 0.99)})).collect::<Vec<_>>(),
