@@ -75,6 +75,96 @@ fn latency_mode_reads_every_page_and_records_host_and_meta() {
     assert!(rows[0]["calls"].as_u64().unwrap() > 0);
     assert!(v["memory"]["peak_rss_bytes"].as_u64().unwrap() > 0);
     assert!(v["consumer_counters"]["read_remote_hits"].as_u64().unwrap() > 0);
+    // The same-run latency reference: a raw TCP round trip of one page.
+    assert!(
+        v["references"]["raw_tcp_round_trip_p50_us"]
+            .as_f64()
+            .unwrap()
+            >= 1.0
+    );
+    assert!(
+        v["ratios"]["get_batch1_p50_over_raw_tcp_round_trip"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+}
+
+#[test]
+fn compare_measures_get_against_the_raw_tcp_stream_and_memcpy() {
+    let v = run_mode(&["compare", "--concurrencies", "1", "--tag", "compare"]);
+    assert_eq!(v["mode"], "compare");
+    let rows = v["results"].as_array().unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["hit_pct"], 100.0);
+    assert!(v["references"]["raw_tcp_gbps"].as_f64().unwrap() > 0.0);
+    assert!(v["references"]["memcpy_gbps"].as_f64().unwrap() > 0.0);
+    assert!(v["ratios"]["get_peak_vs_raw_tcp"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn remote_mode_sweeps_get_exists_and_set_beside_its_references() {
+    let dir = tempdir();
+    let out = bench()
+        .args([
+            "remote",
+            "--concurrencies",
+            "1,2",
+            "--duration",
+            "0.3",
+            "--warmup",
+            "0.1",
+            "--working-set",
+            "64",
+            "--page-size",
+            "16384",
+            "--batch-size",
+            "8",
+            "--skip-memory",
+            "--tag",
+            "test",
+            "--out-dir",
+        ])
+        .arg(&dir)
+        .output()
+        .expect("run peercache-bench remote");
+    assert!(
+        out.status.success(),
+        "peercache-bench remote failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json = std::fs::read_dir(&dir)
+        .expect("out dir")
+        .map(|e| e.expect("entry").path())
+        .find(|p| p.extension().is_some_and(|x| x == "json"))
+        .expect("a JSON result");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("read")).expect("json");
+    let _ = std::fs::remove_dir_all(&dir);
+    let r = &v["results"];
+    assert!(r["raw_tcp_gbps"].as_f64().unwrap() > 0.0);
+    assert!(r["raw_tcp_round_trip_p50_us"].as_f64().unwrap() >= 1.0);
+    for (what, points) in [
+        ("get", &r["get"]),
+        ("exists", &r["exists"]),
+        ("set", &r["set"]),
+    ] {
+        let concurrencies: Vec<u64> = points
+            .as_array()
+            .unwrap_or_else(|| panic!("{what}: {r}"))
+            .iter()
+            .map(|p| p["concurrency"].as_u64().unwrap())
+            .collect();
+        assert_eq!(concurrencies, [1, 2], "{what}");
+    }
+    for p in r["get"].as_array().unwrap() {
+        assert_eq!(p["hit_ratio"], 1.0, "{p}");
+    }
+    for p in r["set"].as_array().unwrap() {
+        assert_eq!(p["stored_ratio"], 1.0, "{p}");
+    }
+    assert!(r["set_peak_concurrency"].as_u64().is_some());
+    assert!(r["exists_peak_pages_per_s"].as_f64().unwrap() > 0.0);
 }
 
 #[test]
