@@ -12,12 +12,9 @@
 # interpreter with the peercache package installed; default python3).
 # Bounded: each run is --duration 2 --warmup 1 unless overridden, ~20 s.
 set -euo pipefail
-cd "$(dirname "$0")/.."
 rounds="${1:-6}"
 shift || true
-bench="${BENCH:-target/release/peercache-bench}"
-python="${PYTHON:-python3}"
-[[ -x "$bench" ]] || { echo "no $bench: cargo build --release -p peercache-bench" >&2; exit 2; }
+source "$(dirname "$0")/bench-env.sh"
 tag="ab-$$"
 out="$(mktemp)"
 trap 'rm -f "$out"' EXIT

@@ -16,12 +16,9 @@
 # Bounded: each round is --concurrencies 1,2,4,8 --duration 2 --warmup 1
 # unless overridden, about a minute with SGLang's import.
 set -euo pipefail
-cd "$(dirname "$0")/.."
 rounds="${1:-6}"
 shift || true
-bench="${BENCH:-target/release/peercache-bench}"
-python="${PYTHON:-python3}"
-[[ -x "$bench" ]] || { echo "no $bench: cargo build --release -p peercache-bench" >&2; exit 2; }
+source "$(dirname "$0")/bench-env.sh"
 tag="pyrounds-$$"
 files=()
 for ((r = 1; r <= rounds; r++)); do

@@ -27,8 +27,15 @@ mod hicache;
 mod micro;
 mod remote;
 
+// A flag given twice takes its last value, so a script can pass its
+// defaults first and the user's options after them (perf-scripts do).
 #[derive(Parser, Debug)]
-#[command(name = "peercache-bench", version, about = "PeerCache benchmark suite")]
+#[command(
+    name = "peercache-bench",
+    version,
+    about = "PeerCache benchmark suite",
+    args_override_self = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -124,6 +131,33 @@ where
         Err(e) => {
             eprintln!("peercache-bench: {e}");
             1
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flag_given_twice_takes_its_last_value() {
+        let cli = Cli::try_parse_from([
+            "peercache-bench",
+            "throughput",
+            "--duration",
+            "2",
+            "--warmup",
+            "1",
+            "--duration",
+            "0.5",
+        ])
+        .expect("parses");
+        match cli.command {
+            Command::Throughput(args) => {
+                assert_eq!(args.duration, 0.5);
+                assert_eq!(args.warmup, 1.0);
+            }
+            other => panic!("parsed as {other:?}"),
         }
     }
 }

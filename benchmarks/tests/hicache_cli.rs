@@ -9,7 +9,14 @@ fn bench() -> Command {
     Command::new(env!("CARGO_BIN_EXE_peercache-bench"))
 }
 
+/// Runs a HiCache mode (which writes a JSON and a Markdown file).
 fn run_mode(args: &[&str]) -> serde_json::Value {
+    run_small(args, true)
+}
+
+/// Runs `args` on a small working set for a fraction of a second and returns
+/// the JSON result (and checks the Markdown beside it when `with_md`).
+fn run_small(args: &[&str], with_md: bool) -> serde_json::Value {
     let dir = tempdir();
     let out = bench()
         .args(args)
@@ -39,8 +46,10 @@ fn run_mode(args: &[&str]) -> serde_json::Value {
         .map(|e| e.expect("entry").path())
         .find(|p| p.extension().is_some_and(|x| x == "json"))
         .expect("a JSON result");
-    let md = json.with_extension("md");
-    assert!(md.exists(), "the Markdown result is missing");
+    if with_md {
+        let md = json.with_extension("md");
+        assert!(md.exists(), "the Markdown result is missing");
+    }
     let value: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).expect("read")).expect("json");
     let _ = std::fs::remove_dir_all(&dir);
@@ -104,43 +113,17 @@ fn compare_measures_get_against_the_raw_tcp_stream_and_memcpy() {
 
 #[test]
 fn remote_mode_sweeps_get_exists_and_set_beside_its_references() {
-    let dir = tempdir();
-    let out = bench()
-        .args([
+    let v = run_small(
+        &[
             "remote",
             "--concurrencies",
             "1,2",
-            "--duration",
-            "0.3",
-            "--warmup",
-            "0.1",
-            "--working-set",
-            "64",
-            "--page-size",
-            "16384",
-            "--batch-size",
-            "8",
             "--skip-memory",
             "--tag",
             "test",
-            "--out-dir",
-        ])
-        .arg(&dir)
-        .output()
-        .expect("run peercache-bench remote");
-    assert!(
-        out.status.success(),
-        "peercache-bench remote failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
+        false,
     );
-    let json = std::fs::read_dir(&dir)
-        .expect("out dir")
-        .map(|e| e.expect("entry").path())
-        .find(|p| p.extension().is_some_and(|x| x == "json"))
-        .expect("a JSON result");
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).expect("read")).expect("json");
-    let _ = std::fs::remove_dir_all(&dir);
     let r = &v["results"];
     assert!(r["raw_tcp_gbps"].as_f64().unwrap() > 0.0);
     assert!(r["raw_tcp_round_trip_p50_us"].as_f64().unwrap() >= 1.0);
