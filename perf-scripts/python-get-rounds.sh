@@ -13,8 +13,8 @@
 #
 # Environment: BENCH (default target/release/peercache-bench), PYTHON (an
 # interpreter with the peercache package installed; default python3).
-# Bounded: each round is --concurrencies 1,2,4,8 --duration 2 --warmup 1
-# unless overridden, about a minute with SGLang's import.
+# Bounded: each round is --duration 2 --warmup 1 at the default
+# --concurrencies 1,2,4,8 unless given, about a minute with SGLang's import.
 set -euo pipefail
 rounds="${1:-6}"
 shift || true
@@ -24,7 +24,7 @@ files=()
 for ((r = 1; r <= rounds; r++)); do
   echo "round $r/$rounds ..." >&2
   "$bench" compare --frontend python --python "$python" \
-    --concurrencies 1,2,4,8 --duration 2 --warmup 1 --tag "$tag-$r" "$@" >/dev/null 2>&1 ||
+    --duration 2 --warmup 1 --tag "$tag-$r" "$@" >/dev/null 2>&1 ||
     { echo "round $r failed: rerun it alone to see why" >&2; exit 1; }
   files+=("$(ls -t peercache-bench-results/hicache-compare-"$tag-$r"-*.json | head -1)")
 done

@@ -761,12 +761,14 @@ pub fn run(args: &HicacheArgs, mode: Mode) -> Result<(), String> {
     }
     if let (Some(p), true) = (&producer, matches!(mode, Mode::Suite | Mode::Latency)) {
         progress("raw TCP round trip reference (one page per request, one connection) ...");
-        // Where the consumer's batch-1 gets land: one page at the start of
-        // each batch-sized slot of its destination region.
-        let places = (args.dst_region_bytes(), args.batch_size * args.page_size);
+        // Where the consumer's batch-1 gets land (thread 0): one page at the
+        // start of each batch-sized slot of its destination region.
+        let stride = args.batch_size * args.page_size;
+        let places = (args.dst_region_bytes() / stride, stride);
         let rt = raw_tcp_round_trips(
             p.raw_port,
             args.page_size,
+            &consumer.dst,
             places,
             args.warmup,
             args.duration,

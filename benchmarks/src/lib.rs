@@ -27,8 +27,9 @@ mod hicache;
 mod micro;
 mod remote;
 
-// A flag given twice takes its last value, so a script can pass its
-// defaults first and the user's options after them (perf-scripts do).
+// A single-value flag given twice takes its last value, so a script can
+// pass its defaults first and the user's options after them (perf-scripts
+// do). List flags (--concurrencies, --devices, ...) accumulate instead.
 #[derive(Parser, Debug)]
 #[command(
     name = "peercache-bench",
@@ -140,7 +141,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_flag_given_twice_takes_its_last_value() {
+    fn a_flag_given_twice_takes_its_last_value_and_lists_accumulate() {
         let cli = Cli::try_parse_from([
             "peercache-bench",
             "throughput",
@@ -150,12 +151,17 @@ mod tests {
             "1",
             "--duration",
             "0.5",
+            "--concurrencies",
+            "1,2",
+            "--concurrencies",
+            "8",
         ])
         .expect("parses");
         match cli.command {
             Command::Throughput(args) => {
                 assert_eq!(args.duration, 0.5);
                 assert_eq!(args.warmup, 1.0);
+                assert_eq!(args.concurrencies, [1, 2, 8], "lists accumulate");
             }
             other => panic!("parsed as {other:?}"),
         }

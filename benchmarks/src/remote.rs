@@ -270,28 +270,35 @@ pub(crate) fn serve_raw_references(listener: TcpListener, page: usize) {
 }
 
 /// The latency reference of a batch-1 remote get: per call, send a request
-/// to the server process and receive one `page` at the next of the
-/// destinations `stride` bytes apart in `region_bytes`, the same places the
-/// benchmark's batch-1 gets land in. Returns the per-call latency histogram
-/// (µs).
+/// to the server process and receive one `page` into the next of `slots`
+/// places `stride` bytes apart at the start of `dst`. Callers pass the
+/// buffer and places their batch-1 gets used, so both land in memory that is
+/// equally resident and equally cold. Returns the per-call latency
+/// histogram (µs).
 pub(crate) fn raw_tcp_round_trips(
     port: u16,
     page: usize,
-    (region_bytes, stride): (usize, usize),
+    dst: &AlignedBuf,
+    (slots, stride): (usize, usize),
     warmup: f64,
     duration: f64,
 ) -> Result<Histogram<u64>, String> {
+    let (slots, stride) = (slots.max(1), stride.max(page));
+    if (slots - 1) * stride + page > dst.len() {
+        return Err(format!(
+            "round trip reference: {slots} places {stride} B apart do not fit a {} B buffer",
+            dst.len()
+        ));
+    }
     let mut stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
     let _ = stream.set_nodelay(true);
     stream
         .write_all(&[RAW_REQUEST_REPLY])
         .map_err(|e| e.to_string())?;
-    let stride = stride.max(page);
-    let slots = (region_bytes / stride).max(1);
-    let dst = AlignedBuf::new(slots * stride);
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
     let mut round_trip = |i: usize| -> Result<u64, String> {
-        // SAFETY: slot i of the destination buffer, page bytes long.
+        // SAFETY: place i of the destination buffer, page bytes long (checked
+        // to fit above); nothing else writes the buffer during the call.
         let d =
             unsafe { std::slice::from_raw_parts_mut(dst.ptr().add((i % slots) * stride), page) };
         let t0 = Instant::now();
@@ -520,10 +527,12 @@ pub fn run(args: &RemoteArgs) -> Result<(), String> {
     eprintln!("remote: get, batch 1 ...");
     let (_, _, _, lat1) = sweep(1, args.warmup, args.duration, |t, r| get_batch(t, r, 1));
     eprintln!("remote: raw TCP round trip reference (one page per request) ...");
+    // Into thread 0's destinations, where the batch-1 gets just landed.
     let raw_rt = raw_tcp_round_trips(
         server.raw_port,
         page,
-        (ws_bytes, page),
+        &dst,
+        (ws, page),
         args.warmup,
         args.duration,
     )?;
