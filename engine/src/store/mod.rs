@@ -241,7 +241,7 @@ impl Node {
             } else {
                 base_port.saturating_add(ctx.index as u16)
             };
-            let listener = glommio::net::TcpListener::bind((bind_host.as_str(), port))
+            let listener = shard::listen(&bind_host, port)
                 .map_err(|e| format!("listen on {bind_host}:{port}: {e}"))?;
             let bound = listener
                 .local_addr()

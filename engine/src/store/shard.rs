@@ -31,6 +31,7 @@ use glommio::net::{TcpListener, TcpStream};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -167,7 +168,12 @@ pub struct ShardStore {
     pub(super) view: RefCell<Option<Arc<ClusterView>>>,
     pub(super) channels: Channels<SocketAddr, FramedConn<TcpStream>>,
     pub(super) stats: Arc<ShardStats>,
-    listener: RefCell<Option<TcpListener>>,
+    listener: RefCell<Option<ShardListener>>,
+    /// The listening socket while the accept loop owns it, so `stop` can
+    /// take it out of LISTEN at once (see there).
+    listening_fd: Cell<Option<RawFd>>,
+    /// Set by `stop`: the accept loop ends instead of reporting an error.
+    stopping: Cell<bool>,
     /// Keys evicted by the current batch; reused across batches.
     evicted: RefCell<Vec<KeyHash>>,
     errors: RefCell<RateLimiter>,
@@ -206,13 +212,54 @@ pub(super) enum PeerRdma {
     TcpUntil(std::time::Instant),
 }
 
+/// A shard's listening socket and its fd, which glommio's `TcpListener` does
+/// not expose and `ShardStore::stop` needs.
+pub struct ShardListener {
+    listener: TcpListener,
+    fd: RawFd,
+}
+
+impl ShardListener {
+    /// The address it is bound to.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener
+            .local_addr()
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    }
+}
+
+/// Binds a shard's listener on `host:port` (0: any free port) the way
+/// glommio's `TcpListener::bind` does (SO_REUSEPORT, backlog 1024), keeping
+/// its fd. Call it on the shard's executor thread.
+pub fn listen(host: &str, port: u16) -> std::io::Result<ShardListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    use std::net::ToSocketAddrs;
+    let addr = (host, port).to_socket_addrs()?.next().ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::NotFound, "the host has no address")
+    })?;
+    let domain = if addr.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
+    let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    let fd = std::os::fd::IntoRawFd::into_raw_fd(socket);
+    // SAFETY: fd is a bound, listening TCP socket we own; the listener takes
+    // it over (and closes it when dropped).
+    let listener = unsafe { <TcpListener as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    Ok(ShardListener { listener, fd })
+}
+
 impl ShardStore {
     /// A shard owning `pool`, serving `listener` (if any) and reporting into `stats`.
     pub fn new(
         id: ShardIdentity,
         pool: ShardPool,
         directory_entries_hint: usize,
-        listener: Option<TcpListener>,
+        listener: Option<ShardListener>,
         stats: Arc<ShardStats>,
         disk: Option<DiskTier>,
         rdma: Option<Box<dyn ShardRdma>>,
@@ -231,6 +278,8 @@ impl ShardStore {
             view: RefCell::new(None),
             stats,
             listener: RefCell::new(listener),
+            listening_fd: Cell::new(None),
+            stopping: Cell::new(false),
             evicted: RefCell::new(Vec::new()),
             errors: RefCell::new(RateLimiter::new(Duration::from_secs(10))),
             epoch: Cell::new(0),
@@ -533,6 +582,7 @@ impl ShardStore {
                     let shard = Rc::clone(&self);
                     self.spawn_owned(async move { shard.serve(stream).await });
                 }
+                Err(_) if self.stopping.get() => return,
                 Err(e) => {
                     self.log_error(Instant::now(), format_args!("accept failed: {e}"));
                     glommio::timer::sleep(Duration::from_millis(10)).await;
@@ -616,6 +666,17 @@ impl ShardService for ShardStore {
     }
 
     fn stop(this: &Rc<Self>) {
+        this.stopping.set(true);
+        // Stop listening now. Dropping the listener is not enough: its
+        // in-flight io_uring accept holds the socket open until the ring is
+        // torn down, which the kernel finishes asynchronously after this
+        // thread exits, and until then the port still completes handshakes.
+        // shutdown() takes a listening TCP socket out of LISTEN at once.
+        if let Some(fd) = this.listening_fd.take() {
+            // SAFETY: fd is the accept loop's listener, still open: the task
+            // owning it is cancelled only below.
+            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+        }
         // Close the listener and the peer connections (their tasks drop
         // their futures once the runtime yields after this call).
         for (_, task) in this.tasks.borrow_mut().drain() {
@@ -629,7 +690,8 @@ impl ShardService for ShardStore {
     }
 
     fn start(this: &Rc<Self>) {
-        if let Some(listener) = this.listener.borrow_mut().take() {
+        if let Some(ShardListener { listener, fd }) = this.listener.borrow_mut().take() {
+            this.listening_fd.set(Some(fd));
             this.spawn_owned(Rc::clone(this).accept_loop(listener));
         }
         if let Some(disk) = this.disk.clone() {
