@@ -759,7 +759,10 @@ pub fn run(args: &HicacheArgs, mode: Mode) -> Result<(), String> {
         rows.push(row);
         peak_rss = peak_rss.max(rss_bytes());
     }
-    if let (Some(p), true) = (&producer, matches!(mode, Mode::Suite | Mode::Latency)) {
+    if let Some(p) = producer
+        .as_ref()
+        .filter(|_| matches!(mode, Mode::Suite | Mode::Latency))
+    {
         progress("raw TCP round trip reference (one page per request, one connection) ...");
         // Where the consumer's batch-1 gets land (thread 0): one page at the
         // start of each batch-sized slot of its destination region.

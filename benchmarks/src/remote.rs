@@ -523,7 +523,6 @@ pub fn run(args: &RemoteArgs) -> Result<(), String> {
             hist,
         });
     }
-    let _ = batches;
     eprintln!("remote: get, batch 1 ...");
     let (_, _, _, lat1) = sweep(1, args.warmup, args.duration, |t, r| get_batch(t, r, 1));
     eprintln!("remote: raw TCP round trip reference (one page per request) ...");

@@ -28,6 +28,15 @@ fn rdma_node(fabric: &Fabric, name: &str, extra: &str) -> Node {
     start_on_nic(fabric, name, extra)
 }
 
+/// Two RDMA nodes `{prefix}-a` and `{prefix}-b` on `fabric`, members of one
+/// cluster.
+fn joined_pair(fabric: &Fabric, prefix: &str) -> (Node, Node) {
+    let a = rdma_node(fabric, &format!("{prefix}-a"), "");
+    let b = rdma_node(fabric, &format!("{prefix}-b"), "");
+    join(&[&a, &b], 1);
+    (a, b)
+}
+
 /// Starts node `name` on its existing fabric device `{name}-nic`.
 fn start_on_nic(fabric: &Fabric, name: &str, extra: &str) -> Node {
     let config = config(
@@ -139,9 +148,7 @@ fn a_peer_without_rdma_is_read_over_tcp() {
 #[test]
 fn read_errors_are_counted_misses_and_broken_channels_are_replaced() {
     let fabric = Fabric::new(FabricOptions::default());
-    let a = rdma_node(&fabric, "fault-a", "");
-    let b = rdma_node(&fabric, "fault-b", "");
-    join(&[&a, &b], 1);
+    let (a, b) = joined_pair(&fabric, "fault");
     let ks = keys("faulty", 24);
     set_all(&a, &ks);
     assert_eq!(get_checked(&b, &ks), vec![true; 24]);
@@ -196,9 +203,7 @@ fn a_slot_reused_after_its_location_was_resolved_is_a_miss_not_wrong_bytes() {
 #[test]
 fn a_registered_host_buffer_needs_no_lazy_registration() {
     let fabric = Fabric::new(FabricOptions::default());
-    let a = rdma_node(&fabric, "host-a", "");
-    let b = rdma_node(&fabric, "host-b", "");
-    join(&[&a, &b], 1);
+    let (a, b) = joined_pair(&fabric, "host");
     let ks = keys("hostbuf", 16);
     set_all(&a, &ks);
 
@@ -332,9 +337,7 @@ fn a_peer_restarted_behind_the_same_endpoint_is_reconnected() {
 #[test]
 fn lost_completions_time_out_as_counted_misses_not_hangs() {
     let fabric = Fabric::new(FabricOptions::default());
-    let a = rdma_node(&fabric, "lost-a", "");
-    let b = rdma_node(&fabric, "lost-b", "");
-    join(&[&a, &b], 1);
+    let (a, b) = joined_pair(&fabric, "lost");
     let ks = keys("lost", 8);
     set_all(&a, &ks);
     fabric.set_faults(FaultPlan {
