@@ -4,17 +4,21 @@
 # `peercache-bench compare --frontend python` (2 processes, batch 32 ×
 # 128 KiB MLA pages, PeerCacheStore.batch_get_v1 from Python threads at each
 # concurrency, then the raw TCP stream reference and memcpy in the same run).
+# Each round also measures PAIRS paired rounds (`--pairs`): the raw TCP
+# stream and a Python get at the PEAK's concurrency, back to back.
 # Prints each round (raw TCP GB/s, Python GB/s per concurrency, the PEAK's
-# ratio to raw TCP, p99/p50 at concurrency 1) and the median, min and max of
-# the ratio over the rounds. The JSON/MD files stay in
-# ./peercache-bench-results/.
+# ratio to raw TCP, the paired ratios, p99/p50 at concurrency 1) and the
+# median, min and max over the rounds of the PEAK's ratio and of all paired
+# ratios. The JSON/MD files stay in ./peercache-bench-results/.
 #
 #   perf-scripts/python-get-rounds.sh [ROUNDS] [extra peercache-bench flags...]
 #
 # Environment: BENCH (default target/release/peercache-bench), PYTHON (an
-# interpreter with the peercache package installed; default python3).
+# interpreter with the peercache package installed; default python3), PAIRS
+# (default 2; 0 turns the paired rounds off).
 # Bounded: each round is --duration 2 --warmup 1 at the default
-# --concurrencies 1,2,4,8 unless given, about a minute with SGLang's import.
+# --concurrencies 1,2,4,8 unless given, about a minute and a half with
+# SGLang's import and two pairs.
 set -euo pipefail
 rounds="${1:-6}"
 shift || true
@@ -23,23 +27,29 @@ tag="pyrounds-$$"
 files=()
 for ((r = 1; r <= rounds; r++)); do
   echo "round $r/$rounds ..." >&2
-  "$bench" compare --frontend python --python "$python" \
+  "$bench" compare --frontend python --python "$python" --pairs "${PAIRS:-2}" \
     --duration 2 --warmup 1 --tag "$tag-$r" "$@" >/dev/null 2>&1 ||
     { echo "round $r failed: rerun it alone to see why" >&2; exit 1; }
   files+=("$(ls -t peercache-bench-results/hicache-compare-"$tag-$r"-*.json | head -1)")
 done
 "$python" - "${files[@]}" <<'EOF'
 import json, statistics, sys
-ratios = []
+ratios, paired = [], []
 for r, path in enumerate(sys.argv[1:], 1):
     d = json.load(open(path))
     raw = d["references"]["raw_tcp_gbps"]
     gets = " / ".join(f'{p["gbps"]:.2f}' for p in d["results"])
     ratio = d["ratios"]["python_get_peak_vs_raw_tcp"]
     tail = d["ratios"].get("get_c1_p99_over_p50", float("nan"))
+    pairs = [p["get_vs_raw_tcp"] for p in d.get("paired", [])]
     ratios.append(ratio)
+    paired += pairs
+    shown = " ".join(f"{100 * x:.0f}%" for x in pairs) or "none"
     print(f"round {r}: raw TCP {raw:.2f} GB/s; Python get {gets} GB/s; "
-          f"PEAK = {100 * ratio:.0f}% of raw TCP; p99/p50 at 1 thread {tail:.2f}")
-print(f"PEAK vs raw TCP over {len(ratios)} rounds: median {100 * statistics.median(ratios):.0f}%, "
-      f"min {100 * min(ratios):.0f}%, max {100 * max(ratios):.0f}%")
+          f"PEAK = {100 * ratio:.0f}% of raw TCP; paired {shown}; "
+          f"p99/p50 at 1 thread {tail:.2f}")
+for name, xs in [("PEAK vs raw TCP", ratios), ("paired get vs raw TCP", paired)]:
+    if xs:
+        print(f"{name} over {len(xs)} measurements: median {100 * statistics.median(xs):.0f}%, "
+              f"min {100 * min(xs):.0f}%, max {100 * max(xs):.0f}%")
 EOF

@@ -152,6 +152,13 @@ pub struct HicacheArgs {
     /// Directory for the result files.
     #[arg(long, default_value = "peercache-bench-results")]
     pub out_dir: String,
+    /// `suite` and `compare`: after the sweep, measure N paired rounds of the
+    /// raw TCP stream reference and a get at the get PEAK's concurrency, back
+    /// to back (alternating which goes first), and report each round's ratio
+    /// and their median. On a shared machine the reference and the sweep are
+    /// otherwise seconds apart and see different load; 0 turns this off.
+    #[arg(long, default_value_t = 0)]
+    pub pairs: usize,
 }
 
 /// One measured point.
@@ -219,6 +226,108 @@ impl Row {
             self.hit_pct,
         )
     }
+}
+
+/// One paired round (`--pairs`): the raw TCP stream reference and a get at
+/// the same concurrency, measured back to back.
+#[derive(Debug, Clone)]
+pub struct Pair {
+    pub frontend: Frontend,
+    pub concurrency: usize,
+    pub raw_tcp_gbps: f64,
+    pub get_gbps: f64,
+    /// Which of the two ran first in this round.
+    pub reference_first: bool,
+}
+
+impl Pair {
+    fn ratio(&self) -> f64 {
+        self.get_gbps / self.raw_tcp_gbps.max(1e-12)
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "frontend": format!("{:?}", self.frontend).to_lowercase(),
+            "concurrency": self.concurrency,
+            "raw_tcp_gbps": self.raw_tcp_gbps,
+            "get_gbps": self.get_gbps,
+            "get_vs_raw_tcp": self.ratio(),
+            "reference_first": self.reference_first,
+        })
+    }
+}
+
+/// The median of `values` (the mean of the middle two for an even count).
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    Some(if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    })
+}
+
+/// The concurrency of the fastest get row of `frontend` at the run's batch
+/// size, if the sweep has one.
+fn get_peak_concurrency(rows: &[Row], frontend: Frontend, batch: usize) -> Option<usize> {
+    rows.iter()
+        .filter(|r| r.op == Op::Get && r.frontend == frontend && r.batch == batch)
+        .max_by(|a, b| a.pages_per_s.total_cmp(&b.pages_per_s))
+        .map(|r| r.concurrency)
+}
+
+/// `args.pairs` rounds of (raw TCP stream, `get`) at `concurrency`. The order
+/// alternates (reference first in even rounds) so that a load that rises or
+/// falls during the rounds favours neither side.
+fn paired_rounds(
+    args: &HicacheArgs,
+    raw_port: u16,
+    frontend: Frontend,
+    concurrency: usize,
+    mut get: impl FnMut() -> Result<Row, String>,
+) -> Result<Vec<Pair>, String> {
+    let mut pairs = Vec::with_capacity(args.pairs);
+    for round in 0..args.pairs {
+        progress(&format!(
+            "paired round {}/{} ({frontend:?} get at concurrency {concurrency} and the raw TCP stream) ...",
+            round + 1,
+            args.pairs
+        ));
+        let reference = || {
+            raw_tcp_gbps(
+                raw_port,
+                args.page_size,
+                args.page_size * args.batch_size,
+                args.warmup,
+                args.duration,
+            )
+        };
+        let reference_first = round % 2 == 0;
+        let (raw, got) = if reference_first {
+            let raw = reference()?;
+            (raw, get()?.gbps)
+        } else {
+            let got = get()?.gbps;
+            (reference()?, got)
+        };
+        let pair = Pair {
+            frontend,
+            concurrency,
+            raw_tcp_gbps: raw,
+            get_gbps: got,
+            reference_first,
+        };
+        progress(&format!(
+            "  -> raw TCP {raw:.3} GB/s, get {got:.3} GB/s: {:.0}%",
+            100.0 * pair.ratio()
+        ));
+        pairs.push(pair);
+    }
+    Ok(pairs)
 }
 
 impl HicacheArgs {
@@ -682,6 +791,17 @@ pub enum Mode {
 /// Runs `mode`: starts (or joins) the producer, measures, writes the files.
 pub fn run(args: &HicacheArgs, mode: Mode) -> Result<(), String> {
     args.check()?;
+    if args.pairs > 0 {
+        if !matches!(mode, Mode::Suite | Mode::Compare) {
+            return Err(
+                "--pairs: only `suite` and `compare` measure the raw TCP stream reference".into(),
+            );
+        }
+        // The reference is served by the producer process this run starts.
+        if args.discovery_addr.is_some() {
+            return Err("--pairs needs the producer this run starts (its raw TCP server): drop --discovery-addr".into());
+        }
+    }
     let producer = match &args.discovery_addr {
         Some(_) => None,
         None => {
@@ -747,16 +867,43 @@ pub fn run(args: &HicacheArgs, mode: Mode) -> Result<(), String> {
         debug_assert_eq!(fe, Frontend::Python);
         rows.push(python_point(args, &discovery, op, c, b)?);
     }
+    let raw_port = producer.as_ref().map(|p| p.raw_port);
+    let mut pairs: Vec<Pair> = Vec::new();
+    let paired =
+        |frontend| args.pairs > 0 && plan.iter().any(|p| p.0 == Op::Get && p.1 == frontend);
+    if paired(Frontend::Python) {
+        if let (Some(port), Some(c)) = (
+            raw_port,
+            get_peak_concurrency(&rows, Frontend::Python, args.batch_size),
+        ) {
+            pairs.extend(paired_rounds(args, port, Frontend::Python, c, || {
+                python_point(args, &discovery, Op::Get, c, args.batch_size)
+            })?);
+        }
+    }
     let consumer = Consumer::start(args, &discovery, max_threads)?;
     let mut references = serde_json::Map::new();
     let mut peak_rss = rss_bytes();
-    for &(op, fe, c, b) in plan.iter().filter(|p| p.1 == Frontend::Rust) {
-        let row = if args.processes > 1 {
-            multi_process_point(args, &discovery, op, c, b)?
+    let rust_point = |op, c, b| {
+        if args.processes > 1 {
+            multi_process_point(args, &discovery, op, c, b)
         } else {
-            consumer.point(op, fe, c, b)?
-        };
-        rows.push(row);
+            consumer.point(op, Frontend::Rust, c, b)
+        }
+    };
+    for &(op, _, c, b) in plan.iter().filter(|p| p.1 == Frontend::Rust) {
+        rows.push(rust_point(op, c, b)?);
+        peak_rss = peak_rss.max(rss_bytes());
+    }
+    if paired(Frontend::Rust) {
+        if let (Some(port), Some(c)) = (
+            raw_port,
+            get_peak_concurrency(&rows, Frontend::Rust, args.batch_size),
+        ) {
+            pairs.extend(paired_rounds(args, port, Frontend::Rust, c, || {
+                rust_point(Op::Get, c, args.batch_size)
+            })?);
+        }
         peak_rss = peak_rss.max(rss_bytes());
     }
     if let Some(p) = producer
@@ -803,6 +950,7 @@ pub fn run(args: &HicacheArgs, mode: Mode) -> Result<(), String> {
         args,
         mode,
         &rows,
+        &pairs,
         references,
         (peak_rss, bench_buffers),
         consumer.node.pool_bytes(),
@@ -864,6 +1012,7 @@ fn report(
     args: &HicacheArgs,
     mode: Mode,
     rows: &[Row],
+    pairs: &[Pair],
     references: serde_json::Map<String, Value>,
     (peak_rss, bench_buffers): (u64, usize),
     pool_bytes: usize,
@@ -928,6 +1077,15 @@ fn report(
             json!(pct(&b1.hist, 0.5) / rt.max(1.0)),
         );
     }
+    for (frontend, name) in [
+        (Frontend::Rust, "get_peak_vs_raw_tcp_paired_median"),
+        (Frontend::Python, "python_get_peak_vs_raw_tcp_paired_median"),
+    ] {
+        let of_frontend = pairs.iter().filter(|p| p.frontend == frontend);
+        if let Some(m) = median(of_frontend.map(Pair::ratio).collect()) {
+            ratios.insert(name.into(), json!(m));
+        }
+    }
     let c1 = rows
         .iter()
         .find(|r| r.op == Op::Get && r.concurrency == 1 && r.batch == args.batch_size);
@@ -968,6 +1126,7 @@ fn report(
             "dir_cache_ttl": args.dir_cache_ttl,
             "shards": args.shards,
             "directory_replicas": args.replicas,
+            "pairs": args.pairs,
             "frontend": format!("{:?}", args.frontend).to_lowercase(),
             "build": {
                 "version": env!("CARGO_PKG_VERSION"),
@@ -976,6 +1135,7 @@ fn report(
         },
         "results": rows.iter().map(|r| r.to_json(args.tokens_per_page)).collect::<Vec<_>>(),
         "peak": peaks.iter().map(|&j| rows[j].to_json(args.tokens_per_page)).collect::<Vec<_>>(),
+        "paired": pairs.iter().map(Pair::to_json).collect::<Vec<_>>(),
         "references": references,
         "ratios": ratios,
         "memory": {
@@ -1019,6 +1179,25 @@ fn report(
     for (i, r) in rows.iter().enumerate() {
         md.push_str(&r.md(args, peaks.contains(&i)));
         md.push('\n');
+    }
+    if !pairs.is_empty() {
+        md.push_str("\nPaired rounds (the raw TCP stream and a get at the PEAK's concurrency, back to back):\n\n");
+        md.push_str(
+            "| round | frontend | threads | first | raw TCP GB/s | get GB/s | get / raw TCP |\n",
+        );
+        md.push_str("|---|---|---|---|---|---|---|\n");
+        for (i, p) in pairs.iter().enumerate() {
+            md.push_str(&format!(
+                "| {} | {} | {} | {} | {:.3} | {:.3} | {:.0} % |\n",
+                i + 1,
+                format!("{:?}", p.frontend).to_lowercase(),
+                p.concurrency,
+                if p.reference_first { "raw TCP" } else { "get" },
+                p.raw_tcp_gbps,
+                p.get_gbps,
+                100.0 * p.ratio()
+            ));
+        }
     }
     if !value["references"]
         .as_object()
@@ -1241,5 +1420,17 @@ impl Drop for Worker {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(vec![]), None);
+        assert_eq!(median(vec![0.9, 0.7, 0.8]), Some(0.8));
+        assert_eq!(median(vec![1.2, 0.6, 0.8, 1.0]), Some(0.9));
     }
 }

@@ -101,14 +101,56 @@ fn latency_mode_reads_every_page_and_records_host_and_meta() {
 
 #[test]
 fn compare_measures_get_against_the_raw_tcp_stream_and_memcpy() {
-    let v = run_mode(&["compare", "--concurrencies", "1", "--tag", "compare"]);
+    let v = run_mode(&[
+        "compare",
+        "--concurrencies",
+        "1,2",
+        "--pairs",
+        "3",
+        "--tag",
+        "compare",
+    ]);
     assert_eq!(v["mode"], "compare");
     let rows = v["results"].as_array().unwrap();
-    assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0]["hit_pct"], 100.0);
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|r| r["hit_pct"] == 100.0));
     assert!(v["references"]["raw_tcp_gbps"].as_f64().unwrap() > 0.0);
     assert!(v["references"]["memcpy_gbps"].as_f64().unwrap() > 0.0);
     assert!(v["ratios"]["get_peak_vs_raw_tcp"].as_f64().unwrap() > 0.0);
+    // --pairs: three back-to-back rounds at the PEAK's concurrency, the
+    // reference first in rounds 1 and 3, and the median of their ratios.
+    let peak_threads = &v["peak"][0]["concurrency"];
+    let pairs = v["paired"].as_array().unwrap();
+    assert_eq!(pairs.len(), 3);
+    let mut ratios = Vec::new();
+    for (i, p) in pairs.iter().enumerate() {
+        assert_eq!(p["frontend"], "rust");
+        assert_eq!(&p["concurrency"], peak_threads);
+        assert_eq!(p["reference_first"], i % 2 == 0);
+        let (raw, get) = (
+            p["raw_tcp_gbps"].as_f64().unwrap(),
+            p["get_gbps"].as_f64().unwrap(),
+        );
+        assert!(raw > 0.0 && get > 0.0);
+        assert!((p["get_vs_raw_tcp"].as_f64().unwrap() - get / raw).abs() < 1e-9);
+        ratios.push(get / raw);
+    }
+    ratios.sort_by(f64::total_cmp);
+    let median = v["ratios"]["get_peak_vs_raw_tcp_paired_median"]
+        .as_f64()
+        .unwrap();
+    assert!((median - ratios[1]).abs() < 1e-9);
+}
+
+#[test]
+fn pairs_are_refused_where_no_raw_tcp_stream_is_measured() {
+    let out = bench()
+        .args(["latency", "--pairs", "2", "--duration", "0.1"])
+        .output()
+        .expect("run peercache-bench");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--pairs"), "{err}");
 }
 
 #[test]
