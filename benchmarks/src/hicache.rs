@@ -949,9 +949,11 @@ pub fn run(args: &HicacheArgs, mode: Mode) -> Result<(), String> {
     report(
         args,
         mode,
-        &rows,
-        &pairs,
-        references,
+        Measured {
+            rows: &rows,
+            pairs: &pairs,
+            references,
+        },
         (peak_rss, bench_buffers),
         consumer.node.pool_bytes(),
         &stats,
@@ -1008,16 +1010,29 @@ fn mode_name(mode: Mode) -> &'static str {
 }
 
 /// Writes the JSON and Markdown files.
+/// What a run measured, for [`report`].
+struct Measured<'a> {
+    /// The sweep's points, in order.
+    rows: &'a [Row],
+    /// `--pairs` rounds.
+    pairs: &'a [Pair],
+    /// Same-run references by name (`raw_tcp_gbps`, `memcpy_gbps`, ...).
+    references: serde_json::Map<String, Value>,
+}
+
 fn report(
     args: &HicacheArgs,
     mode: Mode,
-    rows: &[Row],
-    pairs: &[Pair],
-    references: serde_json::Map<String, Value>,
+    measured: Measured<'_>,
     (peak_rss, bench_buffers): (u64, usize),
     pool_bytes: usize,
     stats: &peercache_engine::NodeStats,
 ) -> Result<(), String> {
+    let Measured {
+        rows,
+        pairs,
+        references,
+    } = measured;
     // PEAK: the row with the highest throughput per (op, frontend, batch > 1).
     let mut peaks: Vec<usize> = Vec::new();
     for (i, r) in rows.iter().enumerate() {
