@@ -4,7 +4,7 @@
 # `peercache-bench compare --frontend python` (2 processes, batch 32 ×
 # 128 KiB MLA pages, PeerCacheStore.batch_get_v1 from Python threads at each
 # concurrency, then the raw TCP stream reference and memcpy in the same run).
-# Each round also measures PAIRS paired rounds (`--pairs`): the raw TCP
+# Each round also measures paired rounds (`--paired-rounds`): the raw TCP
 # stream and a Python get at the PEAK's concurrency, back to back.
 # Prints each round (raw TCP GB/s, Python GB/s per concurrency, the PEAK's
 # ratio to raw TCP, the paired ratios, p99/p50 at concurrency 1) and the
@@ -14,11 +14,11 @@
 #   perf-scripts/python-get-rounds.sh [ROUNDS] [extra peercache-bench flags...]
 #
 # Environment: BENCH (default target/release/peercache-bench), PYTHON (an
-# interpreter with the peercache package installed; default python3), PAIRS
-# (default 2; 0 turns the paired rounds off).
+# interpreter with the peercache package installed; default python3),
+# PAIRED_ROUNDS (paired rounds per round, default 2; 0 turns them off).
 # Bounded: each round is --duration 2 --warmup 1 at the default
 # --concurrencies 1,2,4,8 unless given, about a minute and a half with
-# SGLang's import and two pairs.
+# SGLang's import and two paired rounds.
 set -euo pipefail
 rounds="${1:-6}"
 shift || true
@@ -27,7 +27,7 @@ tag="pyrounds-$$"
 files=()
 for ((r = 1; r <= rounds; r++)); do
   echo "round $r/$rounds ..." >&2
-  "$bench" compare --frontend python --python "$python" --pairs "${PAIRS:-2}" \
+  "$bench" compare --frontend python --python "$python" --paired-rounds "${PAIRED_ROUNDS:-2}" \
     --duration 2 --warmup 1 --tag "$tag-$r" "$@" >/dev/null 2>&1 ||
     { echo "round $r failed: rerun it alone to see why" >&2; exit 1; }
   files+=("$(ls -t peercache-bench-results/hicache-compare-"$tag-$r"-*.json | head -1)")

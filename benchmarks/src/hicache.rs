@@ -141,8 +141,10 @@ pub struct HicacheArgs {
     /// Python interpreter for `--frontend python` (default: $PEERCACHE_PYTHON, else python3).
     #[arg(long)]
     pub python: Option<String>,
-    /// Shards per node.
-    #[arg(long, default_value_t = 1)]
+    /// Shards per node. 0 (the default) lets each node choose, as a
+    /// deployed node does (`shards: 0`: one per RDMA device, else
+    /// min(usable CPUs, 4)); the JSON's `shards_per_node` is the count used.
+    #[arg(long, default_value_t = 0)]
     pub shards: usize,
     /// directory_replicas of every node. The default 2 makes both nodes of a
     /// two-process run owners of every key (lookups stay local); 1 puts half
@@ -158,7 +160,7 @@ pub struct HicacheArgs {
     /// and their median. On a shared machine the reference and the sweep are
     /// otherwise seconds apart and see different load; 0 turns this off.
     #[arg(long, default_value_t = 0)]
-    pub pairs: usize,
+    pub paired_rounds: usize,
 }
 
 /// One measured point.
@@ -228,7 +230,7 @@ impl Row {
     }
 }
 
-/// One paired round (`--pairs`): the raw TCP stream reference and a get at
+/// One paired round (`--paired-rounds`): the raw TCP stream reference and a get at
 /// the same concurrency, measured back to back.
 #[derive(Debug, Clone)]
 pub struct Pair {
@@ -280,7 +282,7 @@ fn get_peak_concurrency(rows: &[Row], frontend: Frontend, batch: usize) -> Optio
         .map(|r| r.concurrency)
 }
 
-/// `args.pairs` rounds of (raw TCP stream, `get`) at `concurrency`. The order
+/// `args.paired_rounds` rounds of (raw TCP stream, `get`) at `concurrency`. The order
 /// alternates (reference first in even rounds) so that a load that rises or
 /// falls during the rounds favours neither side.
 fn paired_rounds(
@@ -290,12 +292,12 @@ fn paired_rounds(
     concurrency: usize,
     mut get: impl FnMut() -> Result<Row, String>,
 ) -> Result<Vec<Pair>, String> {
-    let mut pairs = Vec::with_capacity(args.pairs);
-    for round in 0..args.pairs {
+    let mut pairs = Vec::with_capacity(args.paired_rounds);
+    for round in 0..args.paired_rounds {
         progress(&format!(
             "paired round {}/{} ({frontend:?} get at concurrency {concurrency} and the raw TCP stream) ...",
             round + 1,
-            args.pairs
+            args.paired_rounds
         ));
         let reference = || {
             raw_tcp_gbps(
@@ -791,15 +793,16 @@ pub enum Mode {
 /// Runs `mode`: starts (or joins) the producer, measures, writes the files.
 pub fn run(args: &HicacheArgs, mode: Mode) -> Result<(), String> {
     args.check()?;
-    if args.pairs > 0 {
+    if args.paired_rounds > 0 {
         if !matches!(mode, Mode::Suite | Mode::Compare) {
             return Err(
-                "--pairs: only `suite` and `compare` measure the raw TCP stream reference".into(),
+                "--paired-rounds: only `suite` and `compare` measure the raw TCP stream reference"
+                    .into(),
             );
         }
         // The reference is served by the producer process this run starts.
         if args.discovery_addr.is_some() {
-            return Err("--pairs needs the producer this run starts (its raw TCP server): drop --discovery-addr".into());
+            return Err("--paired-rounds needs the producer this run starts (its raw TCP server): drop --discovery-addr".into());
         }
     }
     let producer = match &args.discovery_addr {
@@ -870,7 +873,7 @@ pub fn run(args: &HicacheArgs, mode: Mode) -> Result<(), String> {
     let raw_port = producer.as_ref().map(|p| p.raw_port);
     let mut pairs: Vec<Pair> = Vec::new();
     let paired =
-        |frontend| args.pairs > 0 && plan.iter().any(|p| p.0 == Op::Get && p.1 == frontend);
+        |frontend| args.paired_rounds > 0 && plan.iter().any(|p| p.0 == Op::Get && p.1 == frontend);
     if paired(Frontend::Python) {
         if let (Some(port), Some(c)) = (
             raw_port,
@@ -953,6 +956,7 @@ pub fn run(args: &HicacheArgs, mode: Mode) -> Result<(), String> {
             rows: &rows,
             pairs: &pairs,
             references,
+            shards_per_node: consumer.node.shards(),
         },
         (peak_rss, bench_buffers),
         consumer.node.pool_bytes(),
@@ -1014,10 +1018,12 @@ fn mode_name(mode: Mode) -> &'static str {
 struct Measured<'a> {
     /// The sweep's points, in order.
     rows: &'a [Row],
-    /// `--pairs` rounds.
+    /// `--paired-rounds` rounds.
     pairs: &'a [Pair],
     /// Same-run references by name (`raw_tcp_gbps`, `memcpy_gbps`, ...).
     references: serde_json::Map<String, Value>,
+    /// Shards the consumer node runs (`--shards`, or its own choice for 0).
+    shards_per_node: usize,
 }
 
 fn report(
@@ -1032,6 +1038,7 @@ fn report(
         rows,
         pairs,
         references,
+        shards_per_node,
     } = measured;
     // PEAK: the row with the highest throughput per (op, frontend, batch > 1).
     let mut peaks: Vec<usize> = Vec::new();
@@ -1140,8 +1147,9 @@ fn report(
             "max_channels": args.max_channels,
             "dir_cache_ttl": args.dir_cache_ttl,
             "shards": args.shards,
+            "shards_per_node": shards_per_node,
             "directory_replicas": args.replicas,
-            "pairs": args.pairs,
+            "paired_rounds": args.paired_rounds,
             "frontend": format!("{:?}", args.frontend).to_lowercase(),
             "build": {
                 "version": env!("CARGO_PKG_VERSION"),

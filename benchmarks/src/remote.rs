@@ -49,8 +49,10 @@ pub struct RemoteArgs {
     /// Seconds run before measuring each point.
     #[arg(long, default_value_t = 1.0)]
     pub warmup: f64,
-    /// Shards per node.
-    #[arg(long, default_value_t = 1)]
+    /// Shards per node. 0 (the default) lets each node choose, as a
+    /// deployed node does (`shards: 0`: one per RDMA device, else
+    /// min(usable CPUs, 4)); the JSON's `shards_per_node` is the count used.
+    #[arg(long, default_value_t = 0)]
     pub shards: usize,
     /// directory_replicas of both nodes (1 keeps half the keys' directory
     /// entries on the other process, as in a large cluster).
@@ -59,8 +61,9 @@ pub struct RemoteArgs {
     /// batch_wait_spin_us of the driver node (see docs/configuration.md).
     #[arg(long, default_value_t = 0)]
     pub wait_spin_us: u64,
-    /// local_rank of the server node (the driver is rank 0): 1 puts the two
-    /// processes' shards on different cores, 0 on the same core.
+    /// local_rank of the server node (the driver is rank 0): with one shard
+    /// each, 1 puts the two processes' shards on different cores and 0 on the
+    /// same core; with as many shards as cores both use every core.
     #[arg(long, default_value_t = 1)]
     pub server_local_rank: usize,
     /// Skip the 1 M directory entries memory measurement.
@@ -491,7 +494,8 @@ pub fn run(args: &RemoteArgs) -> Result<(), String> {
     }
     eprintln!(
         "remote: page={page} B batch={batch} working_set={ws} shards={} replicas={}",
-        args.shards, args.replicas
+        node.shards(),
+        args.replicas
     );
 
     eprintln!("remote: raw TCP reference ...");
@@ -710,6 +714,7 @@ pub fn run(args: &RemoteArgs) -> Result<(), String> {
         "tag": args.tag,
         "meta": {
             "page_size": page, "batch_size": batch, "working_set_pages": ws, "shards": args.shards,
+            "shards_per_node": node.shards(),
             "directory_replicas": args.replicas, "processes": 2, "protocol": "tcp",
             "batch_wait_spin_us": args.wait_spin_us, "server_local_rank": args.server_local_rank,
             "duration_s": args.duration, "warmup_s": args.warmup,

@@ -105,19 +105,22 @@ fn compare_measures_get_against_the_raw_tcp_stream_and_memcpy() {
         "compare",
         "--concurrencies",
         "1,2",
-        "--pairs",
+        "--paired-rounds",
         "3",
         "--tag",
         "compare",
     ]);
     assert_eq!(v["mode"], "compare");
+    // --shards defaults to 0: the node picks its count, as a deployed one does.
+    assert_eq!(v["meta"]["shards"], 0);
+    assert!(v["meta"]["shards_per_node"].as_u64().unwrap() >= 1);
     let rows = v["results"].as_array().unwrap();
     assert_eq!(rows.len(), 2);
     assert!(rows.iter().all(|r| r["hit_pct"] == 100.0));
     assert!(v["references"]["raw_tcp_gbps"].as_f64().unwrap() > 0.0);
     assert!(v["references"]["memcpy_gbps"].as_f64().unwrap() > 0.0);
     assert!(v["ratios"]["get_peak_vs_raw_tcp"].as_f64().unwrap() > 0.0);
-    // --pairs: three back-to-back rounds at the PEAK's concurrency, the
+    // --paired-rounds: three back-to-back rounds at the PEAK's concurrency, the
     // reference first in rounds 1 and 3, and the median of their ratios.
     let peak_threads = &v["peak"][0]["concurrency"];
     let pairs = v["paired"].as_array().unwrap();
@@ -143,14 +146,14 @@ fn compare_measures_get_against_the_raw_tcp_stream_and_memcpy() {
 }
 
 #[test]
-fn pairs_are_refused_where_no_raw_tcp_stream_is_measured() {
+fn paired_rounds_are_refused_where_no_raw_tcp_stream_is_measured() {
     let out = bench()
-        .args(["latency", "--pairs", "2", "--duration", "0.1"])
+        .args(["latency", "--paired-rounds", "2", "--duration", "0.1"])
         .output()
         .expect("run peercache-bench");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--pairs"), "{err}");
+    assert!(err.contains("--paired-rounds"), "{err}");
 }
 
 #[test]
