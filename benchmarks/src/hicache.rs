@@ -230,8 +230,8 @@ impl Row {
     }
 }
 
-/// One paired round (`--paired-rounds`): the raw TCP stream reference and a get at
-/// the same concurrency, measured back to back.
+/// One paired round (`--paired-rounds`): the raw TCP stream reference and a
+/// get at the same concurrency, measured back to back.
 #[derive(Debug, Clone)]
 pub struct Pair {
     pub frontend: Frontend,
@@ -282,9 +282,9 @@ fn get_peak_concurrency(rows: &[Row], frontend: Frontend, batch: usize) -> Optio
         .map(|r| r.concurrency)
 }
 
-/// `args.paired_rounds` rounds of (raw TCP stream, `get`) at `concurrency`. The order
-/// alternates (reference first in even rounds) so that a load that rises or
-/// falls during the rounds favours neither side.
+/// `args.paired_rounds` rounds of (raw TCP stream, `get`) at `concurrency`.
+/// The order alternates (the reference first in rounds 1, 3, ...) so that a
+/// load that rises or falls during the rounds favours neither side.
 fn paired_rounds(
     args: &HicacheArgs,
     raw_port: u16,
@@ -1013,7 +1013,6 @@ fn mode_name(mode: Mode) -> &'static str {
     }
 }
 
-/// Writes the JSON and Markdown files.
 /// What a run measured, for [`report`].
 struct Measured<'a> {
     /// The sweep's points, in order.
@@ -1026,6 +1025,7 @@ struct Measured<'a> {
     shards_per_node: usize,
 }
 
+/// Writes the JSON and Markdown files.
 fn report(
     args: &HicacheArgs,
     mode: Mode,
