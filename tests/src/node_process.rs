@@ -192,3 +192,18 @@ pub fn free_port(host: &str) -> u16 {
         .map(|a| a.port())
         .expect("bind an ephemeral port")
 }
+
+/// A port P of 127.0.0.1 such that P and P + 1 were both free a moment ago:
+/// the `control_port` of a two-shard node (shard i listens on P + i) that a
+/// test restarts behind the same endpoints.
+pub fn free_port_pair() -> u16 {
+    use std::net::TcpListener;
+    for _ in 0..100 {
+        let first = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+        let port = first.local_addr().expect("bound").port();
+        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no two consecutive free ports");
+}

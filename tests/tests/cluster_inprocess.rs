@@ -2,6 +2,7 @@
 //! membership installed by hand (no discovery): the data plane on its own.
 
 use peercache_engine::{Config, Node};
+use peercache_tests::node_process::free_port_pair;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
@@ -83,6 +84,39 @@ fn pages_set_on_one_node_are_read_byte_exact_on_another() {
     assert_eq!(b.batch_exists(&mixed).unwrap(), 3);
     let (ok, _) = get_all(&b, &mixed, 64 << 10);
     assert_eq!(ok, vec![true, true, true, false, true, true, true]);
+}
+
+#[test]
+fn a_directory_replica_held_locally_answers_without_asking_a_peer() {
+    // Two nodes and two replicas: each node owns an entry for every key, so
+    // neither exists nor get needs a peer's directory, whatever the key's
+    // first owner on the ring.
+    let a = node("replica-a", r#","directory_replicas":2"#);
+    let b = node("replica-b", r#","directory_replicas":2"#);
+    join(&[&a, &b], 1);
+    let probed = keys("probed", 64);
+    let fetched = keys("fetched", 64);
+    assert!(set_all(&a, &probed, 4096).iter().all(|&x| x));
+    assert!(set_all(&a, &fetched, 4096).iter().all(|&x| x));
+    assert_eq!(b.batch_exists(&probed).unwrap(), 64);
+    let (ok, out) = get_all(&b, &fetched, 4096); // no exists first
+    assert_eq!(ok, vec![true; 64]);
+    assert!(fetched
+        .iter()
+        .zip(&out)
+        .all(|(k, got)| *got == page(k, 4096)));
+    assert_eq!(a.stats().directory_lookups_served, 0);
+    assert_eq!(b.stats().read_remote_hits, 64);
+
+    // One replica: the keys whose only owner is the other node are asked
+    // for over the network.
+    let c = node("replica-c", r#","directory_replicas":1"#);
+    let d = node("replica-d", r#","directory_replicas":1"#);
+    join(&[&c, &d], 1);
+    assert!(set_all(&c, &probed, 4096).iter().all(|&x| x));
+    assert_eq!(d.batch_exists(&probed).unwrap(), 64);
+    let served = c.stats().directory_lookups_served;
+    assert!(served > 0 && served < 64, "c served {served} lookups");
 }
 
 #[test]
@@ -235,4 +269,31 @@ fn a_stopped_node_releases_its_ports_and_connections() {
             "{ep} still accepts connections after its node stopped"
         );
     }
+}
+
+#[test]
+fn a_peer_restarted_behind_the_same_endpoint_costs_no_miss() {
+    let fixed = format!(r#","control_port":{}"#, free_port_pair());
+    let a = node("restarts-a", &fixed);
+    let b = node("restarts-b", "");
+    join(&[&a, &b], 1);
+    let ks = keys("restarts", 16);
+    assert_eq!(set_all(&a, &ks, 4096), vec![true; 16]);
+    assert_eq!(get_all(&b, &ks, 4096).0, vec![true; 16]);
+    // `a` restarts on the same ports; `b` sees no membership change, so its
+    // idle channels to `a` are now closed sockets of the old process.
+    let routes = vec![a.route(), b.route()];
+    drop(a);
+    let a = node("restarts-a", &fixed);
+    assert_eq!(a.route(), routes[0], "same node behind the same endpoints");
+    a.set_membership(2, routes);
+    assert_eq!(set_all(&a, &ks, 4096), vec![true; 16]);
+    let (ok, out) = get_all(&b, &ks, 4096);
+    assert_eq!(ok, vec![true; 16], "the first get after the restart");
+    assert!(ks.iter().zip(&out).all(|(k, got)| *got == page(k, 4096)));
+    assert!(
+        b.stats().channel_discards > 0,
+        "the stale channels were dropped"
+    );
+    assert_eq!(b.stats().remote_failures, 0, "and retried, not failed");
 }

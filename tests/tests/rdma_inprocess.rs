@@ -9,6 +9,7 @@
 use peercache_engine::rdma::fabric::{Fabric, FabricOptions, FaultPlan};
 use peercache_engine::rdma::{RdmaSource, Transport};
 use peercache_engine::{Config, Node};
+use peercache_tests::node_process::free_port_pair;
 use peercache_tests::pages;
 
 const PAGE: usize = 64 << 10;
@@ -295,18 +296,6 @@ fn a_failed_qp_exchange_falls_back_to_tcp() {
 }
 
 /// Two consecutive free ports on 127.0.0.1 (one per shard of a node).
-fn free_port_pair() -> u16 {
-    use std::net::TcpListener;
-    for _ in 0..100 {
-        let first = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = first.local_addr().unwrap().port();
-        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no two consecutive free ports");
-}
-
 #[test]
 fn a_peer_restarted_behind_the_same_endpoint_is_reconnected() {
     let fabric = Fabric::new(FabricOptions::default());

@@ -73,9 +73,17 @@ pub struct Lease<K: Clone + Eq + Hash, C> {
     key: K,
     channel: Option<C>,
     permits: Rc<Semaphore>,
+    reused: bool,
 }
 
 impl<K: Clone + Eq + Hash, C> Lease<K, C> {
+    /// Whether the channel sat idle in the pool before this lease (rather
+    /// than being opened for it): such a channel may have been closed by
+    /// its peer in the meantime.
+    pub fn reused(&self) -> bool {
+        self.reused
+    }
+
     /// The leased channel.
     pub fn channel(&mut self) -> &mut C {
         self.channel
@@ -147,6 +155,7 @@ impl<K: Clone + Eq + Hash + std::fmt::Display, C> Channels<K, C> {
             .borrow_mut()
             .get_mut(key)
             .and_then(|p| p.idle.pop());
+        let reused = idle.is_some();
         let channel = match idle {
             Some(c) => c,
             None => match connect().await {
@@ -168,6 +177,7 @@ impl<K: Clone + Eq + Hash + std::fmt::Display, C> Channels<K, C> {
             key: key.clone(),
             channel: Some(channel),
             permits,
+            reused,
         })
     }
 

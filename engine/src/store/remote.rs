@@ -38,6 +38,20 @@ fn peer_error(reply: &ErrorReply) -> WireError {
 }
 
 /// Receives the reply to request `id` and decodes it as `T` (or the peer's error).
+/// Whether `e` says the peer's end of the stream is gone (closed or reset),
+/// rather than that the peer answered something wrong.
+fn closed_by_peer(e: &WireError) -> bool {
+    use std::io::ErrorKind::*;
+    match e {
+        WireError::Closed | WireError::Truncated { .. } => true,
+        WireError::Io(io) => matches!(
+            io.kind(),
+            ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof | NotConnected
+        ),
+        _ => false,
+    }
+}
+
 pub(super) async fn expect_reply<T: WireMessage>(
     conn: &mut FramedConn<TcpStream>,
     id: u64,
@@ -127,39 +141,24 @@ pub(super) struct DataReads {
 impl ShardStore {
     /// Runs `exchange` on a leased channel to `ep`, bounded by the request
     /// timeout. A failure discards the channel and is counted and logged.
+    ///
+    /// A channel that sat idle may belong to a peer process that has stopped
+    /// since, even one restarted behind the same endpoint. It then fails at
+    /// once, closed or reset, which says nothing about the peer now: such a
+    /// failure drops the peer's other idle channels (as old as this one) and
+    /// the exchange runs once more on a new channel. Every request of the
+    /// protocol is idempotent, so running one twice is safe.
     pub(super) async fn exchange<T>(
         &self,
         ep: SocketAddr,
-        exchange: impl AsyncFnOnce(&mut FramedConn<TcpStream>) -> Result<T, WireError>,
+        exchange: impl AsyncFn(&mut FramedConn<TcpStream>) -> Result<T, WireError>,
     ) -> Result<T, String> {
-        let timeout = self.id.request_timeout;
-        let node_id = self.id.node_id.clone();
-        let result = match self
-            .channels
-            .lease(&ep, || connect(ep, node_id, timeout))
-            .await
-        {
-            Err(e) => Err(e.to_string()),
-            Ok(mut lease) => {
-                let outcome =
-                    glommio::timer::timeout(timeout, async { Ok(exchange(lease.channel()).await) })
-                        .await;
-                match outcome {
-                    Ok(Ok(v)) => {
-                        self.channels.release(lease);
-                        Ok(v)
-                    }
-                    Ok(Err(e)) => {
-                        self.channels.discard(lease);
-                        Err(e.to_string())
-                    }
-                    Err(_) => {
-                        self.channels.discard(lease);
-                        Err(format!("no reply within {timeout:?}"))
-                    }
-                }
-            }
-        };
+        let mut result = self.exchange_once(ep, &exchange).await;
+        if let Err((_, true)) = &result {
+            self.channels.forget(&ep);
+            result = self.exchange_once(ep, &exchange).await;
+        }
+        let result = result.map_err(|(e, _)| e);
         if let Err(e) = &result {
             ShardStats::bump(&self.stats.remote_failures, 1);
             self.log_error(
@@ -168,6 +167,39 @@ impl ShardStore {
             );
         }
         result
+    }
+
+    /// One attempt of [`exchange`](Self::exchange). The error says whether
+    /// the channel was a reused one that its peer had closed.
+    async fn exchange_once<T, F>(&self, ep: SocketAddr, exchange: &F) -> Result<T, (String, bool)>
+    where
+        F: AsyncFn(&mut FramedConn<TcpStream>) -> Result<T, WireError>,
+    {
+        let timeout = self.id.request_timeout;
+        let node_id = self.id.node_id.clone();
+        let mut lease = self
+            .channels
+            .lease(&ep, || connect(ep, node_id, timeout))
+            .await
+            .map_err(|e| (e.to_string(), false))?;
+        let reused = lease.reused();
+        let outcome =
+            glommio::timer::timeout(timeout, async { Ok(exchange(lease.channel()).await) }).await;
+        match outcome {
+            Ok(Ok(v)) => {
+                self.channels.release(lease);
+                Ok(v)
+            }
+            Ok(Err(e)) => {
+                self.channels.discard(lease);
+                let stale = reused && closed_by_peer(&e);
+                Err((e.to_string(), stale))
+            }
+            Err(_) => {
+                self.channels.discard(lease);
+                Err((format!("no reply within {timeout:?}"), false))
+            }
+        }
     }
 
     /// Publishes `stored` pages to every directory owner, and the pages that
@@ -299,10 +331,11 @@ impl ShardStore {
     }
 
     /// Resolves `keys` through the directory: the local table when this node
-    /// is an owner, else one `DirGet` per owner shard, trying the next replica
-    /// for keys still unresolved. Entries of nodes outside `view`, and of this
-    /// node (whose pool and disk were already checked), are not locations.
-    /// Non-resident entries are (the page is on its node's disk).
+    /// is one of a key's owners (whatever its rank among them), else one
+    /// `DirGet` per owner shard, trying the next replica for keys still
+    /// unresolved. Entries of nodes outside `view`, and of this node (whose
+    /// pool and disk were already checked), are not locations. Non-resident
+    /// entries are (the page is on its node's disk).
     pub(super) async fn lookup(
         self: &Rc<Self>,
         view: &ClusterView,
@@ -314,25 +347,43 @@ impl ShardStore {
         let usable = |loc: DirLocation| {
             (loc.node != self.node_ref && view.route(loc.node).is_some()).then_some(loc)
         };
+        // A replica held here answers first: every owner receives the same
+        // puts and deletes, so asking a remote owner ahead of it would only
+        // add a network round trip (with 2 replicas on 2 nodes, one for half
+        // the keys). Keys it does not know go to the other owners below.
+        {
+            let dir = self.directory.borrow();
+            pending.retain(|&j| {
+                view.owners_into(keys[j], &mut owners);
+                if owners
+                    .iter()
+                    .any(|&o| view.route_at(o).node_ref == self.node_ref)
+                {
+                    found[j] = dir.get(keys[j]).and_then(usable);
+                }
+                found[j].is_none()
+            });
+        }
         for round in 0..view.replicas() {
+            if pending.is_empty() {
+                break;
+            }
             let mut groups: HashMap<SocketAddr, (DirGet, Vec<usize>)> = HashMap::new();
-            {
-                let dir = self.directory.borrow();
-                for &j in &pending {
-                    view.owners_into(keys[j], &mut owners);
-                    let Some(&o) = owners.get(round) else {
-                        continue;
-                    };
-                    let route = view.route_at(o);
-                    if route.node_ref == self.node_ref {
-                        found[j] = dir.get(keys[j]).and_then(usable);
-                    } else if let Some(ep) = route.endpoint_for(keys[j]) {
-                        let g = groups
-                            .entry(ep)
-                            .or_insert_with(|| (DirGet { keys: Vec::new() }, Vec::new()));
-                        g.0.keys.push(keys[j].to_be_bytes());
-                        g.1.push(j);
-                    }
+            for &j in &pending {
+                view.owners_into(keys[j], &mut owners);
+                let Some(&o) = owners.get(round) else {
+                    continue;
+                };
+                let route = view.route_at(o);
+                if route.node_ref == self.node_ref {
+                    continue; // the local table was asked above
+                }
+                if let Some(ep) = route.endpoint_for(keys[j]) {
+                    let g = groups
+                        .entry(ep)
+                        .or_insert_with(|| (DirGet { keys: Vec::new() }, Vec::new()));
+                    g.0.keys.push(keys[j].to_be_bytes());
+                    g.1.push(j);
                 }
             }
             let tasks: Vec<_> = groups
@@ -359,9 +410,6 @@ impl ShardStore {
                 }
             }
             pending.retain(|&j| found[j].is_none());
-            if pending.is_empty() {
-                break;
-            }
         }
         found
     }

@@ -188,6 +188,10 @@ impl ShardStore {
         h: &FrameHeader,
     ) -> Result<(), WireError> {
         let request = wire::decode_owned::<DirGet>(conn.meta())?;
+        ShardStats::bump(
+            &self.stats.directory_lookups_served,
+            request.keys.len() as u64,
+        );
         let entries: Vec<Option<DirEntry>> = {
             let dir = self.directory.borrow();
             request

@@ -121,6 +121,9 @@ stats! {
     /// Directory lookups a get skipped thanks to a location resolved by the
     /// preceding exists (or the read cache).
     Counter directory_lookups_saved,
+    /// Keys peers looked up in this node's directory (`DirGet`). A lookup a
+    /// node can answer from its own replica never reaches a peer.
+    Counter directory_lookups_served,
     /// Channels to peers opened.
     Counter channels_opened,
     /// Channels dropped after a failed exchange.
