@@ -37,7 +37,6 @@ fn peer_error(reply: &ErrorReply) -> WireError {
     )))
 }
 
-/// Receives the reply to request `id` and decodes it as `T` (or the peer's error).
 /// Whether `e` says the peer's end of the stream is gone (closed or reset),
 /// rather than that the peer answered something wrong.
 fn closed_by_peer(e: &WireError) -> bool {
@@ -52,6 +51,7 @@ fn closed_by_peer(e: &WireError) -> bool {
     }
 }
 
+/// Receives the reply to request `id` and decodes it as `T` (or the peer's error).
 pub(super) async fn expect_reply<T: WireMessage>(
     conn: &mut FramedConn<TcpStream>,
     id: u64,
