@@ -273,25 +273,26 @@ fn median(mut values: Vec<f64>) -> Option<f64> {
     })
 }
 
-/// The concurrency of the fastest get row of `frontend` at the run's batch
-/// size, if the sweep has one.
-fn get_peak_concurrency(rows: &[Row], frontend: Frontend, batch: usize) -> Option<usize> {
-    rows.iter()
-        .filter(|r| r.op == Op::Get && r.frontend == frontend && r.batch == batch)
-        .max_by(|a, b| a.pages_per_s.total_cmp(&b.pages_per_s))
-        .map(|r| r.concurrency)
-}
-
-/// `args.paired_rounds` rounds of (raw TCP stream, `get`) at `concurrency`.
+/// `args.paired_rounds` rounds of (raw TCP stream, `get(concurrency)`) at
+/// the concurrency of the fastest get row of `frontend` in `rows`; none when
+/// the sweep has no such row or the run has no raw TCP server (`raw_port`).
 /// The order alternates (the reference first in rounds 1, 3, ...) so that a
 /// load that rises or falls during the rounds favours neither side.
 fn paired_rounds(
     args: &HicacheArgs,
-    raw_port: u16,
+    raw_port: Option<u16>,
+    rows: &[Row],
     frontend: Frontend,
-    concurrency: usize,
-    mut get: impl FnMut() -> Result<Row, String>,
+    mut get: impl FnMut(usize) -> Result<Row, String>,
 ) -> Result<Vec<Pair>, String> {
+    let peak = rows
+        .iter()
+        .filter(|r| r.op == Op::Get && r.frontend == frontend && r.batch == args.batch_size)
+        .max_by(|a, b| a.pages_per_s.total_cmp(&b.pages_per_s));
+    let (Some(raw_port), Some(peak)) = (raw_port, peak) else {
+        return Ok(Vec::new());
+    };
+    let concurrency = peak.concurrency;
     let mut pairs = Vec::with_capacity(args.paired_rounds);
     for round in 0..args.paired_rounds {
         progress(&format!(
@@ -311,9 +312,9 @@ fn paired_rounds(
         let reference_first = round % 2 == 0;
         let (raw, got) = if reference_first {
             let raw = reference()?;
-            (raw, get()?.gbps)
+            (raw, get(concurrency)?.gbps)
         } else {
-            let got = get()?.gbps;
+            let got = get(concurrency)?.gbps;
             (reference()?, got)
         };
         let pair = Pair {
@@ -871,19 +872,9 @@ pub fn run(args: &HicacheArgs, mode: Mode) -> Result<(), String> {
         rows.push(python_point(args, &discovery, op, c, b)?);
     }
     let raw_port = producer.as_ref().map(|p| p.raw_port);
-    let mut pairs: Vec<Pair> = Vec::new();
-    let paired =
-        |frontend| args.paired_rounds > 0 && plan.iter().any(|p| p.0 == Op::Get && p.1 == frontend);
-    if paired(Frontend::Python) {
-        if let (Some(port), Some(c)) = (
-            raw_port,
-            get_peak_concurrency(&rows, Frontend::Python, args.batch_size),
-        ) {
-            pairs.extend(paired_rounds(args, port, Frontend::Python, c, || {
-                python_point(args, &discovery, Op::Get, c, args.batch_size)
-            })?);
-        }
-    }
+    let mut pairs = paired_rounds(args, raw_port, &rows, Frontend::Python, |c| {
+        python_point(args, &discovery, Op::Get, c, args.batch_size)
+    })?;
     let consumer = Consumer::start(args, &discovery, max_threads)?;
     let mut references = serde_json::Map::new();
     let mut peak_rss = rss_bytes();
@@ -898,17 +889,10 @@ pub fn run(args: &HicacheArgs, mode: Mode) -> Result<(), String> {
         rows.push(rust_point(op, c, b)?);
         peak_rss = peak_rss.max(rss_bytes());
     }
-    if paired(Frontend::Rust) {
-        if let (Some(port), Some(c)) = (
-            raw_port,
-            get_peak_concurrency(&rows, Frontend::Rust, args.batch_size),
-        ) {
-            pairs.extend(paired_rounds(args, port, Frontend::Rust, c, || {
-                rust_point(Op::Get, c, args.batch_size)
-            })?);
-        }
-        peak_rss = peak_rss.max(rss_bytes());
-    }
+    pairs.extend(paired_rounds(args, raw_port, &rows, Frontend::Rust, |c| {
+        rust_point(Op::Get, c, args.batch_size)
+    })?);
+    peak_rss = peak_rss.max(rss_bytes());
     if let Some(p) = producer
         .as_ref()
         .filter(|_| matches!(mode, Mode::Suite | Mode::Latency))
