@@ -18,7 +18,7 @@ use pyo3::types::PyDict;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError, RwLock, RwLockReadGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The engine node, or the counters it had when it was closed.
 enum State {
@@ -162,9 +162,13 @@ pub struct PyNode {
     pool_bytes: usize,
     node_id: String,
     endpoints: Vec<String>,
-    /// Nanoseconds the last batch call spent with the GIL released
-    /// (diagnostics: lets a caller compute how long a call held the GIL).
-    last_detached_ns: AtomicU64,
+    /// Wall-clock bounds (ns since the Unix epoch, the clock of Python's
+    /// `time.time_ns`) of the most recent batch call's GIL-released part
+    /// (diagnostics: lets a caller compute how long a call held the GIL
+    /// before and after). Two relaxed stores: with calls from several
+    /// threads at once the pair may mix two calls.
+    last_detached_start_ns: AtomicU64,
+    last_detached_end_ns: AtomicU64,
     /// Data-path failures are logged at most once a second per node (the
     /// lock is only taken on the failure path).
     failure_log: Mutex<RateLimiter>,
@@ -189,8 +193,8 @@ impl PyNode {
         fallback: T,
         f: impl FnOnce(&EngineNode) -> Result<T, String> + Send,
     ) -> T {
-        let (out, ns) = py.detach(|| {
-            let t0 = Instant::now();
+        let (out, span) = py.detach(|| {
+            let t0 = SystemTime::now();
             let outcome = catch_unwind(AssertUnwindSafe(|| match &*self.read() {
                 State::Open(node) => f(node),
                 State::Closed(_) => Err("the PeerCache node is closed".to_owned()),
@@ -211,9 +215,16 @@ impl PyNode {
                     fallback
                 }
             };
-            (out, t0.elapsed().as_nanos() as u64)
+            (out, (t0, SystemTime::now()))
         });
-        self.last_detached_ns.store(ns, Ordering::Relaxed);
+        let unix_ns = |t: SystemTime| {
+            t.duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        };
+        self.last_detached_start_ns
+            .store(unix_ns(span.0), Ordering::Relaxed);
+        self.last_detached_end_ns
+            .store(unix_ns(span.1), Ordering::Relaxed);
         out
     }
 
@@ -316,7 +327,8 @@ impl PyNode {
             node_id: node.node_id().to_owned(),
             endpoints: node.endpoints().iter().map(|a| a.to_string()).collect(),
             state: RwLock::new(State::Open(Box::new(node))),
-            last_detached_ns: AtomicU64::new(0),
+            last_detached_start_ns: AtomicU64::new(0),
+            last_detached_end_ns: AtomicU64::new(0),
             failure_log: Mutex::new(RateLimiter::new(Duration::from_secs(1))),
             call_log: Mutex::new(CallLog::default()),
         })
@@ -562,12 +574,15 @@ impl PyNode {
         self.endpoints.clone()
     }
 
-    /// Nanoseconds the most recent batch call of this node (from any thread)
-    /// ran with the GIL released. Diagnostics only: a call's GIL-held time is
-    /// its wall time minus this.
+    /// When the most recent batch call released the GIL and when its
+    /// engine work ended, in ns since the Unix epoch (`time.time_ns()`'s
+    /// clock). Diagnostics only: the GIL-held time before and after.
     #[getter]
-    fn _last_detached_ns(&self) -> u64 {
-        self.last_detached_ns.load(Ordering::Relaxed)
+    fn _last_detached_span(&self) -> (u64, u64) {
+        (
+            self.last_detached_start_ns.load(Ordering::Relaxed),
+            self.last_detached_end_ns.load(Ordering::Relaxed),
+        )
     }
 
     fn __repr__(&self, py: Python<'_>) -> String {
