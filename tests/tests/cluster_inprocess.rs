@@ -120,6 +120,63 @@ fn a_directory_replica_held_locally_answers_without_asking_a_peer() {
 }
 
 #[test]
+fn concurrent_lookups_share_requests_and_each_gets_its_own_answer() {
+    // One replica on two nodes: about half the keys are owned by the
+    // producer, so each exists asks its directory. Eight threads ask at once,
+    // each its own keys plus one nobody wrote: merged requests must hand
+    // every lookup its own entries, ask for every key exactly as often as
+    // the same calls one after the other do, and never send more requests.
+    let a = node("merge-a", r#","directory_replicas":1"#);
+    let b = node("merge-b", r#","directory_replicas":1"#);
+    join(&[&a, &b], 1);
+    let threads = 8;
+    let per_thread: Vec<Vec<String>> = (0..threads)
+        .map(|t| {
+            let mut ks = keys(&format!("merge-{t}"), 24);
+            assert!(set_all(&a, &ks, 4096).iter().all(|&x| x));
+            ks.insert(12, format!("merge-{t}-nobody-wrote-this"));
+            ks
+        })
+        .collect();
+    let rounds = 20;
+    let calls = |b: &Node| {
+        std::thread::scope(|scope| {
+            for ks in &per_thread {
+                scope.spawn(move || {
+                    for _ in 0..rounds {
+                        // The prefix stops at the key nobody wrote.
+                        assert_eq!(b.batch_exists(ks).unwrap(), 12);
+                    }
+                });
+            }
+        })
+    };
+    let serial_start = (a.stats(), b.stats());
+    for ks in &per_thread {
+        for _ in 0..rounds {
+            assert_eq!(b.batch_exists(ks).unwrap(), 12);
+        }
+    }
+    let serial = (a.stats(), b.stats());
+    calls(&b);
+    let concurrent = (a.stats(), b.stats());
+    let served_serial = serial.0.directory_lookups_served - serial_start.0.directory_lookups_served;
+    let served_concurrent =
+        concurrent.0.directory_lookups_served - serial.0.directory_lookups_served;
+    assert!(served_serial > 0, "some keys are owned by the producer");
+    assert_eq!(
+        served_concurrent, served_serial,
+        "every key asked once per call"
+    );
+    let sent_serial = serial.1.directory_requests_sent - serial_start.1.directory_requests_sent;
+    let sent_concurrent = concurrent.1.directory_requests_sent - serial.1.directory_requests_sent;
+    assert!(
+        sent_concurrent <= sent_serial,
+        "{sent_concurrent} requests at once against {sent_serial} one after the other"
+    );
+}
+
+#[test]
 fn a_node_joining_later_finds_every_key() {
     let a = node("late-a", "");
     let b = node("late-b", "");

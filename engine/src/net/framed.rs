@@ -4,11 +4,22 @@
 //! moves bytes with `await`. Page bytes (the bulk section) are read straight
 //! into the caller's destinations and written straight from the pool, never
 //! staged in a buffer of ours.
+//!
+//! Control frames (directory requests and replies, every request a server
+//! receives) are read with read-ahead: one receive takes the header, the
+//! meta and whatever follows into a small buffer, where the header-then-meta
+//! reads would cost two system calls per frame. A frame whose bulk follows
+//! is received with [`FramedConn::recv_before_bulk`], which reads exactly
+//! its header and meta, so its pages still arrive straight in place.
 
 use crate::wire::{self, FrameHeader, WireError, WireMessage, HEADER_BYTES};
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use rkyv::util::AlignedVec;
 use std::io;
+
+/// Bytes one read-ahead receive asks for: a header with the meta of a
+/// directory reply for a whole batch of pages fits.
+const READ_AHEAD_BYTES: usize = 4096;
 
 /// A connection carrying PeerCache frames.
 pub struct FramedConn<S> {
@@ -16,6 +27,10 @@ pub struct FramedConn<S> {
     meta: AlignedVec,
     scratch: Vec<u8>,
     next_request_id: u64,
+    /// Bytes received ahead of the frame being read: `ahead[start..end]`.
+    ahead: Box<[u8]>,
+    ahead_start: usize,
+    ahead_end: usize,
 }
 
 impl<S> std::fmt::Debug for FramedConn<S> {
@@ -46,6 +61,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> FramedConn<S> {
             meta: AlignedVec::new(),
             scratch: Vec::new(),
             next_request_id: 1,
+            ahead: vec![0; READ_AHEAD_BYTES].into_boxed_slice(),
+            ahead_start: 0,
+            ahead_end: 0,
         }
     }
 
@@ -83,26 +101,76 @@ impl<S: AsyncRead + AsyncWrite + Unpin> FramedConn<S> {
         Ok(())
     }
 
-    /// Receives the next frame's header and meta (not its bulk). A clean
-    /// end of stream before a header is [`WireError::Closed`].
+    /// Receives the next frame's header and meta (not its bulk), reading
+    /// ahead. A clean end of stream before a header is [`WireError::Closed`].
+    /// For a frame followed by page bytes use
+    /// [`recv_before_bulk`](Self::recv_before_bulk).
     pub async fn recv(&mut self) -> Result<FrameHeader, WireError> {
+        self.recv_frame(true).await
+    }
+
+    /// Like [`recv`](Self::recv), but reads nothing past the meta: the bulk
+    /// that follows is then received straight into its destinations.
+    pub async fn recv_before_bulk(&mut self) -> Result<FrameHeader, WireError> {
+        self.recv_frame(false).await
+    }
+
+    async fn recv_frame(&mut self, read_ahead: bool) -> Result<FrameHeader, WireError> {
         let mut bytes = [0u8; HEADER_BYTES];
-        let first = self.stream.read(&mut bytes).await?;
-        if first == 0 {
-            return Err(WireError::Closed);
+        let mut got = self.take_ahead(&mut bytes);
+        if got == 0 {
+            got = self.read_some(&mut bytes, read_ahead).await?;
+            if got == 0 {
+                return Err(WireError::Closed);
+            }
         }
-        self.stream
-            .read_exact(&mut bytes[first..])
+        self.fill(&mut bytes[got..], read_ahead)
             .await
             .map_err(|e| truncated("header", e))?;
         let header = FrameHeader::parse(&bytes)?;
-        self.meta.clear();
-        self.meta.resize(header.meta_len as usize, 0);
-        self.stream
-            .read_exact(self.meta.as_mut_slice())
+        let mut meta = std::mem::take(&mut self.meta);
+        meta.clear();
+        meta.resize(header.meta_len as usize, 0);
+        let filled = self
+            .fill(meta.as_mut_slice(), read_ahead)
             .await
-            .map_err(|e| truncated("meta", e))?;
+            .map_err(|e| truncated("meta", e));
+        self.meta = meta;
+        filled?;
         Ok(header)
+    }
+
+    /// Copies bytes received ahead into `dst`; returns how many.
+    fn take_ahead(&mut self, dst: &mut [u8]) -> usize {
+        let n = dst.len().min(self.ahead_end - self.ahead_start);
+        dst[..n].copy_from_slice(&self.ahead[self.ahead_start..self.ahead_start + n]);
+        self.ahead_start += n;
+        n
+    }
+
+    /// One receive into `dst` (0 at end of stream). With `read_ahead`, a
+    /// short `dst` is served through the read-ahead buffer, which keeps
+    /// what arrived beyond it.
+    async fn read_some(&mut self, dst: &mut [u8], read_ahead: bool) -> io::Result<usize> {
+        if !read_ahead || dst.len() >= self.ahead.len() {
+            return self.stream.read(dst).await;
+        }
+        let n = self.stream.read(&mut self.ahead).await?;
+        self.ahead_start = 0;
+        self.ahead_end = n;
+        Ok(self.take_ahead(dst))
+    }
+
+    /// Fills all of `dst`: bytes received ahead first, then the stream.
+    async fn fill(&mut self, dst: &mut [u8], read_ahead: bool) -> io::Result<()> {
+        let mut got = self.take_ahead(dst);
+        while got < dst.len() {
+            match self.read_some(&mut dst[got..], read_ahead).await? {
+                0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+                n => got += n,
+            }
+        }
+        Ok(())
     }
 
     /// The meta section of the last received frame (16-byte aligned, as
@@ -111,10 +179,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> FramedConn<S> {
         self.meta.as_slice()
     }
 
-    /// Receives `dst.len()` bulk bytes into `dst`.
+    /// Receives `dst.len()` bulk bytes into `dst` (straight from the
+    /// stream, after any bytes a read-ahead already took).
     pub async fn recv_bulk(&mut self, dst: &mut [u8]) -> Result<(), WireError> {
-        self.stream
-            .read_exact(dst)
+        self.fill(dst, false)
             .await
             .map_err(|e| truncated("bulk", e))
     }
@@ -124,17 +192,206 @@ impl<S: AsyncRead + AsyncWrite + Unpin> FramedConn<S> {
         let mut sink = [0u8; 16 << 10];
         while len_bytes > 0 {
             let n = len_bytes.min(sink.len() as u64) as usize;
-            self.stream
-                .read_exact(&mut sink[..n])
+            self.fill(&mut sink[..n], false)
                 .await
                 .map_err(|e| truncated("bulk", e))?;
             len_bytes -= n as u64;
         }
         Ok(())
     }
+}
 
-    /// The underlying stream.
-    pub fn stream_mut(&mut self) -> &mut S {
-        &mut self.stream
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{DataReadReply, DirGet, DirGetReply, Kind};
+    use futures_lite::future::block_on;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// An in-memory stream that hands out at most `chunk` bytes per read and
+    /// records where each read started.
+    struct Chunked {
+        data: Vec<u8>,
+        pos: usize,
+        chunk: usize,
+        reads: Vec<usize>,
+    }
+
+    impl AsyncRead for Chunked {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut [u8],
+        ) -> Poll<io::Result<usize>> {
+            let start = self.pos;
+            let n = buf.len().min(self.chunk).min(self.data.len() - start);
+            buf[..n].copy_from_slice(&self.data[start..start + n]);
+            self.pos += n;
+            self.reads.push(start);
+            Poll::Ready(Ok(n))
+        }
+    }
+
+    impl AsyncWrite for Chunked {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            b: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Ready(Ok(b.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A control frame, a data reply with two pages of bulk, another
+    /// control frame: the stream, where the data reply and its first page
+    /// start, and the page bytes.
+    fn stream() -> (Vec<u8>, usize, usize, Vec<u8>) {
+        let mut out = Vec::new();
+        let get = DirGet {
+            keys: vec![[1; 16], [2; 16], [3; 16]],
+        };
+        wire::encode_frame(&get, 7, 0, &mut out).unwrap();
+        let reply_at = out.len();
+        let pages: Vec<u8> = (0..10_000u32).map(|i| (i * 31 % 251) as u8).collect();
+        let reply = DataReadReply { status: vec![0, 0] };
+        wire::encode_frame(&reply, 8, pages.len() as u64, &mut out).unwrap();
+        let bulk_at = out.len();
+        out.extend_from_slice(&pages);
+        wire::encode_frame(
+            &DirGetReply {
+                entries: vec![None],
+            },
+            9,
+            0,
+            &mut out,
+        )
+        .unwrap();
+        (out, reply_at, bulk_at, pages)
+    }
+
+    fn read_all(chunk: usize) {
+        let (data, _, _, pages) = stream();
+        let mut conn = FramedConn::new(Chunked {
+            data,
+            pos: 0,
+            chunk,
+            reads: Vec::new(),
+        });
+        block_on(async {
+            let h = conn.recv().await.unwrap();
+            assert_eq!((h.kind, h.request_id), (Kind::DirGet, 7));
+            let get = wire::decode_owned::<DirGet>(conn.meta()).unwrap();
+            assert_eq!(get.keys.len(), 3);
+
+            let h = conn.recv_before_bulk().await.unwrap();
+            assert_eq!((h.kind, h.request_id), (Kind::DataReadReply, 8));
+            let mut first = vec![0u8; 4000];
+            let mut second = vec![0u8; pages.len() - 4000];
+            conn.recv_bulk(&mut first).await.unwrap();
+            conn.recv_bulk(&mut second).await.unwrap();
+            assert_eq!([first, second].concat(), pages);
+
+            let h = conn.recv().await.unwrap();
+            assert_eq!((h.kind, h.request_id), (Kind::DirGetReply, 9));
+            assert!(matches!(conn.recv().await, Err(WireError::Closed)));
+        });
+    }
+
+    /// Every frame and every page byte arrives intact whatever the size of
+    /// the reads the stream gives.
+    #[test]
+    fn frames_and_bulk_arrive_intact_with_any_read_size() {
+        for chunk in [1, 3, 16, 100, 4096, usize::MAX] {
+            read_all(chunk);
+        }
+    }
+
+    /// The frame before bulk is read exactly, even when the stream holds
+    /// much more: a read starts where the pages start, so they are received
+    /// in place, not through the read-ahead.
+    #[test]
+    fn the_frame_before_bulk_is_not_read_ahead() {
+        let (data, reply_at, bulk_at, pages) = stream();
+        let mut conn = FramedConn::new(Chunked {
+            data: data[reply_at..].to_vec(),
+            pos: 0,
+            chunk: usize::MAX,
+            reads: Vec::new(),
+        });
+        let bulk_at = bulk_at - reply_at;
+        block_on(async {
+            conn.recv_before_bulk().await.unwrap();
+            let mut got = vec![0u8; pages.len()];
+            conn.recv_bulk(&mut got).await.unwrap();
+            assert_eq!(got, pages);
+        });
+        assert_eq!(
+            conn.stream.reads[..3],
+            [0, HEADER_BYTES, bulk_at],
+            "header, meta, then the pages straight into the destination"
+        );
+    }
+
+    /// A control frame the stream holds whole takes a single read.
+    #[test]
+    fn a_control_frame_takes_one_read() {
+        let mut data = Vec::new();
+        wire::encode_frame(
+            &DirGetReply {
+                entries: vec![None; 32],
+            },
+            1,
+            0,
+            &mut data,
+        )
+        .unwrap();
+        let mut conn = FramedConn::new(Chunked {
+            data,
+            pos: 0,
+            chunk: usize::MAX,
+            reads: Vec::new(),
+        });
+        block_on(async {
+            let h = conn.recv().await.unwrap();
+            let reply = wire::decode_owned::<DirGetReply>(conn.meta()).unwrap();
+            assert_eq!((h.request_id, reply.entries.len()), (1, 32));
+        });
+        assert_eq!(conn.stream.reads, vec![0]);
+    }
+
+    /// Bytes read ahead belong to the next frame and are never lost: two
+    /// control frames received in one read are both delivered.
+    #[test]
+    fn a_read_ahead_keeps_the_next_frame() {
+        let mut data = Vec::new();
+        for id in [1, 2] {
+            wire::encode_frame(
+                &DirGetReply {
+                    entries: vec![None; 2],
+                },
+                id,
+                0,
+                &mut data,
+            )
+            .unwrap();
+        }
+        let mut conn = FramedConn::new(Chunked {
+            data,
+            pos: 0,
+            chunk: usize::MAX,
+            reads: Vec::new(),
+        });
+        block_on(async {
+            assert_eq!(conn.recv().await.unwrap().request_id, 1);
+            assert_eq!(conn.recv().await.unwrap().request_id, 2);
+        });
+        assert_eq!(conn.stream.reads, vec![0], "both frames came in one read");
     }
 }

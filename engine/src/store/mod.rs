@@ -6,6 +6,7 @@
 //! shard that owns each key, submits one part per shard, and blocks once for
 //! the whole batch. Pages of one shard never take a lock another shard uses.
 
+mod lookups;
 mod rdma_read;
 mod remote;
 mod server;

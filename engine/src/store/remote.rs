@@ -16,8 +16,8 @@ use crate::net::FramedConn;
 use crate::pool::Location;
 use crate::wire::{
     self, BulkDest, BulkPlan, BulkSegment, DataPromote, DataPromoteReply, DataRead, DataReadReply,
-    DirDelete, DirDeleteAck, DirEntry, DirGet, DirGetReply, DirPut, DirPutAck, ErrorReply, Hello,
-    HelloAck, Kind, Purpose, ReadItem, ReadStatus, WireError, WireMessage, PROTOCOL_VERSION,
+    DirDelete, DirDeleteAck, DirEntry, DirPut, DirPutAck, ErrorReply, Hello, HelloAck, Kind,
+    Purpose, ReadItem, ReadStatus, WireError, WireMessage, PROTOCOL_VERSION,
 };
 use glommio::net::TcpStream;
 use std::collections::HashMap;
@@ -368,7 +368,7 @@ impl ShardStore {
             if pending.is_empty() {
                 break;
             }
-            let mut groups: HashMap<SocketAddr, (DirGet, Vec<usize>)> = HashMap::new();
+            let mut groups: HashMap<SocketAddr, (Vec<[u8; 16]>, Vec<usize>)> = HashMap::new();
             for &j in &pending {
                 view.owners_into(keys[j], &mut owners);
                 let Some(&o) = owners.get(round) else {
@@ -379,34 +379,29 @@ impl ShardStore {
                     continue; // the local table was asked above
                 }
                 if let Some(ep) = route.endpoint_for(keys[j]) {
-                    let g = groups
-                        .entry(ep)
-                        .or_insert_with(|| (DirGet { keys: Vec::new() }, Vec::new()));
-                    g.0.keys.push(keys[j].to_be_bytes());
+                    let g = groups.entry(ep).or_default();
+                    g.0.push(keys[j].to_be_bytes());
                     g.1.push(j);
                 }
             }
             let tasks: Vec<_> = groups
                 .into_iter()
-                .map(|(ep, (request, index))| {
+                .map(|(ep, (keys, index))| {
                     let this = Rc::clone(self);
                     glommio::spawn_local(async move {
-                        let reply = this
-                            .exchange(ep, async |conn| {
-                                let id = conn.next_id();
-                                conn.send(&request, id, &[]).await?;
-                                expect_reply::<DirGetReply>(conn, id).await
-                            })
-                            .await;
-                        (index, reply)
+                        let (outcome, range) = this.dir_get(ep, &keys).await;
+                        (index, outcome, range)
                     })
                 })
                 .collect();
             for task in tasks {
-                let (index, reply) = task.await;
-                let Ok(reply) = reply else { continue };
-                for (j, entry) in index.into_iter().zip(reply.entries) {
-                    found[j] = entry.map(|e| to_location(&e)).and_then(usable);
+                let (index, outcome, range) = task.await;
+                let Ok(reply) = &*outcome else { continue };
+                let Some(entries) = reply.entries.get(range) else {
+                    continue; // a reply shorter than its request: all unresolved
+                };
+                for (j, entry) in index.into_iter().zip(entries) {
+                    found[j] = entry.as_ref().map(to_location).and_then(usable);
                 }
             }
             pending.retain(|&j| found[j].is_none());
@@ -634,7 +629,8 @@ impl ShardStore {
             .exchange(reads.endpoint, async |conn| {
                 let id = conn.next_id();
                 conn.send(&reads.request, id, &[]).await?;
-                let header = conn.recv().await?;
+                // Exact reads: the pages that follow go straight in place.
+                let header = conn.recv_before_bulk().await?;
                 if header.kind == Kind::Error {
                     return Err(peer_error(&wire::decode_owned::<ErrorReply>(conn.meta())?));
                 }

@@ -14,6 +14,7 @@
 //! every operation runs synchronously; anything that crosses the network runs
 //! as a glommio task on the shard (see `remote.rs` and `server.rs`).
 
+use super::lookups::LookupQueues;
 use super::stats::ShardStats;
 use crate::cluster::ClusterView;
 use crate::directory::{
@@ -167,6 +168,8 @@ pub struct ShardStore {
     pub(super) cache: RefCell<LocationCache>,
     pub(super) view: RefCell<Option<Arc<ClusterView>>>,
     pub(super) channels: Channels<SocketAddr, FramedConn<TcpStream>>,
+    /// Directory lookups per owner shard, merged across concurrent batches.
+    pub(super) lookups: LookupQueues,
     pub(super) stats: Arc<ShardStats>,
     listener: RefCell<Option<ShardListener>>,
     /// The listening socket while the accept loop owns it, so `stop` can
@@ -267,6 +270,7 @@ impl ShardStore {
         let store = Self {
             node_ref: NodeRef::of(&id.node_id),
             channels: Channels::new(id.max_channels_per_peer, id.request_timeout),
+            lookups: LookupQueues::default(),
             cache: RefCell::new(LocationCache::new(
                 HANDOFF_TTL,
                 id.read_cache_ttl,

@@ -124,6 +124,10 @@ stats! {
     /// Keys peers looked up in this node's directory (`DirGet`). A lookup a
     /// node can answer from its own replica never reaches a peer.
     Counter directory_lookups_served,
+    /// `DirGet` requests this node sent to peers' directories. Lookups of
+    /// batches running at the same time share one request per owner shard
+    /// when requests to it are already in flight.
+    Counter directory_requests_sent,
     /// Channels to peers opened.
     Counter channels_opened,
     /// Channels dropped after a failed exchange.
