@@ -15,7 +15,9 @@
 //! Lookups that find the window full join one forming request, which leaves
 //! when a request in flight returns, with all of their keys. A lone lookup
 //! therefore waits for nothing; merging only happens when requests to that
-//! owner are already in flight.
+//! owner are already in flight. With an owner that stopped answering, a
+//! lookup waits for at most one request ahead of it and then its own, each
+//! bounded by the request timeout, before its keys count as unresolved.
 //!
 //! [`LookupQueues`] is the bookkeeping alone (no I/O), so its rules are unit
 //! tested; [`ShardStore::dir_get`] runs the requests.
