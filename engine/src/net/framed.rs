@@ -249,6 +249,24 @@ mod tests {
         }
     }
 
+    /// A connection over `data`, handed out at most `chunk` bytes per read.
+    fn conn(data: Vec<u8>, chunk: usize) -> FramedConn<Chunked> {
+        FramedConn::new(Chunked {
+            data,
+            pos: 0,
+            chunk,
+            reads: Vec::new(),
+        })
+    }
+
+    /// Appends a `DirGetReply` frame of `entries` misses.
+    fn push_reply(out: &mut Vec<u8>, request_id: u64, entries: usize) {
+        let reply = DirGetReply {
+            entries: vec![None; entries],
+        };
+        wire::encode_frame(&reply, request_id, 0, out).unwrap();
+    }
+
     /// A control frame, a data reply with two pages of bulk, another
     /// control frame: the stream, where the data reply and its first page
     /// start, and the page bytes.
@@ -264,26 +282,13 @@ mod tests {
         wire::encode_frame(&reply, 8, pages.len() as u64, &mut out).unwrap();
         let bulk_at = out.len();
         out.extend_from_slice(&pages);
-        wire::encode_frame(
-            &DirGetReply {
-                entries: vec![None],
-            },
-            9,
-            0,
-            &mut out,
-        )
-        .unwrap();
+        push_reply(&mut out, 9, 1);
         (out, reply_at, bulk_at, pages)
     }
 
     fn read_all(chunk: usize) {
         let (data, _, _, pages) = stream();
-        let mut conn = FramedConn::new(Chunked {
-            data,
-            pos: 0,
-            chunk,
-            reads: Vec::new(),
-        });
+        let mut conn = conn(data, chunk);
         block_on(async {
             let h = conn.recv().await.unwrap();
             assert_eq!((h.kind, h.request_id), (Kind::DirGet, 7));
@@ -319,12 +324,7 @@ mod tests {
     #[test]
     fn the_frame_before_bulk_is_not_read_ahead() {
         let (data, reply_at, bulk_at, pages) = stream();
-        let mut conn = FramedConn::new(Chunked {
-            data: data[reply_at..].to_vec(),
-            pos: 0,
-            chunk: usize::MAX,
-            reads: Vec::new(),
-        });
+        let mut conn = conn(data[reply_at..].to_vec(), usize::MAX);
         let bulk_at = bulk_at - reply_at;
         block_on(async {
             conn.recv_before_bulk().await.unwrap();
@@ -343,21 +343,8 @@ mod tests {
     #[test]
     fn a_control_frame_takes_one_read() {
         let mut data = Vec::new();
-        wire::encode_frame(
-            &DirGetReply {
-                entries: vec![None; 32],
-            },
-            1,
-            0,
-            &mut data,
-        )
-        .unwrap();
-        let mut conn = FramedConn::new(Chunked {
-            data,
-            pos: 0,
-            chunk: usize::MAX,
-            reads: Vec::new(),
-        });
+        push_reply(&mut data, 1, 32);
+        let mut conn = conn(data, usize::MAX);
         block_on(async {
             let h = conn.recv().await.unwrap();
             let reply = wire::decode_owned::<DirGetReply>(conn.meta()).unwrap();
@@ -371,23 +358,9 @@ mod tests {
     #[test]
     fn a_read_ahead_keeps_the_next_frame() {
         let mut data = Vec::new();
-        for id in [1, 2] {
-            wire::encode_frame(
-                &DirGetReply {
-                    entries: vec![None; 2],
-                },
-                id,
-                0,
-                &mut data,
-            )
-            .unwrap();
-        }
-        let mut conn = FramedConn::new(Chunked {
-            data,
-            pos: 0,
-            chunk: usize::MAX,
-            reads: Vec::new(),
-        });
+        push_reply(&mut data, 1, 2);
+        push_reply(&mut data, 2, 2);
+        let mut conn = conn(data, usize::MAX);
         block_on(async {
             assert_eq!(conn.recv().await.unwrap().request_id, 1);
             assert_eq!(conn.recv().await.unwrap().request_id, 2);

@@ -246,6 +246,17 @@ mod tests {
         (from..from + n).map(|k| [k; 16]).collect()
     }
 
+    /// Joins `keys` to `ep`'s queue, which must launch a new request.
+    fn launch(q: &LookupQueues, ep: SocketAddr, keys: &[[u8; 16]]) -> Rc<PendingGet> {
+        match q.join(ep, keys) {
+            Joined::Launch(request, range) => {
+                assert_eq!(range, 0..keys.len());
+                request
+            }
+            _ => panic!("the lookup must launch a request"),
+        }
+    }
+
     fn reply(keys: &[[u8; 16]]) -> Result<DirGetReply, String> {
         Ok(DirGetReply {
             entries: vec![None; keys.len()],
@@ -257,28 +268,21 @@ mod tests {
     #[test]
     fn lookups_leave_at_once_while_the_window_has_room() {
         let q = LookupQueues::default();
-        let Joined::Launch(first, r) = q.join(ep(1), &keys(0, 3)) else {
-            panic!("the first lookup must launch a request");
-        };
-        assert_eq!(r, 0..3);
+        let first = launch(&q, ep(1), &keys(0, 3));
         assert_eq!(q.seal(ep(1), &first), keys(0, 3));
         for n in 1..IN_FLIGHT_PER_OWNER {
-            let Joined::Launch(request, _) = q.join(ep(1), &keys(10 * n as u8, 2)) else {
-                panic!("lookup {n} must launch while the window has room");
-            };
+            let request = launch(&q, ep(1), &keys(10 * n as u8, 2));
             q.seal(ep(1), &request);
         }
         // Another owner has a window of its own.
-        assert!(matches!(q.join(ep(2), &keys(0, 1)), Joined::Launch(..)));
+        launch(&q, ep(2), &keys(0, 1));
     }
 
     /// Lookups made before the sending task started ride in its request.
     #[test]
     fn lookups_of_the_same_turn_share_a_launched_request() {
         let q = LookupQueues::default();
-        let Joined::Launch(request, _) = q.join(ep(1), &keys(0, 2)) else {
-            panic!("must launch");
-        };
+        let request = launch(&q, ep(1), &keys(0, 2));
         let Joined::Wait(same, r) = q.join(ep(1), &keys(5, 3)) else {
             panic!("must join the launched request");
         };
@@ -296,9 +300,7 @@ mod tests {
         let q = LookupQueues::default();
         let mut out = Vec::new();
         for n in 0..IN_FLIGHT_PER_OWNER {
-            let Joined::Launch(request, _) = q.join(ep(1), &keys(n as u8, 1)) else {
-                panic!("must launch");
-            };
+            let request = launch(&q, ep(1), &keys(n as u8, 1));
             let sent = q.seal(ep(1), &request);
             out.push((request, sent));
         }
@@ -328,9 +330,7 @@ mod tests {
     #[test]
     fn a_failed_request_fails_every_lookup_that_rode_in_it() {
         let q = LookupQueues::default();
-        let Joined::Launch(request, _) = q.join(ep(1), &keys(0, 1)) else {
-            panic!("must launch");
-        };
+        let request = launch(&q, ep(1), &keys(0, 1));
         let Joined::Wait(..) = q.join(ep(1), &keys(1, 1)) else {
             panic!("must share it");
         };
@@ -347,9 +347,7 @@ mod tests {
     #[test]
     fn a_lookup_past_the_request_limit_goes_alone() {
         let q = LookupQueues::default();
-        let Joined::Launch(request, _) = q.join(ep(1), &keys(0, 1)) else {
-            panic!("must launch");
-        };
+        let request = launch(&q, ep(1), &keys(0, 1));
         let big = vec![[7u8; 16]; MAX_KEYS_PER_REQUEST];
         assert!(matches!(q.join(ep(1), &big), Joined::Alone));
         assert_eq!(q.seal(ep(1), &request), keys(0, 1));
