@@ -295,7 +295,6 @@ fn a_failed_qp_exchange_falls_back_to_tcp() {
     assert_eq!(fabric_b.counters().qps_created, qps);
 }
 
-/// Two consecutive free ports on 127.0.0.1 (one per shard of a node).
 #[test]
 fn a_peer_restarted_behind_the_same_endpoint_is_reconnected() {
     let fabric = Fabric::new(FabricOptions::default());

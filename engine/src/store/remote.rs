@@ -332,8 +332,9 @@ impl ShardStore {
 
     /// Resolves `keys` through the directory: the local table when this node
     /// is one of a key's owners (whatever its rank among them), else one
-    /// `DirGet` per owner shard, trying the next replica for keys still
-    /// unresolved. Entries of nodes outside `view`, and of this node (whose
+    /// `DirGet` per owner shard (shared with the lookups of batches running
+    /// at the same time, see `lookups.rs`), trying the next replica for keys
+    /// still unresolved. Entries of nodes outside `view`, and of this node (whose
     /// pool and disk were already checked), are not locations. Non-resident
     /// entries are (the page is on its node's disk).
     pub(super) async fn lookup(
