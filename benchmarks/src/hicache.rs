@@ -904,7 +904,7 @@ pub fn run(args: &HicacheArgs, mode: Mode) -> Result<(), String> {
         let places = (args.dst_region_bytes() / stride, stride);
         let rt = raw_tcp_round_trips(
             p.raw_port,
-            args.page_size,
+            (args.page_size, 1),
             &consumer.dst,
             places,
             args.warmup,
@@ -924,6 +924,34 @@ pub fn run(args: &HicacheArgs, mode: Mode) -> Result<(), String> {
                 args.duration,
             )?;
             references.insert("raw_tcp_gbps".into(), json!(raw));
+        }
+        let c1_get = rows
+            .iter()
+            .any(|r| r.op == Op::Get && r.concurrency == 1 && r.batch == args.batch_size);
+        if let Some(p) = producer.as_ref().filter(|_| c1_get) {
+            progress(
+                "raw TCP batch round trip reference (one batch per request, one connection) ...",
+            );
+            // The tail the host itself gives a transfer of one batch's bytes:
+            // the reference for the get's p99 against its p50 at concurrency 1.
+            // Replies land where thread 0's batches do, slot after slot.
+            let stride = args.batch_size * args.page_size;
+            let places = (args.dst_region_bytes() / stride, stride);
+            let rt = raw_tcp_round_trips(
+                p.raw_port,
+                (args.page_size, args.batch_size),
+                &consumer.dst,
+                places,
+                args.warmup,
+                args.duration,
+            )?;
+            let (p50, p99) = (pct(&rt, 0.5), pct(&rt, 0.99));
+            references.insert("raw_tcp_batch_round_trip_p50_us".into(), json!(p50));
+            references.insert("raw_tcp_batch_round_trip_p99_us".into(), json!(p99));
+            references.insert(
+                "raw_tcp_batch_round_trip_p99_over_p50".into(),
+                json!(p99 / p50.max(1.0)),
+            );
         }
         progress("memcpy reference (same bytes per batch) ...");
         references.insert("memcpy_gbps".into(), json!(memcpy_gbps(args)));

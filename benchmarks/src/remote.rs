@@ -235,17 +235,22 @@ where
 
 /// First byte of a connection to the raw TCP references: stream pages.
 const RAW_STREAM: u8 = b'S';
-/// First byte of a connection to the raw TCP references: one page per request.
+/// First byte of a connection to the raw TCP references: pages per request.
 const RAW_REQUEST_REPLY: u8 = b'R';
-/// Bytes of one request to the request/reply reference.
+/// Bytes of one request to the request/reply reference (its page count).
 const RAW_REQUEST_BYTES: usize = 8;
+
+/// Most pages one request of the request/reply reference may ask for.
+const RAW_MAX_PAGES_PER_REQUEST: u64 = 4096;
 
 /// Serves the raw TCP references on `listener`, one thread per connection.
 /// The connection's first byte picks the reference: [`RAW_STREAM`] gets pages
 /// of `page` bytes back to back until it closes (the throughput reference);
-/// [`RAW_REQUEST_REPLY`] gets one page per [`RAW_REQUEST_BYTES`]-byte
-/// request (the latency reference: one round trip between two processes
-/// with blocking sockets, no shards, no framing, no lookup).
+/// [`RAW_REQUEST_REPLY`] gets, per [`RAW_REQUEST_BYTES`]-byte request, as
+/// many pages as the request names (a little-endian u64, 1 to
+/// [`RAW_MAX_PAGES_PER_REQUEST`]): the latency references, one round trip
+/// between two processes with blocking sockets, no shards, no framing, no
+/// lookup.
 pub(crate) fn serve_raw_references(listener: TcpListener, page: usize) {
     std::thread::spawn(move || {
         for stream in listener.incoming() {
@@ -261,9 +266,13 @@ pub(crate) fn serve_raw_references(listener: TcpListener, page: usize) {
                     RAW_STREAM => while stream.write_all(block.as_slice()).is_ok() {},
                     RAW_REQUEST_REPLY => {
                         let mut request = [0u8; RAW_REQUEST_BYTES];
-                        while stream.read_exact(&mut request).is_ok()
-                            && stream.write_all(block.as_slice()).is_ok()
-                        {}
+                        while stream.read_exact(&mut request).is_ok() {
+                            let pages =
+                                u64::from_le_bytes(request).clamp(1, RAW_MAX_PAGES_PER_REQUEST);
+                            if (0..pages).any(|_| stream.write_all(block.as_slice()).is_err()) {
+                                break;
+                            }
+                        }
                     }
                     _ => {}
                 }
@@ -272,41 +281,51 @@ pub(crate) fn serve_raw_references(listener: TcpListener, page: usize) {
     });
 }
 
-/// The latency reference of a batch-1 remote get: per call, send a request
-/// to the server process and receive one `page` into the next of `slots`
-/// places `stride` bytes apart at the start of `dst`. Callers pass the
-/// buffer and places their batch-1 gets used, so both land in memory that is
-/// equally resident and equally cold. Returns the per-call latency
-/// histogram (µs).
+/// The latency reference of a remote get call: per call, send a request to
+/// the server process and receive `pages` pages of `page` bytes, back to
+/// back, into the next of `slots` places `stride` bytes apart at the start
+/// of `dst`. With `pages` = 1 it is the floor of a batch-1 get; with a
+/// batch's pages, the same bytes as one batch call, whose tail (p99 against
+/// p50) is this host's own for that transfer. Callers pass the buffer and
+/// places their gets used, so both land in memory that is equally resident
+/// and equally cold. Returns the per-call latency histogram (µs).
 pub(crate) fn raw_tcp_round_trips(
     port: u16,
-    page: usize,
+    (page, pages): (usize, usize),
     dst: &AlignedBuf,
     (slots, stride): (usize, usize),
     warmup: f64,
     duration: f64,
 ) -> Result<Histogram<u64>, String> {
-    let (slots, stride) = (slots.max(1), stride.max(page));
-    if (slots - 1) * stride + page > dst.len() {
+    if pages == 0 || pages as u64 > RAW_MAX_PAGES_PER_REQUEST {
         return Err(format!(
-            "round trip reference: {slots} places {stride} B apart do not fit a {} B buffer",
+            "round trip reference: {pages} pages per request (1 to {RAW_MAX_PAGES_PER_REQUEST})"
+        ));
+    }
+    let reply = page * pages;
+    let (slots, stride) = (slots.max(1), stride.max(reply));
+    if (slots - 1) * stride + reply > dst.len() {
+        return Err(format!(
+            "round trip reference: {slots} places of {reply} B, {stride} B apart, do not fit a {} B buffer",
             dst.len()
         ));
     }
     let mut stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
     let _ = stream.set_nodelay(true);
+    // A reply that never completes is an error, not a hung benchmark.
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
     stream
         .write_all(&[RAW_REQUEST_REPLY])
         .map_err(|e| e.to_string())?;
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
     let mut round_trip = |i: usize| -> Result<u64, String> {
-        // SAFETY: place i of the destination buffer, page bytes long (checked
-        // to fit above); nothing else writes the buffer during the call.
+        // SAFETY: place i of the destination buffer, `reply` bytes long
+        // (checked to fit above); nothing else writes the buffer during the call.
         let d =
-            unsafe { std::slice::from_raw_parts_mut(dst.ptr().add((i % slots) * stride), page) };
+            unsafe { std::slice::from_raw_parts_mut(dst.ptr().add((i % slots) * stride), reply) };
         let t0 = Instant::now();
         stream
-            .write_all(&(i as u64).to_le_bytes())
+            .write_all(&(pages as u64).to_le_bytes())
             .and_then(|()| stream.read_exact(d))
             .map_err(|e| e.to_string())?;
         Ok(t0.elapsed().as_micros().max(1) as u64)
@@ -533,7 +552,7 @@ pub fn run(args: &RemoteArgs) -> Result<(), String> {
     // Into thread 0's destinations, where the batch-1 gets just landed.
     let raw_rt = raw_tcp_round_trips(
         server.raw_port,
-        page,
+        (page, 1),
         &dst,
         (ws, page),
         args.warmup,
@@ -765,5 +784,32 @@ fn route(node_id: &str) -> MemberRoute {
         node_id: node_id.to_string(),
         node_ref: NodeRef::of(node_id),
         shard_endpoints: vec![SocketAddr::from(([127, 0, 0, 1], 1))],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_reference_receives_every_page_it_asks_for() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        serve_raw_references(listener, 4096);
+        // Three places of three pages: a short reply would leave read_exact
+        // waiting and a long one would shift every later reply.
+        let dst = AlignedBuf::new(9 * 4096);
+        let hist = raw_tcp_round_trips(port, (4096, 3), &dst, (3, 3 * 4096), 0.0, 0.05).unwrap();
+        assert!(!hist.is_empty());
+    }
+
+    #[test]
+    fn round_trip_reference_refuses_what_it_cannot_measure() {
+        let dst = AlignedBuf::new(4 * 4096);
+        // Checked before connecting: port 1 is never reached.
+        let zero = raw_tcp_round_trips(1, (4096, 0), &dst, (1, 4096), 0.0, 0.0).unwrap_err();
+        assert!(zero.contains("pages per request"), "{zero}");
+        let big = raw_tcp_round_trips(1, (4096, 5), &dst, (1, 5 * 4096), 0.0, 0.0).unwrap_err();
+        assert!(big.contains("do not fit"), "{big}");
     }
 }

@@ -120,6 +120,19 @@ fn compare_measures_get_against_the_raw_tcp_stream_and_memcpy() {
     assert!(v["references"]["raw_tcp_gbps"].as_f64().unwrap() > 0.0);
     assert!(v["references"]["memcpy_gbps"].as_f64().unwrap() > 0.0);
     assert!(v["ratios"]["get_peak_vs_raw_tcp"].as_f64().unwrap() > 0.0);
+    // The sweep has a get at concurrency 1, so the run measured the host's
+    // own tail for one batch's bytes: a raw round trip of 32 pages.
+    let refs = &v["references"];
+    let (p50, p99) = (
+        refs["raw_tcp_batch_round_trip_p50_us"].as_f64().unwrap(),
+        refs["raw_tcp_batch_round_trip_p99_us"].as_f64().unwrap(),
+    );
+    assert!(p50 >= 1.0 && p99 >= p50, "{refs}");
+    let tail = refs["raw_tcp_batch_round_trip_p99_over_p50"]
+        .as_f64()
+        .unwrap();
+    assert!((tail - p99 / p50).abs() < 1e-9);
+    assert!(v["ratios"]["get_c1_p99_over_p50"].as_f64().unwrap() >= 1.0);
     // --paired-rounds: three back-to-back rounds at the PEAK's concurrency, the
     // reference first in rounds 1 and 3, and the median of their ratios.
     let peak_threads = &v["peak"][0]["concurrency"];
