@@ -34,10 +34,15 @@ use std::ops::Range;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 
-/// Requests out at once per owner endpoint. Two keep one request on the
-/// wire while the other's reply is being handled, so merging never leaves
-/// the owner idle.
-pub(super) const IN_FLIGHT_PER_OWNER: usize = 2;
+/// Requests out at once per owner endpoint. One: every lookup that arrives
+/// while a request is out rides in the next, so each request carries as many
+/// batches as possible. A lookup may wait one round trip longer than with a
+/// wider window, and each request saved is a send, a receive and a wake-up
+/// on both nodes. On the benchmark machine (exists, 8 threads, 2 shards per
+/// node) a window of 1 sent about 40 % fewer requests per call than a
+/// window of 2, and exists ran at a median 484 K pages/s against 410 K
+/// over 10 interleaved pairs (docs/performance.md, 2026-12-02).
+pub(super) const IN_FLIGHT_PER_OWNER: usize = 1;
 
 /// Most keys one merged request carries; a lookup that would take a forming
 /// request past it is sent on its own. Far above any batch SGLang sends,
