@@ -302,7 +302,9 @@ pub(crate) fn raw_tcp_round_trips(
             "round trip reference: {pages} pages per request (1 to {RAW_MAX_PAGES_PER_REQUEST})"
         ));
     }
-    let reply = page * pages;
+    let reply = page
+        .checked_mul(pages)
+        .ok_or_else(|| format!("round trip reference: {pages} pages of {page} B overflow"))?;
     let (slots, stride) = (slots.max(1), stride.max(reply));
     if (slots - 1) * stride + reply > dst.len() {
         return Err(format!(
@@ -796,8 +798,8 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         serve_raw_references(listener, 4096);
-        // Three places of three pages: a short reply would leave read_exact
-        // waiting and a long one would shift every later reply.
+        // Three places of three pages each: a reply of fewer pages than asked
+        // would leave read_exact waiting until the read timeout fails the run.
         let dst = AlignedBuf::new(9 * 4096);
         let hist = raw_tcp_round_trips(port, (4096, 3), &dst, (3, 3 * 4096), 0.0, 0.05).unwrap();
         assert!(!hist.is_empty());
