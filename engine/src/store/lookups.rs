@@ -269,16 +269,17 @@ mod tests {
     }
 
     /// The first lookups to an owner leave at once, one request each, up to
-    /// the window.
+    /// the window; past it they wait.
     #[test]
     fn lookups_leave_at_once_while_the_window_has_room() {
         let q = LookupQueues::default();
-        let first = launch(&q, ep(1), &keys(0, 3));
-        assert_eq!(q.seal(ep(1), &first), keys(0, 3));
-        for n in 1..IN_FLIGHT_PER_OWNER {
-            let request = launch(&q, ep(1), &keys(10 * n as u8, 2));
-            q.seal(ep(1), &request);
+        for n in 0..IN_FLIGHT_PER_OWNER {
+            let mine = keys(10 * n as u8, 3);
+            let request = launch(&q, ep(1), &mine);
+            assert_eq!(q.seal(ep(1), &request), mine);
         }
+        // The window is full: the next lookup waits for a request to return.
+        assert!(matches!(q.join(ep(1), &keys(90, 1)), Joined::Wait(..)));
         // Another owner has a window of its own.
         launch(&q, ep(2), &keys(0, 1));
     }
