@@ -893,15 +893,16 @@ pub fn run(args: &HicacheArgs, mode: Mode) -> Result<(), String> {
         rust_point(Op::Get, c, args.batch_size)
     })?);
     peak_rss = peak_rss.max(rss_bytes());
+    // The round trip references land where thread 0 of the consumer puts its
+    // batches: at the start of each batch-sized slot of its destination region.
+    let batch_bytes = args.batch_size * args.page_size;
+    let places = (args.dst_region_bytes() / batch_bytes, batch_bytes);
     if let Some(p) = producer
         .as_ref()
         .filter(|_| matches!(mode, Mode::Suite | Mode::Latency))
     {
         progress("raw TCP round trip reference (one page per request, one connection) ...");
-        // Where the consumer's batch-1 gets land (thread 0): one page at the
-        // start of each batch-sized slot of its destination region.
-        let stride = args.batch_size * args.page_size;
-        let places = (args.dst_region_bytes() / stride, stride);
+        // One page per slot, as the batch-1 gets land.
         let rt = raw_tcp_round_trips(
             p.raw_port,
             (args.page_size, 1),
@@ -919,7 +920,7 @@ pub fn run(args: &HicacheArgs, mode: Mode) -> Result<(), String> {
             let raw = raw_tcp_gbps(
                 p.raw_port,
                 args.page_size,
-                args.page_size * args.batch_size,
+                batch_bytes,
                 args.warmup,
                 args.duration,
             )?;
@@ -934,9 +935,6 @@ pub fn run(args: &HicacheArgs, mode: Mode) -> Result<(), String> {
             );
             // The tail the host itself gives a transfer of one batch's bytes:
             // the reference for the get's p99 against its p50 at concurrency 1.
-            // Replies land where thread 0's batches do, slot after slot.
-            let stride = args.batch_size * args.page_size;
-            let places = (args.dst_region_bytes() / stride, stride);
             let rt = raw_tcp_round_trips(
                 p.raw_port,
                 (args.page_size, args.batch_size),
