@@ -127,9 +127,11 @@ pub enum Mode {
     /// Each node publishes into its own pool; peers read from the producer.
     #[default]
     P2p,
-    /// P2P plus dedicated storage servers in the same cluster; see `write_policy`.
+    /// P2P plus dedicated storage servers in the same cluster; see
+    /// `write_policy`. Parsed, then refused: no storage server in this build.
     Hybrid,
     /// Inference nodes are storage clients only: no local published pool.
+    /// Parsed, then refused like `Hybrid`.
     Centralized,
 }
 
@@ -155,7 +157,8 @@ pub enum Role {
     Auto,
     /// An SGLang rank (client).
     Inference,
-    /// A KV storage server (`peercache-storage-server`).
+    /// A KV storage server (`peercache-storage-server`). Parsed, then
+    /// refused: no storage server in this build.
     Storage,
 }
 
@@ -193,9 +196,10 @@ pub struct Config {
     pub discovery_addr: Vec<HostPort>,
 
     // --- Deployment mode ---
-    /// `mode` (default `p2p`).
+    /// `mode` (default `p2p`, the only mode this build runs).
     pub mode: Mode,
-    /// `write_policy` (default `local`); only meaningful in hybrid mode.
+    /// `write_policy` (default `local`); only meaningful in hybrid mode,
+    /// so anything else is ignored with a warning.
     pub write_policy: WritePolicy,
     /// `role` (default `auto`).
     pub role: Role,
@@ -221,8 +225,7 @@ pub struct Config {
     // --- Capacity / placement ---
     /// `global_segment_size` (default 4gb), bytes: published memory pool per
     /// node, sliced across `tp_size` ranks ([`Config::pool_bytes_per_rank`]).
-    /// Non-zero except in centralized mode, where inference nodes publish no
-    /// pool.
+    /// Never zero.
     pub global_segment_size: u64,
     /// `vnodes` (default 160, 1..=65536): virtual nodes per node on the
     /// consistent-hash ring.
@@ -366,8 +369,8 @@ impl Config {
     }
 
     /// This rank's slice of the published pool: `global_segment_size /
-    /// tp_size`, rounded down to a multiple of [`POOL_ALIGN_BYTES`]. Non-zero
-    /// unless `mode` is centralized.
+    /// tp_size`, rounded down to a multiple of [`POOL_ALIGN_BYTES`]. Never
+    /// zero in a `Config` that parsed.
     pub fn pool_bytes_per_rank(&self) -> u64 {
         let per_rank = self.global_segment_size / self.tp_size as u64;
         per_rank - per_rank % POOL_ALIGN_BYTES
@@ -894,11 +897,31 @@ impl<'a> Reader<'a> {
     /// Single-key checks that depend on other keys, and cross-key rules.
     fn check(&self, c: &Config) -> Result<(), ConfigError> {
         let given = |key: &str| self.map.get(key).cloned().unwrap_or(Value::Null);
-        if c.global_segment_size == 0 && c.mode != Mode::Centralized {
+        // Seed 001's hybrid and centralized modes write to dedicated storage
+        // servers (`peercache-storage-server`), which this build does not
+        // have: refusing here beats running plain P2P under a mode the
+        // operator did not ask for.
+        if c.mode != Mode::P2p {
+            return Err(Self::invalid(
+                "mode",
+                &given("mode"),
+                "\"p2p\" (the default): modes \"hybrid\" and \"centralized\" need dedicated \
+                 storage servers (peercache-storage-server), which this build does not include",
+            ));
+        }
+        if c.role == Role::Storage {
+            return Err(Self::invalid(
+                "role",
+                &given("role"),
+                "\"auto\" or \"inference\": a storage server (peercache-storage-server) is not \
+                 part of this build",
+            ));
+        }
+        if c.global_segment_size == 0 {
             return Err(Self::invalid(
                 "global_segment_size",
                 &given("global_segment_size"),
-                "a non-zero pool size such as \"4gb\" (only mode \"centralized\" runs without a pool)",
+                "a non-zero pool size such as \"4gb\"",
             ));
         }
         if c.disk_enabled && c.disk_size == 0 {
@@ -955,7 +978,7 @@ impl<'a> Reader<'a> {
                 ),
             });
         }
-        if c.mode != Mode::Centralized && c.pool_bytes_per_rank() == 0 {
+        if c.pool_bytes_per_rank() == 0 {
             return Err(ConfigError::Conflict {
                 key: "global_segment_size".to_owned(),
                 other: "tp_size".to_owned(),
@@ -1021,13 +1044,27 @@ impl<'a> Reader<'a> {
                 ));
             }
         }
-        if c.write_policy != WritePolicy::Local && c.mode != Mode::Hybrid {
+        if c.write_policy != WritePolicy::Local {
             warnings.push(format!(
-                "extra_config key \"write_policy\" ({}) only applies with \"mode\": \"hybrid\" \
-                 (mode is {}); it is ignored",
+                "extra_config key \"write_policy\" ({}) only applies with \"mode\": \"hybrid\", \
+                 which this build does not include; it is ignored and pages are published \
+                 into the local pool",
                 serde_json::to_string(&c.write_policy).unwrap_or_default(),
-                serde_json::to_string(&c.mode).unwrap_or_default(),
             ));
+        }
+        // RDMA queue pairs are connected through the control connection, so
+        // there is no RDMA bootstrap listener for these two keys to move.
+        for (key, set) in [
+            ("rdma_port", c.rdma_port != 0),
+            ("rdma_bind_host", c.rdma_bind_host != "0.0.0.0"),
+        ] {
+            if set {
+                warnings.push(format!(
+                    "extra_config key \"{key}\" has no effect: RDMA queue pairs are connected \
+                     over the control connection (control_bind_host / control_port), so there \
+                     is no separate RDMA bootstrap port; it is ignored"
+                ));
+            }
         }
         if !c.device_names.is_empty()
             && !c.device_name.is_empty()

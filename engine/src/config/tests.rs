@@ -118,7 +118,7 @@ fn every_key_with_a_non_default_value() {
             "module_path": "peercache.store",
             "class_name": "PeerCacheStore",
             "discovery_addr": "10.0.0.1:4000, 10.0.0.2",
-            "mode": "hybrid",
+            "mode": "p2p",
             "write_policy": "both",
             "role": "inference",
             "protocol": "tcp",
@@ -172,7 +172,7 @@ fn every_key_with_a_non_default_value() {
         c.discovery_addr,
         vec![hp("10.0.0.1", 4000), hp("10.0.0.2", 31998)]
     );
-    assert_eq!(c.mode, Mode::Hybrid);
+    assert_eq!(c.mode, Mode::P2p);
     assert_eq!(c.write_policy, WritePolicy::Both);
     assert_eq!(c.role, Role::Inference);
     assert_eq!(c.protocol, Protocol::Tcp);
@@ -216,7 +216,12 @@ fn every_key_with_a_non_default_value() {
     assert_eq!(c.batch_wait_spin_us, 80);
     assert!(!c.prefault_pool);
     assert_eq!(c.shard_io_memory, 4 << 20);
-    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    // Parsed, and each named as having no effect in this build.
+    let ignored = ["\"write_policy\"", "\"rdma_port\"", "\"rdma_bind_host\""];
+    assert_eq!(c.warnings.len(), ignored.len(), "{:?}", c.warnings);
+    for (warning, key) in c.warnings.iter().zip(ignored) {
+        assert!(warning.contains(key), "{warning}");
+    }
 
     // Helpers.
     assert_eq!(c.heartbeat_interval(), Duration::from_millis(500));
@@ -259,15 +264,40 @@ fn seed_001_launch_example_parses() {
     assert_eq!(c.disk_size, 107_374_182_400);
     assert!(c.warnings.is_empty(), "{:?}", c.warnings);
 
-    // The hybrid example.
-    let hybrid = Config::from_json(
+    // The hybrid example names a mode this build does not run: refused at
+    // parse time, naming the key and what is missing.
+    let err = Config::from_json(
         r#"{"backend_name": "peercache", "module_path": "peercache.store",
             "class_name": "PeerCacheStore", "discovery_addr": "192.168.1.10:31998",
             "mode": "hybrid", "protocol": "rdma", "device_name": "mlx5_0"}"#,
     )
-    .unwrap();
-    assert_eq!(hybrid.mode, Mode::Hybrid);
-    assert!(hybrid.warnings.is_empty(), "{:?}", hybrid.warnings);
+    .unwrap_err();
+    assert_eq!(err.key(), Some("mode"));
+    assert!(
+        err.to_string().contains("peercache-storage-server"),
+        "{err}"
+    );
+}
+
+#[test]
+fn storage_modes_and_role_are_refused() {
+    for (key, value) in [
+        ("mode", "hybrid"),
+        ("mode", "centralized"),
+        ("role", "storage"),
+    ] {
+        let err = assert_rejected(json!({ key: value }), key);
+        let text = err.to_string();
+        assert!(text.contains(&format!("got \"{value}\"")), "{text}");
+        assert!(
+            text.contains("this build does not include") || text.contains("not part of this build"),
+            "{text}"
+        );
+    }
+    assert_eq!(
+        parse_with(json!({"role": "inference"})).unwrap().role,
+        Role::Inference
+    );
 }
 
 #[test]
@@ -466,9 +496,9 @@ fn bad_sizes() {
 }
 
 #[test]
-fn zero_pool_only_in_centralized_mode() {
-    let c = parse_with(json!({"mode": "centralized", "global_segment_size": 0})).unwrap();
-    assert_eq!(c.pool_bytes_per_rank(), 0);
+fn zero_pool_is_refused() {
+    let err = assert_rejected(json!({"global_segment_size": 0}), "global_segment_size");
+    assert!(err.to_string().contains("\"4gb\""), "{err}");
     let err = parse_with(json!({"global_segment_size": 8192, "tp_size": 4})).unwrap_err();
     assert_eq!(err.key(), Some("global_segment_size"));
     assert!(err.to_string().contains("\"tp_size\""), "{err}");
@@ -715,6 +745,23 @@ fn sglang_keys_are_accepted_silently() {
 
 #[test]
 fn ineffective_settings_warn() {
+    for (key, value) in [
+        ("rdma_port", json!(18515)),
+        ("rdma_bind_host", json!("10.0.0.9")),
+    ] {
+        let c = parse_with(json!({ key: value })).unwrap();
+        assert!(
+            c.warnings
+                .iter()
+                .any(|w| w.contains(&format!("\"{key}\" has no effect"))),
+            "{key}: {:?}",
+            c.warnings
+        );
+    }
+    assert!(parse_with(json!({"rdma_port": 0}))
+        .unwrap()
+        .warnings
+        .is_empty());
     let c = parse_with(json!({"write_policy": "storage"})).unwrap();
     assert!(c
         .warnings
@@ -761,8 +808,8 @@ fn helpers() {
 fn to_json_value_round_trips() {
     let original = parse_with(json!({
         "discovery_addr": "10.0.0.1:4000,[fd00::2]",
-        "mode": "centralized",
-        "global_segment_size": 0,
+        "write_policy": "both",
+        "global_segment_size": "1gb",
         "device_names": "mlx5_0,mlx5_1",
         "heartbeat_interval": 0.25,
         "member_ttl": 1,
@@ -777,7 +824,7 @@ fn to_json_value_round_trips() {
         value["discovery_addr"],
         json!(["10.0.0.1:4000", "[fd00::2]:31998"])
     );
-    assert_eq!(value["mode"], json!("centralized"));
+    assert_eq!(value["write_policy"], json!("both"));
     assert_eq!(value["disk_size"], json!(1_610_612_736u64));
     assert_eq!(value["interface_v1"], json!(1));
     assert_eq!(value["local_hostname"], Value::Null);
