@@ -58,6 +58,14 @@ def test_package_exports():
     assert set(peercache.__all__) == {"Node", "PageLayout", "PeerCacheStore", "HAS_RDMA", "__version__"}
 
 
+def test_seed_install_check_module():
+    # Seed 000 step 1 checks an install with `from peercache import _peercache`.
+    from peercache import _peercache as m
+
+    assert m.HAS_RDMA is peercache.HAS_RDMA
+    assert m.Node is peercache.Node
+
+
 def test_import_needs_no_torch_numpy_or_sglang():
     code = (
         "import sys, peercache\n"
@@ -191,11 +199,15 @@ def test_clear_drops_every_page(node):
     assert node.stats()["pool_keys"] == 0
 
 
-def test_register_host_buffer_without_rdma_registers_nothing(make_node):
+def test_register_host_buffer_without_rdma_registers_nothing(make_node, capfd):
     node = make_node()
+    # Seed 000's check that SGLang's host pool arrived is the registered-MRs
+    # line: a node must not print it before a host buffer is registered.
+    assert "registered MRs" not in capfd.readouterr().err
     buf = Pages.filled(1, 64 * KIB)
     # A node on TCP has no rail: nothing registered, nothing raised.
     assert node.register_host_buffer(buf.ptrs[0], buf.lens[0]) == 0
+    assert f"registered MRs: recv={64 * KIB} bytes" in capfd.readouterr().err
     node.close()
     assert node.register_host_buffer(buf.ptrs[0], buf.lens[0]) == 0
 

@@ -285,14 +285,21 @@ fn a_three_node_cluster_reports_consistent_metrics() {
     let log = cluster.log(0);
     for line in [
         "embedded PeerCache discovery master on",
+        &format!("(seeds=['127.0.0.1:{}'], max_masters=", cluster.port),
         "RDMA transport unavailable (",
         "PeerCacheStore up: node=scrape-a rdma=unavailable control=",
-        "PeerCacheStore registered MRs: recv=0 bytes, pool=33554432 bytes",
+        "PeerCacheStore published pool: pool=33554432 bytes",
         &format!("metrics on http://{}/metrics", a.metrics.unwrap()),
         "member joined: scrape-c (",
     ] {
         assert!(log.contains(line), "node a's log lacks {line:?}");
     }
+    // Seed 000: the registered-MRs line means SGLang's host pool arrived, so
+    // a node that was never handed one must not print it.
+    assert!(
+        !log.contains("registered MRs"),
+        "no host buffer was registered, yet the log says so"
+    );
     for node in [a, b, c] {
         node.quit().expect("clean exit");
     }

@@ -81,13 +81,16 @@ impl DiscoveryRuntime {
         let bind: SocketAddr = format!("{}:{meta_port}", config.meta_bind_host)
             .parse()
             .map_err(|e| format!("meta_bind_host {:?}: {e}", config.meta_bind_host))?;
+        // Written as seed 000 shows the line (a Python list), so operators'
+        // greps for it match.
         let seeds: Vec<String> = config
             .discovery_addr
             .iter()
-            .map(|h| format!("{}:{}", h.host, h.port))
+            .map(|h| format!("'{}:{}'", h.host, h.port))
             .collect();
         tracing::info!(
-            "This host runs an embedded PeerCache discovery master on {bind} (seeds={seeds:?}, max_masters={}).",
+            "This host runs an embedded PeerCache discovery master on {bind} (seeds=[{}], max_masters={}).",
+            seeds.join(", "),
             config.max_masters
         );
         let ttl_ms = config.member_ttl().as_millis() as u64;

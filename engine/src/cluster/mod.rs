@@ -1,9 +1,11 @@
 //! The cluster as the data path sees it: membership views, and the discovery
 //! runtime that keeps them current.
 
+pub mod address;
 pub mod discovery_io;
 pub mod view;
 
+pub use address::advertised_host;
 pub use discovery_io::{run_standalone_meta, DiscoveryRuntime, MembershipCallback};
 pub use view::{ClusterView, MemberRoute};
 

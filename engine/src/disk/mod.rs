@@ -5,6 +5,8 @@
 //! - `layout.rs`: the file format (geometry, header blocks, checksums).
 //! - `index.rs`: which slot holds which page, free slots, LRU.
 //! - `slab.rs`: creating/reopening the file and rebuilding the index at start.
+//! - `claim.rs`: locking a node's directory, and removing the directories of
+//!   generated-id nodes that are gone.
 //! - this file: [`DiskTier`], one per shard, driving the file through the
 //!   shard's glommio executor (`DmaFile`: O_DIRECT on io_uring), and the
 //!   node-level set-up ([`prepare_node_dir`]).
@@ -15,6 +17,7 @@
 //! tier (ENOSPC) drops the write and counts it. See docs/disk.md for the
 //! durability promise.
 
+pub mod claim;
 pub mod index;
 pub mod layout;
 pub mod slab;
@@ -53,6 +56,9 @@ pub struct NodeDisk {
     pub dir: PathBuf,
     /// Geometry of every shard's slab.
     pub geometry: Geometry,
+    /// The directory's lock, for a node with a generated `node_id`; the
+    /// node keeps a clone until it stops.
+    pub claim: Option<Arc<claim::DirClaim>>,
 }
 
 /// Sets up `disk_path/<node_id>` for `shards` shards. Returns None, after
@@ -71,6 +77,12 @@ pub fn prepare_node_dir(config: &Config, node_id: &str, shards: usize) -> Option
         );
         return None;
     };
+    for gone in claim::reclaim_abandoned(&config.disk_path) {
+        tracing::info!(
+            "disk tier: removed {} (left by a node with a generated node_id that is no longer running; nothing could find its pages again)",
+            gone.display()
+        );
+    }
     if let Err(e) = check_writable(&dir, node_id, shards, config.disk_size) {
         tracing::warn!(
             "disk tier disabled: cannot use {}: {e}; serving from memory only (fix disk_path or set \"disk_enabled\": false)",
@@ -78,13 +90,28 @@ pub fn prepare_node_dir(config: &Config, node_id: &str, shards: usize) -> Option
         );
         return None;
     }
+    let mut dir_claim = None;
     if config.node_id.is_none() {
+        match claim::claim_generated(&dir) {
+            Ok(c) => dir_claim = Some(Arc::new(c)),
+            Err(e) => {
+                tracing::warn!(
+                    "disk tier disabled: cannot lock {}: {e}; serving from memory only",
+                    dir.display()
+                );
+                return None;
+            }
+        }
         tracing::info!(
-            "disk tier: node_id is generated, so {} will not be found again after a restart; set node_id to keep disk pages across restarts",
+            "disk tier: node_id is generated, so {} will not be found again after a restart (it is removed by the next node started on this disk_path once this one is gone); set node_id to keep disk pages across restarts",
             dir.display()
         );
     }
-    Some(NodeDisk { dir, geometry })
+    Some(NodeDisk {
+        dir,
+        geometry,
+        claim: dir_claim,
+    })
 }
 
 /// Creates the directory and writes a small description file: proves the

@@ -350,6 +350,7 @@ fn enospc_and_short_writes_stop_writes_other_errors_are_counted() {
     let nd = NodeDisk {
         dir: dir.0.clone(),
         geometry: Geometry::for_budget(1 << 20, 1).unwrap(),
+        claim: None,
     };
     let page = Location {
         offset: 0,
@@ -394,10 +395,59 @@ fn a_slab_the_file_system_cannot_hold_is_not_written_at_all() {
     let nd = NodeDisk {
         dir: dir.0.clone(),
         geometry: Geometry::for_budget(2 * free + (1 << 30), 1).unwrap(),
+        claim: None,
     };
     let stats = Arc::new(ShardStats::default());
     let tier = DiskTier::open(&nd, 0, Arc::clone(&stats)).unwrap();
     assert_eq!(stats.snapshot().disk_writes_stopped, 1);
     let len = std::fs::metadata(tier.path()).unwrap().len();
     assert_eq!(len, super::layout::BLOCK as u64, "only the header block");
+}
+
+/// Nodes with a generated `node_id` mark and lock their directory; a node
+/// starting later removes the ones whose node is gone (their pages can never
+/// be found again), and leaves a running node's and a named node's alone.
+#[test]
+fn generated_node_directories_are_reclaimed_once_their_node_is_gone() {
+    let dir = Scratch::new("reclaim");
+    let unnamed = || {
+        let text = format!(
+            r#"{{"discovery_addr":"127.0.0.1:31998","global_segment_size":"8mb","shards":2,
+                "metrics_enabled":false,"disk_path":"{}","disk_size":"1mb"}}"#,
+            dir.0.display()
+        );
+        Node::start(Config::from_json(&text).unwrap()).unwrap()
+    };
+    let subdirs = || {
+        let mut names: Vec<String> = std::fs::read_dir(&dir.0)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    };
+    let mut named = node(&dir.0, "1mb", true);
+    named.shutdown();
+    let mut first = unnamed();
+    let first_dir = dir.0.join(first.node_id());
+    assert!(first_dir.join(super::claim::GENERATED_MARKER).is_file());
+    // A second node while the first runs: both directories stay.
+    let mut second = unnamed();
+    let mut expected = vec![
+        "disk-test".to_string(),
+        first.node_id().to_string(),
+        second.node_id().to_string(),
+    ];
+    expected.sort();
+    assert_eq!(subdirs(), expected);
+    first.shutdown();
+    drop(first);
+    second.shutdown();
+    drop(second);
+    // The next node removes both abandoned directories; the named one stays.
+    let third = unnamed();
+    let mut expected = vec!["disk-test".to_string(), third.node_id().to_string()];
+    expected.sort();
+    assert_eq!(subdirs(), expected);
+    assert!(!first_dir.exists());
 }

@@ -25,7 +25,7 @@ use crate::keys::{KeyHash, Namespace};
 use crate::metrics::{LatencyOp, LatencyRecorders, MetricsServer, MetricsSource, ServerOptions};
 use crate::pool::{region, slots, PageBacking, PoolRegion, ShardPool};
 use crate::runtime::{BatchCompletion, Runtime, RuntimeError, RuntimeOptions, ShardSite};
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -130,6 +130,10 @@ pub struct Node {
     metrics: Option<MetricsServer>,
     /// `shutdown` ran (it is idempotent; the disk flush runs once).
     shut_down: bool,
+    /// The lock on this node's disk directory (generated `node_id` only),
+    /// released after every shard stopped (field order): until then no
+    /// other node may remove the directory.
+    _disk_claim: Option<Arc<crate::disk::claim::DirClaim>>,
     // Keeps the pool mapped for as long as any shard can touch it; dropped
     // after `runtime` (field order), i.e. after every shard thread joined.
     region: Arc<PoolRegion>,
@@ -214,12 +218,13 @@ impl Node {
             .map(|_| Arc::new(ShardStats::default()))
             .collect();
 
-        let host = advertised_host(&config);
+        let host = crate::cluster::advertised_host(&config);
         let node_id = config
             .node_id
             .clone()
             .unwrap_or_else(|| format!("{host}-{:04x}", crate::cluster::random_u64() & 0xffff));
         let node_disk = crate::disk::prepare_node_dir(&config, &node_id, shard_count);
+        let disk_claim = node_disk.as_ref().and_then(|nd| nd.claim.clone());
         let bound_ports: Arc<Mutex<Vec<u16>>> = Arc::new(Mutex::new(vec![0; shard_count]));
         let base_addr = region.base() as usize;
         let quarantine = config.pool_quarantine();
@@ -408,6 +413,7 @@ impl Node {
             member_gauge,
             metrics,
             shut_down: false,
+            _disk_claim: disk_claim,
             region,
         })
     }
@@ -507,19 +513,18 @@ impl Node {
             head.host,
             head.port
         );
-        // With RDMA the published pool is the memory region registered with
-        // each rail (the host KV buffer follows when SGLang registers it).
-        // Without it nothing is registered; the line still reports the pool
-        // that RDMA would register, so the operator can check the pool
-        // arrived at the size they configured.
+        // The published pool as RDMA registers it (or would, on TCP). This is
+        // deliberately not the `registered MRs` line: seed 000 has the operator
+        // look for that one to confirm SGLang handed over its host pool, so it
+        // is logged only when that happens (`register_host_buffer`).
         match &node.transport {
             crate::rdma::Transport::Rdma(_) => tracing::info!(
-                "PeerCacheStore registered MRs: recv=0 bytes, pool={} bytes on {} rail(s) (REMOTE_READ)",
+                "PeerCacheStore published pool: pool={} bytes on {} rail(s) (REMOTE_READ); no host buffer registered yet",
                 node.pool_bytes(),
                 node.stats().rdma_rails
             ),
             _ => tracing::info!(
-                "PeerCacheStore registered MRs: recv=0 bytes, pool={} bytes (RDMA unavailable: nothing is registered with a NIC; pool is what RDMA would register)",
+                "PeerCacheStore published pool: pool={} bytes (RDMA unavailable: nothing is registered with a NIC); no host buffer registered yet",
                 node.pool_bytes()
             ),
         }
@@ -918,27 +923,6 @@ fn route_of(m: &Member) -> Option<MemberRoute> {
         node_ref: NodeRef::of(&m.node_id),
         shard_endpoints: endpoints?,
     })
-}
-
-/// The IP peers should use to reach this node: `local_hostname` when set,
-/// else the local address the OS would use to reach the discovery head (no
-/// packet is sent: connecting a UDP socket only picks a route).
-fn advertised_host(config: &Config) -> IpAddr {
-    if let Some(ip) = config
-        .local_hostname
-        .as_deref()
-        .and_then(|h| h.parse().ok())
-    {
-        return ip;
-    }
-    let head = config.discovery_head();
-    let routed = UdpSocket::bind(("0.0.0.0", 0))
-        .and_then(|s| s.connect((head.host.as_str(), head.port)).map(|_| s))
-        .and_then(|s| s.local_addr());
-    match routed {
-        Ok(addr) if !addr.ip().is_unspecified() => addr.ip(),
-        _ => IpAddr::from([127, 0, 0, 1]),
-    }
 }
 
 impl Drop for Node {
