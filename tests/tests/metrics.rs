@@ -196,13 +196,13 @@ fn a_three_node_cluster_reports_consistent_metrics() {
         let v = |name: &str| sample(&samples, &id, name, "");
         assert_eq!(v("peercache_members"), 3.0, "{id}");
         assert_eq!(
-            v("peercache_read_hits_total") + v("peercache_read_misses_total"),
-            v("peercache_read_requests_total"),
+            v("peercache_read_hits") + v("peercache_read_misses"),
+            v("peercache_read_requests"),
             "{id}: hits + misses = requests"
         );
         assert_eq!(
-            v("peercache_read_local_hits_total") + v("peercache_read_remote_hits_total"),
-            v("peercache_read_hits_total"),
+            v("peercache_read_local_hits") + v("peercache_read_remote_hits"),
+            v("peercache_read_hits"),
             "{id}"
         );
         // The scrape and the node's own counters agree.
@@ -214,7 +214,7 @@ fn a_three_node_cluster_reports_consistent_metrics() {
             "exists_requests",
         ] {
             assert_eq!(
-                v(&format!("peercache_{counter}_total")),
+                v(&format!("peercache_{counter}")),
                 stats[counter].as_f64().expect("a number"),
                 "{id}: {counter}"
             );
@@ -233,16 +233,16 @@ fn a_three_node_cluster_reports_consistent_metrics() {
     let vb = |name: &str| sample(b_samples, b_id, name, "");
     let vc = |name: &str| sample(c_samples, c_id, name, "");
 
-    assert_eq!(va("peercache_write_requests_total"), 32.0);
-    assert_eq!(va("peercache_bytes_written_total"), (32 * PAGE) as f64);
+    assert_eq!(va("peercache_write_requests"), 32.0);
+    assert_eq!(va("peercache_bytes_written"), (32 * PAGE) as f64);
     assert_eq!(va("peercache_pool_keys"), 32.0);
     assert_eq!(va("peercache_set_latency_seconds_count"), 1.0);
 
-    assert_eq!(vb("peercache_read_requests_total"), 41.0);
-    assert_eq!(vb("peercache_read_remote_hits_total"), 32.0);
-    assert_eq!(vb("peercache_read_local_hits_total"), 8.0);
-    assert_eq!(vb("peercache_read_misses_total"), 1.0);
-    assert_eq!(vb("peercache_bytes_read_total"), (40 * PAGE) as f64);
+    assert_eq!(vb("peercache_read_requests"), 41.0);
+    assert_eq!(vb("peercache_read_remote_hits"), 32.0);
+    assert_eq!(vb("peercache_read_local_hits"), 8.0);
+    assert_eq!(vb("peercache_read_misses"), 1.0);
+    assert_eq!(vb("peercache_bytes_read"), (40 * PAGE) as f64);
     assert!((vb("peercache_read_hit_ratio") - 40.0 / 41.0).abs() < 1e-9);
     assert_eq!(vb("peercache_set_latency_seconds_count"), 1.0);
     // b's first get asked a, its second asked the directory for the page
@@ -269,14 +269,14 @@ fn a_three_node_cluster_reports_consistent_metrics() {
     );
     assert_eq!(inf, remote, "+Inf bucket holds every observation");
 
-    assert_eq!(vc("peercache_exists_requests_total"), 32.0);
-    assert_eq!(vc("peercache_exists_pages_found_total"), 32.0);
+    assert_eq!(vc("peercache_exists_requests"), 32.0);
+    assert_eq!(vc("peercache_exists_pages_found"), 32.0);
     assert_eq!(vc("peercache_exists_latency_seconds_count"), 1.0);
-    assert_eq!(vc("peercache_read_requests_total"), 0.0);
+    assert_eq!(vc("peercache_read_requests"), 0.0);
 
     // Not built yet: honest zeros.
     for (id, samples) in &scrapes {
-        for name in ["peercache_rdma_read_timeouts_total", "peercache_disk_keys"] {
+        for name in ["peercache_rdma_read_timeouts", "peercache_disk_keys"] {
             assert_eq!(sample(samples, id, name, ""), 0.0, "{id}: {name}");
         }
     }
@@ -438,7 +438,7 @@ fn the_dashboard_renders_live_values_in_a_browser() {
     assert_eq!(element_text(&dom, "hit_rate"), "80.0 %");
     assert_eq!(element_text(&dom, "read_hits_split"), "0 / 20 / 0");
     assert_eq!(element_text(&dom, "bytes_read"), "320.0 KiB");
-    assert_eq!(element_text(&dom, "err_read_failures_total"), "0");
+    assert_eq!(element_text(&dom, "err_read_failures"), "0");
     assert!(
         element_text(&dom, "status").starts_with("updated "),
         "the page scraped /metrics"
