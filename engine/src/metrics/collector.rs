@@ -333,10 +333,7 @@ mod tests {
         ShardStats::set(&src.shards[0].pool_keys, 7);
         ShardStats::set(&src.shards[1].pool_keys, 1);
         let text = scrape(&src);
-        assert_eq!(
-            value(&text, r#"peercache_read_requests{node="n1"}"#),
-            8.0
-        );
+        assert_eq!(value(&text, r#"peercache_read_requests{node="n1"}"#), 8.0);
         assert_eq!(value(&text, r#"peercache_read_hits{node="n1"}"#), 6.0);
         assert_eq!(value(&text, r#"peercache_pool_keys{node="n1"}"#), 8.0);
         assert_eq!(value(&text, r#"peercache_members{node="n1"}"#), 3.0);

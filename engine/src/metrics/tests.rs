@@ -52,23 +52,11 @@ fn a_node_serves_its_counters_and_latencies_until_shutdown() {
 
     let text = scrape(addr);
     let n = r#"{node="m1"}"#;
-    assert_eq!(
-        value(&text, &format!("peercache_write_requests{n}")),
-        11.0
-    );
-    assert_eq!(
-        value(&text, &format!("peercache_read_requests{n}")),
-        12.0
-    );
+    assert_eq!(value(&text, &format!("peercache_write_requests{n}")), 11.0);
+    assert_eq!(value(&text, &format!("peercache_read_requests{n}")), 12.0);
     assert_eq!(value(&text, &format!("peercache_read_hits{n}")), 10.0);
-    assert_eq!(
-        value(&text, &format!("peercache_read_misses{n}")),
-        2.0
-    );
-    assert_eq!(
-        value(&text, &format!("peercache_bytes_read{n}")),
-        40960.0
-    );
+    assert_eq!(value(&text, &format!("peercache_read_misses{n}")), 2.0);
+    assert_eq!(value(&text, &format!("peercache_bytes_read{n}")), 40960.0);
     assert_eq!(value(&text, &format!("peercache_pool_keys{n}")), 10.0);
     assert_eq!(value(&text, &format!("peercache_members{n}")), 1.0);
     assert_eq!(
