@@ -58,6 +58,16 @@ def test_package_exports():
     assert set(peercache.__all__) == {"Node", "PageLayout", "PeerCacheStore", "HAS_RDMA", "__version__"}
 
 
+def test_bench_extra_installs_mooncake():
+    # Seed 004: `pip install "peercache[bench]"` also installs Mooncake.
+    from importlib.metadata import metadata
+
+    meta = metadata("peercache")
+    assert "bench" in (meta.get_all("Provides-Extra") or [])
+    requires = meta.get_all("Requires-Dist") or []
+    assert any(r.startswith("mooncake-transfer-engine") and "extra == 'bench'" in r.replace('"', "'") for r in requires), requires
+
+
 def test_seed_install_check_module():
     # Seed 000 step 1 checks an install with `from peercache import _peercache`.
     from peercache import _peercache as m
