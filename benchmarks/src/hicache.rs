@@ -29,13 +29,15 @@ use crate::remote::{
 };
 use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
+use peercache_engine::config::addr::parse_host_list;
+use peercache_engine::config::{HostPort, DEFAULT_DISCOVERY_PORT};
 use peercache_engine::keys::RankKeys;
 use peercache_engine::{Config, Node};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, TcpListener};
 use std::process::{Child, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Namespace of every benchmark node (producer and consumers must agree).
@@ -70,10 +72,12 @@ pub enum Frontend {
 /// Options shared by every mode (seed 004's flags).
 #[derive(Args, Debug, Clone)]
 pub struct HicacheArgs {
-    /// Data plane: `tcp`, or `rdma` (needs the RDMA transport; this build
-    /// reports clearly when it is missing).
-    #[arg(long, default_value = "tcp")]
-    pub protocol: String,
+    /// Data plane: `tcp` or `rdma`. Default: `rdma` when `--device-name` or
+    /// `--devices` names a device, else `tcp`. An RDMA run needs the RDMA
+    /// transport (a build with the `ibverbs` feature and a usable device) and
+    /// fails with the reason when it is missing rather than measure TCP.
+    #[arg(long)]
+    pub protocol: Option<String>,
     /// RDMA device of a single-rail run (e.g. mlx5_0).
     #[arg(long, default_value = "")]
     pub device_name: String,
@@ -92,10 +96,12 @@ pub struct HicacheArgs {
     /// Pages per batch call.
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
-    /// Concurrency sweep (consumer threads), comma-separated.
+    /// Concurrency sweep (consumer threads) of `saturation`, `suite`,
+    /// `compare` and `drive`, comma-separated.
     #[arg(long, default_value = "1,2,4,8", value_delimiter = ',')]
     pub concurrencies: Vec<usize>,
-    /// Threads of a `throughput` / `drive` run.
+    /// Threads of a `throughput` run (the sweeping modes, `drive` included,
+    /// use `--concurrencies`).
     #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
     /// Operation of a `throughput` / `saturation` / `drive` run.
@@ -126,12 +132,16 @@ pub struct HicacheArgs {
     /// unset: start a producer process on this host.
     #[arg(long)]
     pub discovery_addr: Option<String>,
-    /// Address this host's node is reached on.
-    #[arg(long, default_value = "127.0.0.1")]
-    pub local_host: String,
-    /// Label in the output file names.
-    #[arg(long, default_value = "tcp")]
-    pub tag: String,
+    /// Address this host's nodes advertise to peers and bind their control
+    /// listener on. Default: 127.0.0.1 when the run stays on this host (no
+    /// `--discovery-addr`, or a loopback one); otherwise the nodes advertise
+    /// the address that routes to the discovery head and listen on 0.0.0.0,
+    /// as does `serve`'s raw TCP reference.
+    #[arg(long)]
+    pub local_host: Option<String>,
+    /// Label in the output file names. Default: the protocol.
+    #[arg(long)]
+    pub tag: Option<String>,
     /// Use GPU memory as the destination (GPUDirect).
     #[arg(long)]
     pub gpu: bool,
@@ -210,7 +220,7 @@ impl Row {
 
     fn md(&self, args: &HicacheArgs, peak: bool) -> String {
         format!(
-            "| {}{} | {} | {:?} | {} | {} | {} | {:.0} | {:.0} | {:.3} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} |",
+            "| {}{} | {} | {:?} | {} | {} | {} | {:.0} | {:.0} | {:.3} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} |",
             format!("{:?}", self.op).to_lowercase(),
             if peak { " (PEAK)" } else { "" },
             format!("{:?}", self.frontend).to_lowercase(),
@@ -222,6 +232,7 @@ impl Row {
             self.pages_per_s * args.tokens_per_page as f64,
             self.gbps,
             pct(&self.hist, 0.5),
+            pct(&self.hist, 0.95),
             pct(&self.hist, 0.99),
             pct(&self.hist, 0.999),
             self.hist.max() as f64,
@@ -259,6 +270,9 @@ impl Pair {
     }
 }
 
+/// Header of the Markdown (and console) table of [`Row::md`] rows.
+const MD_TABLE_HEADER: &str = "| op | frontend | layout | page B | batch | threads | pages/s | tokens/s | GB/s | p50 µs | p95 µs | p99 µs | p999 µs | max µs | hit % |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+
 /// The median of `values` (the mean of the middle two for an even count).
 fn median(mut values: Vec<f64>) -> Option<f64> {
     if values.is_empty() {
@@ -275,12 +289,12 @@ fn median(mut values: Vec<f64>) -> Option<f64> {
 
 /// `args.paired_rounds` rounds of (raw TCP stream, `get(concurrency)`) at
 /// the concurrency of the fastest get row of `frontend` in `rows`; none when
-/// the sweep has no such row or the run has no raw TCP server (`raw_port`).
+/// the sweep has no such row or the run has no raw TCP server (`raw`).
 /// The order alternates (the reference first in rounds 1, 3, ...) so that a
 /// load that rises or falls during the rounds favours neither side.
 fn paired_rounds(
     args: &HicacheArgs,
-    raw_port: Option<u16>,
+    raw: Option<(&str, u16)>,
     rows: &[Row],
     frontend: Frontend,
     mut get: impl FnMut(usize) -> Result<Row, String>,
@@ -289,7 +303,7 @@ fn paired_rounds(
         .iter()
         .filter(|r| r.op == Op::Get && r.frontend == frontend && r.batch == args.batch_size)
         .max_by(|a, b| a.pages_per_s.total_cmp(&b.pages_per_s));
-    let (Some(raw_port), Some(peak)) = (raw_port, peak) else {
+    let (Some(raw), Some(peak)) = (raw, peak) else {
         return Ok(Vec::new());
     };
     let concurrency = peak.concurrency;
@@ -302,7 +316,7 @@ fn paired_rounds(
         ));
         let reference = || {
             raw_tcp_gbps(
-                raw_port,
+                raw,
                 args.page_size,
                 args.page_size * args.batch_size,
                 args.warmup,
@@ -343,10 +357,10 @@ impl HicacheArgs {
                     .into(),
             );
         }
-        if self.protocol != "tcp" && self.protocol != "rdma" {
+        if !matches!(self.protocol(), "tcp" | "rdma") {
             return Err(format!(
                 "--protocol {}: expected tcp or rdma",
-                self.protocol
+                self.protocol()
             ));
         }
         if self.processes == 0 {
@@ -375,6 +389,26 @@ impl HicacheArgs {
         Ok(())
     }
 
+    /// The data plane of this run: `--protocol`, else `rdma` when a device is
+    /// named (seed 004's commands name one and mean RDMA), else `tcp`.
+    pub fn protocol(&self) -> &str {
+        match &self.protocol {
+            Some(protocol) => protocol,
+            None if !self.device_name.is_empty() || !self.devices.is_empty() => "rdma",
+            None => "tcp",
+        }
+    }
+
+    /// Label of the output files: `--tag`, else the protocol.
+    fn tag(&self) -> &str {
+        self.tag.as_deref().unwrap_or(self.protocol())
+    }
+
+    /// Where this host's nodes are reached (see [`resolve_local_host`]).
+    fn local_host(&self) -> LocalHost {
+        resolve_local_host(self.local_host.as_deref(), self.discovery_addr.as_deref())
+    }
+
     fn rank(&self) -> RankKeys {
         RankKeys::new(0, 1, 0, 1, self.layout == Layout::Mla).expect("rank 0 of 1")
     }
@@ -388,9 +422,13 @@ impl HicacheArgs {
             ("--working-set", self.working_set.to_string()),
             ("--shards", self.shards.to_string()),
             ("--replicas", self.replicas.to_string()),
-            ("--local-host", self.local_host.clone()),
-            ("--protocol", self.protocol.clone()),
+            ("--protocol", self.protocol().to_string()),
         ];
+        // Only a given --local-host: a child resolves the default from its
+        // own discovery address, which stays on this host exactly when ours does.
+        if let Some(host) = &self.local_host {
+            flags.push(("--local-host", host.clone()));
+        }
         if !self.device_name.is_empty() {
             flags.push(("--device-name", self.device_name.clone()));
         }
@@ -414,13 +452,15 @@ impl HicacheArgs {
     }
 
     fn node_config(&self, discovery: &str, node_id: &str, pool: usize) -> Result<Config, String> {
+        let host = self.local_host();
         let mut config = json!({
             "discovery_addr": discovery,
             "node_id": node_id,
             "global_segment_size": pool,
             "shards": self.shards,
-            "local_hostname": self.local_host,
-            "control_bind_host": self.local_host,
+            // null: the engine's automatic address.
+            "local_hostname": host.advertised,
+            "control_bind_host": host.bind,
             "model_name": MODEL,
             "max_channels_per_peer": self.max_channels,
             "directory_replicas": self.replicas,
@@ -429,10 +469,10 @@ impl HicacheArgs {
             "member_ttl": 3,
             "disk_enabled": false,
             "metrics_enabled": false,
-            "protocol": self.protocol,
+            "protocol": self.protocol(),
             // An RDMA run never silently measures the TCP fallback: its
             // nodes fail to start without a usable device.
-            "require_rdma": self.protocol == "rdma",
+            "require_rdma": self.protocol() == "rdma",
             "device_name": self.device_name,
         });
         if !self.devices.is_empty() {
@@ -454,6 +494,51 @@ impl HicacheArgs {
     }
 }
 
+/// Where a node of this run is reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LocalHost {
+    /// The node's `local_hostname`; `None` lets the engine advertise the
+    /// address that routes to the discovery head.
+    advertised: Option<String>,
+    /// The node's `control_bind_host`, and where `serve` listens for the raw
+    /// TCP reference.
+    bind: String,
+}
+
+/// Where this host's nodes are reached, from `--local-host` (`given`) and
+/// `--discovery-addr`: the given host when there is one; 127.0.0.1 when the
+/// run stays on this host (no discovery address, or a loopback one);
+/// otherwise the engine's automatic address and every interface, so that
+/// peers on other hosts reach the node.
+fn resolve_local_host(given: Option<&str>, discovery: Option<&str>) -> LocalHost {
+    let on = |host: &str| LocalHost {
+        advertised: Some(host.to_string()),
+        bind: host.to_string(),
+    };
+    if let Some(host) = given {
+        return on(host);
+    }
+    let stays_on_this_host = match discovery {
+        None => true,
+        // The head is the first entry, as the engine reads it.
+        Some(d) => parse_host_list(d, DEFAULT_DISCOVERY_PORT)
+            .ok()
+            .and_then(|heads| heads.into_iter().next())
+            .is_some_and(|head| {
+                head.host.eq_ignore_ascii_case("localhost")
+                    || head.host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+            }),
+    };
+    if stays_on_this_host {
+        on("127.0.0.1")
+    } else {
+        LocalHost {
+            advertised: None,
+            bind: "0.0.0.0".into(),
+        }
+    }
+}
+
 /// Working-set page key `i`.
 pub fn ws_key(i: usize) -> String {
     format!("hc-{i}")
@@ -461,13 +546,24 @@ pub fn ws_key(i: usize) -> String {
 
 /// The producer role: publishes the working set, serves a raw TCP page
 /// stream (the same-run reference), prints `READY <discovery> <raw port>`,
-/// runs until stdin closes.
+/// and runs until SIGINT or SIGTERM, or until stdin ends when stdin is a
+/// pipe or the terminal it runs in the foreground of (see [`StdinWatch`]).
+/// Dropping the node on the way out deregisters it.
 pub fn serve(args: &HicacheArgs, meta_port: Option<u16>) -> Result<(), String> {
     args.check()?;
-    let discovery = match (&args.discovery_addr, meta_port) {
-        (Some(d), _) => d.clone(),
-        (None, Some(p)) => format!("{}:{p}", args.local_host),
-        (None, None) => format!("{}:31998", args.local_host),
+    // Before the node starts: a signal while it publishes still stops it
+    // through the drop below.
+    stop_on_signals();
+    let host = args.local_host();
+    let discovery = match &args.discovery_addr {
+        Some(d) => d.clone(),
+        // No discovery address: the run stays on this host, so `bind` is
+        // the given --local-host or 127.0.0.1.
+        None => HostPort {
+            host: host.bind.clone(),
+            port: meta_port.unwrap_or(DEFAULT_DISCOVERY_PORT),
+        }
+        .to_string(),
     };
     let node =
         Node::start_cluster(args.node_config(&discovery, "bench-producer", args.pool_bytes())?)
@@ -492,30 +588,146 @@ pub fn serve(args: &HicacheArgs, meta_port: Option<u16>) -> Result<(), String> {
             return Err("the producer could not publish its working set".into());
         }
     }
-    let raw = TcpListener::bind((args.local_host.as_str(), 0)).map_err(|e| e.to_string())?;
+    let raw = TcpListener::bind((host.bind.as_str(), 0))
+        .map_err(|e| format!("raw TCP reference on {}: {e}", host.bind))?;
     let raw_port = raw.local_addr().map_err(|e| e.to_string())?.port();
     serve_raw_references(raw, args.page_size);
     println!("READY {discovery} {raw_port}");
     std::io::stdout().flush().ok();
+    let stdin = StdinWatch::of_stdin();
     eprintln!(
-        "serve: published {} pages ({:?}, {} B) on {discovery}; raw TCP reference on port {raw_port}",
-        args.working_set, args.layout, args.page_size
+        "serve: published {} pages ({:?}, {} B) on {discovery}; raw TCP reference on {}:{raw_port}; {}",
+        args.working_set,
+        args.layout,
+        args.page_size,
+        host.bind,
+        match stdin {
+            StdinWatch::Ignored => "runs until SIGINT or SIGTERM",
+            StdinWatch::Pipe | StdinWatch::Terminal => {
+                "runs until stdin ends, SIGINT or SIGTERM"
+            }
+        }
     );
-    let mut sink = String::new();
-    while std::io::stdin()
-        .read_line(&mut sink)
-        .map(|n| n > 0)
-        .unwrap_or(false)
-    {}
+    wait_for_stop(stdin);
     drop(node);
     Ok(())
 }
+
+/// Set by SIGINT and SIGTERM once [`stop_on_signals`] ran.
+static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn request_stop(_: libc::c_int) {
+    STOP_REQUESTED.store(true, Ordering::SeqCst);
+}
+
+/// Makes SIGINT and SIGTERM set [`STOP_REQUESTED`] instead of killing the
+/// process, so that `serve` can drop its node (deregister) before it exits.
+fn stop_on_signals() {
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        libc::signal(
+            libc::SIGINT,
+            request_stop as *const () as libc::sighandler_t,
+        );
+        libc::signal(
+            libc::SIGTERM,
+            request_stop as *const () as libc::sighandler_t,
+        );
+    }
+}
+
+/// Whether the end of stdin stops `serve`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StdinWatch {
+    /// A pipe (FIFO): its writer closing is the signal to stop (the runs
+    /// that start a producer, perf-scripts/full-machine.sh).
+    Pipe,
+    /// A terminal: Ctrl-D stops it, read only while this process is in the
+    /// terminal's foreground (a background read would stop the process with
+    /// SIGTTIN).
+    Terminal,
+    /// Anything else: /dev/null of a job started with `&` from a script
+    /// ends at once, a file ends after its last byte; neither means "stop".
+    Ignored,
+}
+
+impl StdinWatch {
+    fn of_stdin() -> Self {
+        // SAFETY: isatty and fstat only read the state of fd 0 (fstat into a
+        // zeroed stat it owns); an invalid fd is an error return.
+        unsafe {
+            if libc::isatty(libc::STDIN_FILENO) == 1 {
+                return StdinWatch::Terminal;
+            }
+            let mut st: libc::stat = std::mem::zeroed();
+            if libc::fstat(libc::STDIN_FILENO, &mut st) == 0
+                && st.st_mode & libc::S_IFMT == libc::S_IFIFO
+            {
+                return StdinWatch::Pipe;
+            }
+        }
+        StdinWatch::Ignored
+    }
+
+    /// Whether stdin may be read now.
+    fn readable_now(self) -> bool {
+        match self {
+            StdinWatch::Pipe => true,
+            // SAFETY: both only query the process and fd 0.
+            StdinWatch::Terminal => unsafe {
+                libc::tcgetpgrp(libc::STDIN_FILENO) == libc::getpgrp()
+            },
+            StdinWatch::Ignored => false,
+        }
+    }
+}
+
+/// Returns once [`STOP_REQUESTED`] is set or, as `stdin` says, stdin ends.
+/// Stdin is polled with a timeout rather than read in a blocking thread, so
+/// that a signal is noticed within [`STOP_POLL_MS`].
+fn wait_for_stop(stdin: StdinWatch) {
+    let mut sink = [0u8; 4096];
+    while !STOP_REQUESTED.load(Ordering::SeqCst) {
+        if !stdin.readable_now() {
+            std::thread::sleep(Duration::from_millis(STOP_POLL_MS as u64));
+            continue;
+        }
+        let mut fd = libc::pollfd {
+            fd: libc::STDIN_FILENO,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, owned by this frame.
+        if unsafe { libc::poll(&mut fd, 1, STOP_POLL_MS) } <= 0 {
+            continue;
+        }
+        // Readable (or hung up): whatever arrives is discarded; the end of
+        // the input, or a read error other than an interruption, stops.
+        match std::io::stdin().read(&mut sink) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Longest wait of `serve` between checks for a stop request, ms.
+const STOP_POLL_MS: libc::c_int = 50;
 
 /// A producer process started by this run.
 struct Producer {
     child: Child,
     discovery: String,
-    raw_port: u16,
+    /// Its raw TCP references: the discovery host (the producer listens on
+    /// the host it is reached on) and the port of its `READY` line.
+    raw: (String, u16),
+}
+
+impl Producer {
+    fn raw(&self) -> (&str, u16) {
+        (&self.raw.0, self.raw.1)
+    }
 }
 
 impl Drop for Producer {
@@ -526,7 +738,7 @@ impl Drop for Producer {
 }
 
 fn start_producer(args: &HicacheArgs) -> Result<Producer, String> {
-    let meta_port = TcpListener::bind((args.local_host.as_str(), 0))
+    let meta_port = TcpListener::bind((args.local_host().bind.as_str(), 0))
         .and_then(|l| l.local_addr())
         .map_err(|e| e.to_string())?
         .port();
@@ -543,17 +755,26 @@ fn start_producer(args: &HicacheArgs) -> Result<Producer, String> {
         .read_line(&mut line)
         .map_err(|e| e.to_string())?;
     let mut parts = line.split_whitespace();
-    match (
+    let ready = match (
         parts.next(),
         parts.next(),
         parts.next().and_then(|p| p.parse().ok()),
     ) {
-        (Some("READY"), Some(discovery), Some(raw_port)) => Ok(Producer {
-            discovery: discovery.to_string(),
-            raw_port,
+        (Some("READY"), Some(discovery), Some(raw_port)) => {
+            parse_host_list(discovery, DEFAULT_DISCOVERY_PORT)
+                .ok()
+                .and_then(|heads| heads.into_iter().next())
+                .map(|head| (discovery.to_string(), (head.host, raw_port)))
+        }
+        _ => None,
+    };
+    match ready {
+        Some((discovery, raw)) => Ok(Producer {
             child,
+            discovery,
+            raw,
         }),
-        _ => {
+        None => {
             let _ = child.kill();
             Err(format!("the producer did not start: {line:?}"))
         }
@@ -596,10 +817,22 @@ impl<'a> Consumer<'a> {
         };
         while node.members() < 2 || !all_present(&node)? {
             if Instant::now() > deadline {
-                return Err(format!(
-                    "the consumer never saw the producer's working set at {discovery} \
-                     (same --layout, --page-size, --working-set on both sides?)"
-                ));
+                // Opens with the symptom seed 000's troubleshooting table
+                // lists, then says which of its two causes it is.
+                return Err(if node.members() < 2 {
+                    format!(
+                        "timed out waiting for the producer: no producer joined through \
+                         {discovery} in 60 s ({} member(s)); is the discovery port open \
+                         between the hosts, and do both sides use the same --discovery-addr?",
+                        node.members()
+                    )
+                } else {
+                    format!(
+                        "timed out waiting for the producer: the consumer never saw the \
+                         producer's working set at {discovery} (same --layout, --page-size, \
+                         --working-set on both sides?)"
+                    )
+                });
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -721,7 +954,9 @@ fn python_point(
         .unwrap_or_else(|| "python3".into());
     let spec = json!({
         "discovery_addr": discovery,
-        "local_host": a.local_host,
+        // bench_driver sets local_hostname and control_bind_host to it; null
+        // leaves both to the engine, as the Rust nodes' `LocalHost` does.
+        "local_host": a.local_host().advertised,
         "model_name": MODEL,
         "layout": format!("{:?}", a.layout).to_lowercase(),
         "page_size": a.page_size,
@@ -736,7 +971,7 @@ fn python_point(
         "max_channels": a.max_channels,
         "replicas": a.replicas,
         "dir_cache_ttl": a.dir_cache_ttl,
-        "protocol": a.protocol,
+        "protocol": a.protocol(),
         "device_name": a.device_name,
         "device_names": a.devices.join(","),
     });
@@ -794,6 +1029,9 @@ pub enum Mode {
 /// Runs `mode`: starts (or joins) the producer, measures, writes the files.
 pub fn run(args: &HicacheArgs, mode: Mode) -> Result<(), String> {
     args.check()?;
+    if args.protocol() == "tcp" {
+        progress("protocol tcp: a functional run, not a performance scenario (seed 004); name an RDMA device (--device-name / --devices) for figures to publish");
+    }
     if args.paired_rounds > 0 {
         if !matches!(mode, Mode::Suite | Mode::Compare) {
             return Err(
@@ -871,8 +1109,8 @@ pub fn run(args: &HicacheArgs, mode: Mode) -> Result<(), String> {
         debug_assert_eq!(fe, Frontend::Python);
         rows.push(python_point(args, &discovery, op, c, b)?);
     }
-    let raw_port = producer.as_ref().map(|p| p.raw_port);
-    let mut pairs = paired_rounds(args, raw_port, &rows, Frontend::Python, |c| {
+    let raw = producer.as_ref().map(Producer::raw);
+    let mut pairs = paired_rounds(args, raw, &rows, Frontend::Python, |c| {
         python_point(args, &discovery, Op::Get, c, args.batch_size)
     })?;
     let consumer = Consumer::start(args, &discovery, max_threads)?;
@@ -889,7 +1127,7 @@ pub fn run(args: &HicacheArgs, mode: Mode) -> Result<(), String> {
         rows.push(rust_point(op, c, b)?);
         peak_rss = peak_rss.max(rss_bytes());
     }
-    pairs.extend(paired_rounds(args, raw_port, &rows, Frontend::Rust, |c| {
+    pairs.extend(paired_rounds(args, raw, &rows, Frontend::Rust, |c| {
         rust_point(Op::Get, c, args.batch_size)
     })?);
     peak_rss = peak_rss.max(rss_bytes());
@@ -904,7 +1142,7 @@ pub fn run(args: &HicacheArgs, mode: Mode) -> Result<(), String> {
         progress("raw TCP round trip reference (one page per request, one connection) ...");
         // One page per slot, as the batch-1 gets land.
         let rt = raw_tcp_round_trips(
-            p.raw_port,
+            p.raw(),
             (args.page_size, 1),
             &consumer.dst,
             places,
@@ -918,7 +1156,7 @@ pub fn run(args: &HicacheArgs, mode: Mode) -> Result<(), String> {
         if let Some(p) = &producer {
             progress("raw TCP stream reference (same page size, one connection) ...");
             let raw = raw_tcp_gbps(
-                p.raw_port,
+                p.raw(),
                 args.page_size,
                 batch_bytes,
                 args.warmup,
@@ -936,7 +1174,7 @@ pub fn run(args: &HicacheArgs, mode: Mode) -> Result<(), String> {
             // The tail the host itself gives a transfer of one batch's bytes:
             // the reference for the get's p99 against its p50 at concurrency 1.
             let rt = raw_tcp_round_trips(
-                p.raw_port,
+                p.raw(),
                 (args.page_size, args.batch_size),
                 &consumer.dst,
                 places,
@@ -1137,11 +1375,11 @@ fn report(
         .trim());
     let value = json!({
         "mode": mode_name(mode),
-        "tag": args.tag,
+        "tag": args.tag(),
         "timestamp": stamp,
         "host": host,
         "meta": {
-            "protocol": args.protocol,
+            "protocol": args.protocol(),
             "devices": if args.devices.is_empty() { vec![args.device_name.clone()] } else { args.devices.clone() },
             "layout": format!("{:?}", args.layout).to_lowercase(),
             "page_size": args.page_size,
@@ -1184,7 +1422,7 @@ fn report(
         "{}/hicache-{}-{}-{stamp}",
         args.out_dir,
         mode_name(mode),
-        args.tag
+        args.tag()
     );
     std::fs::write(
         format!("{base}.json"),
@@ -1194,8 +1432,8 @@ fn report(
     let mut md = format!(
         "# peercache-bench {} ({})\n\nprotocol {} · layout {:?} · page {} B · {} tokens/page · batch {} · working set {} pages · {} s + {} s warmup · host {} ({} cpus, kernel {})\n\n",
         mode_name(mode),
-        args.tag,
-        args.protocol,
+        args.tag(),
+        args.protocol(),
         args.layout,
         args.page_size,
         args.tokens_per_page,
@@ -1207,8 +1445,7 @@ fn report(
         value["host"]["cpus"],
         value["host"]["kernel"].as_str().unwrap_or(""),
     );
-    md.push_str("| op | frontend | layout | page B | batch | threads | pages/s | tokens/s | GB/s | p50 µs | p99 µs | p999 µs | max µs | hit % |\n");
-    md.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    md.push_str(MD_TABLE_HEADER);
     for (i, r) in rows.iter().enumerate() {
         md.push_str(&r.md(args, peaks.contains(&i)));
         md.push('\n');
@@ -1284,7 +1521,7 @@ pub fn compare(args: &CompareArgs) -> Result<(), String> {
             .map_err(|e| format!("--block-sizes {size}: {e}"))? as usize;
         let mut one = args.hicache.clone();
         one.page_size = bytes;
-        one.tag = format!("{}-{}", args.hicache.tag, size);
+        one.tag = Some(format!("{}-{}", args.hicache.tag(), size));
         run(&one, Mode::Compare)?;
     }
     Ok(())
@@ -1295,8 +1532,8 @@ pub fn compare(args: &CompareArgs) -> Result<(), String> {
 pub struct ServeArgs {
     #[command(flatten)]
     pub hicache: HicacheArgs,
-    /// Host the discovery master on this port of --local-host (when
-    /// --discovery-addr is not given).
+    /// Host the discovery master on this port of --local-host (127.0.0.1 by
+    /// default) when --discovery-addr is not given; default 31998.
     #[arg(long)]
     pub meta_port: Option<u16>,
 }
@@ -1458,7 +1695,125 @@ impl Drop for Worker {
 
 #[cfg(test)]
 mod tests {
-    use super::median;
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: HicacheArgs,
+    }
+
+    fn parse(flags: &[&str]) -> HicacheArgs {
+        Cli::try_parse_from(std::iter::once("bench").chain(flags.iter().copied()))
+            .expect("parses")
+            .args
+    }
+
+    #[test]
+    fn a_named_device_makes_rdma_the_default_protocol() {
+        for (flags, protocol) in [
+            (&[][..], "tcp"),
+            (&["--device-name", "mlx5_0"][..], "rdma"),
+            (&["--devices", "mlx5_0,mlx5_1"][..], "rdma"),
+            (&["--protocol", "tcp", "--device-name", "mlx5_0"][..], "tcp"),
+            (&["--protocol", "rdma"][..], "rdma"),
+        ] {
+            let args = parse(flags);
+            assert_eq!(args.protocol(), protocol, "{flags:?}");
+            // The label of the result files follows unless --tag is given.
+            assert_eq!(args.tag(), protocol, "{flags:?}");
+            let config = args.node_config("127.0.0.1:31998", "n", 1 << 20).unwrap();
+            assert_eq!(config.require_rdma, protocol == "rdma", "{flags:?}");
+        }
+        assert_eq!(parse(&["--devices", "mlx5_0", "--tag", "x"]).tag(), "x");
+    }
+
+    #[test]
+    fn local_host_is_loopback_only_for_a_run_that_stays_on_this_host() {
+        let on = |host: &str| LocalHost {
+            advertised: Some(host.into()),
+            bind: host.into(),
+        };
+        let automatic = LocalHost {
+            advertised: None,
+            bind: "0.0.0.0".into(),
+        };
+        for (given, discovery, expected) in [
+            // A given --local-host always wins.
+            (Some("127.0.0.2"), None, on("127.0.0.2")),
+            (Some("127.0.0.3"), Some("127.0.0.9:31998"), on("127.0.0.3")),
+            // Single-host runs: no discovery address, or a loopback one.
+            (None, None, on("127.0.0.1")),
+            (None, Some("127.0.0.1:31998"), on("127.0.0.1")),
+            (None, Some("127.0.0.5"), on("127.0.0.1")),
+            (None, Some("localhost:31998"), on("127.0.0.1")),
+            (None, Some("[::1]:31998"), on("127.0.0.1")),
+            // Seed 003's `serve --discovery-addr 0.0.0.0:31998` and `drive
+            // --discovery-addr PRODUCER_IP:31998`: peers on other hosts.
+            (None, Some("0.0.0.0:31998"), automatic.clone()),
+            (None, Some("producer-a:31998"), automatic.clone()),
+            (None, Some("PRODUCER_IP:31998"), automatic.clone()),
+            // The head (first entry) decides.
+            (None, Some("127.0.0.1:1,producer-a:2"), on("127.0.0.1")),
+        ] {
+            assert_eq!(
+                resolve_local_host(given, discovery),
+                expected,
+                "{given:?} {discovery:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_unset_local_host_leaves_the_address_to_the_engine() {
+        let args = parse(&["--discovery-addr", "producer-a:31998"]);
+        let config = args.node_config("producer-a:31998", "n", 1 << 20).unwrap();
+        assert_eq!(config.local_hostname, None);
+        assert_eq!(config.control_bind_host, "0.0.0.0");
+        let args = parse(&["--discovery-addr", "127.0.0.1:31998"]);
+        let config = args.node_config("127.0.0.1:31998", "n", 1 << 20).unwrap();
+        assert_eq!(config.local_hostname.as_deref(), Some("127.0.0.1"));
+        assert_eq!(config.control_bind_host, "127.0.0.1");
+        // Children (producer, consumer processes) get --local-host only when
+        // it was given: they resolve the default from their own discovery.
+        assert!(!args.shared_flags().contains(&"--local-host".to_string()));
+        let given = parse(&["--local-host", "127.0.0.2"]).shared_flags();
+        assert!(given.windows(2).any(|w| w == ["--local-host", "127.0.0.2"]));
+    }
+
+    #[test]
+    fn the_markdown_table_has_a_p95_column_in_every_row() {
+        let args = parse(&[]);
+        let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+        for us in 1..=100 {
+            hist.record(us).unwrap();
+        }
+        let row = Row {
+            op: Op::Get,
+            frontend: Frontend::Rust,
+            concurrency: 2,
+            batch: 32,
+            pages_per_s: 1000.0,
+            gbps: 0.1,
+            hit_pct: 100.0,
+            hist,
+        };
+        let mut lines = MD_TABLE_HEADER.lines();
+        let header: Vec<&str> = lines.next().unwrap().split('|').map(str::trim).collect();
+        let cells: Vec<String> = row
+            .md(&args, true)
+            .split('|')
+            .map(|c| c.trim().to_string())
+            .collect();
+        let rule = lines.next().unwrap();
+        assert_eq!(header.len(), cells.len());
+        assert_eq!(rule.matches("---").count(), header.len() - 2);
+        let p95 = header.iter().position(|h| *h == "p95 µs").expect("p95");
+        assert_eq!(header[p95 - 1], "p50 µs");
+        assert_eq!(header[p95 + 1], "p99 µs");
+        assert_eq!(cells[p95], "95");
+    }
 
     #[test]
     fn median_of_odd_and_even_counts() {

@@ -53,7 +53,13 @@ enum Command {
     /// The full baseline: latency, get/set/exists saturation, the Python front
     /// end, and the same-run references (raw TCP, memcpy).
     Suite(hicache::HicacheArgs),
-    /// Producer half of a two-host run: publishes the working set, serves until stdin closes.
+    /// Producer half of a two-host run: publishes the working set, serves until stopped.
+    ///
+    /// Prints `READY <discovery> <raw TCP reference port>` once the working
+    /// set is published. Stops cleanly (its node deregisters) on SIGINT or
+    /// SIGTERM, and also when stdin ends if stdin is a pipe or the terminal it
+    /// runs in the foreground of. Any other stdin, such as the /dev/null of a
+    /// job a script starts with `&`, is ignored: it then runs until a signal.
     Serve(hicache::ServeArgs),
     /// Consumer half of a two-host run: --discovery-addr of a `serve`; runs --op over --concurrencies.
     Drive(hicache::HicacheArgs),

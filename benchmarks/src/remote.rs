@@ -282,15 +282,16 @@ pub(crate) fn serve_raw_references(listener: TcpListener, page: usize) {
 }
 
 /// The latency reference of a remote get call: per call, send a request to
-/// the server process and receive `pages` pages of `page` bytes, back to
-/// back, into the next of `slots` places `stride` bytes apart at the start
-/// of `dst`. With `pages` = 1 it is the floor of a batch-1 get; with a
-/// batch's pages, the same bytes as one batch call, whose tail (p99 against
-/// p50) is this host's own for that transfer. Callers pass the buffer and
-/// places their gets used, so both land in memory that is equally resident
-/// and equally cold. Returns the per-call latency histogram (µs).
+/// the server process (`server`: host and port of its raw references) and
+/// receive `pages` pages of `page` bytes, back to back, into the next of
+/// `slots` places `stride` bytes apart at the start of `dst`. With `pages` =
+/// 1 it is the floor of a batch-1 get; with a batch's pages, the same bytes
+/// as one batch call, whose tail (p99 against p50) is this host's own for
+/// that transfer. Callers pass the buffer and places their gets used, so
+/// both land in memory that is equally resident and equally cold. Returns
+/// the per-call latency histogram (µs).
 pub(crate) fn raw_tcp_round_trips(
-    port: u16,
+    server: (&str, u16),
     (page, pages): (usize, usize),
     dst: &AlignedBuf,
     (slots, stride): (usize, usize),
@@ -312,7 +313,7 @@ pub(crate) fn raw_tcp_round_trips(
             dst.len()
         ));
     }
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    let mut stream = TcpStream::connect(server).map_err(|e| e.to_string())?;
     let _ = stream.set_nodelay(true);
     // A reply that never completes is an error, not a hung benchmark.
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
@@ -345,14 +346,17 @@ pub(crate) fn raw_tcp_round_trips(
     Ok(hist)
 }
 
+/// The throughput reference of a remote get: GB/s of one connection
+/// reading the page stream of the raw references at `server` (host, port)
+/// into `ws_bytes` of page slots.
 pub(crate) fn raw_tcp_gbps(
-    port: u16,
+    server: (&str, u16),
     page: usize,
     ws_bytes: usize,
     warmup: f64,
     duration: f64,
 ) -> Result<f64, String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    let mut stream = TcpStream::connect(server).map_err(|e| e.to_string())?;
     stream.write_all(&[RAW_STREAM]).map_err(|e| e.to_string())?;
     let dst = AlignedBuf::new(ws_bytes);
     let slots = ws_bytes / page;
@@ -520,7 +524,13 @@ pub fn run(args: &RemoteArgs) -> Result<(), String> {
     );
 
     eprintln!("remote: raw TCP reference ...");
-    let raw = raw_tcp_gbps(server.raw_port, page, ws_bytes, args.warmup, args.duration)?;
+    let raw = raw_tcp_gbps(
+        ("127.0.0.1", server.raw_port),
+        page,
+        ws_bytes,
+        args.warmup,
+        args.duration,
+    )?;
 
     let dst = AlignedBuf::new(ws_bytes * args.concurrencies.iter().copied().max().unwrap_or(1));
     let batches = ws / batch;
@@ -553,7 +563,7 @@ pub fn run(args: &RemoteArgs) -> Result<(), String> {
     eprintln!("remote: raw TCP round trip reference (one page per request) ...");
     // Into thread 0's destinations, where the batch-1 gets just landed.
     let raw_rt = raw_tcp_round_trips(
-        server.raw_port,
+        ("127.0.0.1", server.raw_port),
         (page, 1),
         &dst,
         (ws, page),
@@ -801,7 +811,15 @@ mod tests {
         // Three places of three pages each: a reply of fewer pages than asked
         // would leave read_exact waiting until the read timeout fails the run.
         let dst = AlignedBuf::new(9 * 4096);
-        let hist = raw_tcp_round_trips(port, (4096, 3), &dst, (3, 3 * 4096), 0.0, 0.05).unwrap();
+        let hist = raw_tcp_round_trips(
+            ("127.0.0.1", port),
+            (4096, 3),
+            &dst,
+            (3, 3 * 4096),
+            0.0,
+            0.05,
+        )
+        .unwrap();
         assert!(!hist.is_empty());
     }
 
@@ -809,9 +827,11 @@ mod tests {
     fn round_trip_reference_refuses_what_it_cannot_measure() {
         let dst = AlignedBuf::new(4 * 4096);
         // Checked before connecting: port 1 is never reached.
-        let zero = raw_tcp_round_trips(1, (4096, 0), &dst, (1, 4096), 0.0, 0.0).unwrap_err();
+        let zero = raw_tcp_round_trips(("127.0.0.1", 1), (4096, 0), &dst, (1, 4096), 0.0, 0.0)
+            .unwrap_err();
         assert!(zero.contains("pages per request"), "{zero}");
-        let big = raw_tcp_round_trips(1, (4096, 5), &dst, (1, 5 * 4096), 0.0, 0.0).unwrap_err();
+        let big = raw_tcp_round_trips(("127.0.0.1", 1), (4096, 5), &dst, (1, 5 * 4096), 0.0, 0.0)
+            .unwrap_err();
         assert!(big.contains("do not fit"), "{big}");
     }
 }

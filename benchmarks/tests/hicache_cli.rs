@@ -3,7 +3,9 @@
 //! No timing is asserted (the machine is shared): only that each point ran,
 //! found every page, and was written down with its host and meta blocks.
 
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 fn bench() -> Command {
     Command::new(env!("CARGO_BIN_EXE_peercache-bench"))
@@ -235,6 +237,8 @@ fn what_this_build_cannot_measure_is_refused_by_name() {
     for (flag, value, expected) in [
         ("--gpu", None, "GPU"),
         ("--protocol", Some("rdma"), "RDMA"),
+        // A named device means RDMA (seed 004's commands), never a TCP figure.
+        ("--device-name", Some("mlx5_0"), "RDMA"),
         ("--processes", Some("0"), "--processes"),
     ] {
         let mut cmd = bench();
@@ -270,4 +274,171 @@ fn several_consumer_processes_are_summed_into_one_row() {
         "both processes' calls are merged"
     );
     assert_eq!(v["meta"]["processes"], 2);
+}
+
+#[test]
+fn a_tcp_run_says_it_is_functional_and_records_its_protocol() {
+    let dir = tempdir();
+    // A --local-host other than 127.0.0.1 (still loopback): the nodes and
+    // the producer's raw TCP reference are reached there, and the consumer
+    // connects to the reference at the producer's host.
+    let out = bench()
+        .args([
+            "latency",
+            "--local-host",
+            "127.0.0.2",
+            "--duration",
+            "0.2",
+            "--warmup",
+            "0.1",
+            "--working-set",
+            "64",
+            "--page-size",
+            "16384",
+            "--out-dir",
+        ])
+        .arg(&dir)
+        .output()
+        .expect("run peercache-bench");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("functional run, not a performance scenario"),
+        "{err}"
+    );
+    let json = std::fs::read_dir(&dir)
+        .expect("out dir")
+        .map(|e| e.expect("entry").path())
+        .find(|p| p.extension().is_some_and(|x| x == "json"))
+        .expect("a JSON result");
+    assert!(
+        json.to_string_lossy().contains("hicache-latency-tcp-"),
+        "the tag defaults to the protocol: {json:?}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("read")).expect("json");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(v["meta"]["protocol"], "tcp");
+    assert_eq!(v["results"][0]["hit_pct"], 100.0);
+    assert!(
+        v["references"]["raw_tcp_round_trip_p50_us"]
+            .as_f64()
+            .unwrap()
+            >= 1.0
+    );
+}
+
+/// A port free on 127.0.0.1 a moment ago.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Starts `serve` with `stdin` and `flags`; returns
+/// it once it printed its READY line.
+fn start_serve(stdin: Stdio, flags: &[&str]) -> Child {
+    let mut child = bench()
+        .arg("serve")
+        .args(flags)
+        // The working set of `run_small`, so that a `drive` finds it.
+        .args([
+            "--working-set",
+            "64",
+            "--batch-size",
+            "8",
+            "--page-size",
+            "16384",
+        ])
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start serve");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("piped"))
+        .read_line(&mut line)
+        .expect("read READY");
+    assert!(line.starts_with("READY 127.0.0.1:"), "{line:?}");
+    child
+}
+
+/// Waits up to 10 s for `child` to exit; its exit status.
+fn exit_status(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("serve did not stop");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn signal(child: &Child, signal: libc::c_int) {
+    // SAFETY: sends a signal to our own child process, which is not reaped yet.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, signal) }, 0);
+}
+
+#[test]
+fn serve_in_the_background_runs_until_sigterm() {
+    // A job started with `&` from a script has /dev/null as stdin: it must
+    // not read that as the end of its input.
+    let mut child = start_serve(Stdio::null(), &["--meta-port", &free_port().to_string()]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        child.try_wait().expect("try_wait").is_none(),
+        "serve exited"
+    );
+    signal(&child, libc::SIGTERM);
+    let status = exit_status(&mut child);
+    assert_eq!(status.code(), Some(0), "a clean stop, not a kill: {status}");
+}
+
+#[test]
+fn serve_on_a_pipe_stops_when_it_closes_or_on_sigint() {
+    let mut child = start_serve(Stdio::piped(), &["--meta-port", &free_port().to_string()]);
+    drop(child.stdin.take());
+    assert_eq!(exit_status(&mut child).code(), Some(0));
+
+    let mut child = start_serve(Stdio::piped(), &["--meta-port", &free_port().to_string()]);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        child.try_wait().expect("try_wait").is_none(),
+        "serve exited"
+    );
+    signal(&child, libc::SIGINT);
+    assert_eq!(exit_status(&mut child).code(), Some(0));
+}
+
+#[test]
+fn drive_sweeps_the_pages_of_a_serve_at_its_discovery_address() {
+    // Seed 003's two-host pair, both halves on this host.
+    let discovery = format!("127.0.0.1:{}", free_port());
+    let mut producer = start_serve(Stdio::piped(), &["--discovery-addr", &discovery]);
+    let v = run_mode(&[
+        "drive",
+        "--discovery-addr",
+        &discovery,
+        "--concurrencies",
+        "1,2",
+        "--tag",
+        "pair",
+    ]);
+    drop(producer.stdin.take());
+    assert_eq!(exit_status(&mut producer).code(), Some(0));
+    assert_eq!(v["mode"], "drive");
+    let rows = v["results"].as_array().unwrap();
+    let threads: Vec<u64> = rows
+        .iter()
+        .map(|r| r["concurrency"].as_u64().unwrap())
+        .collect();
+    assert_eq!(threads, [1, 2]);
+    assert!(rows.iter().all(|r| r["hit_pct"] == 100.0), "{rows:?}");
+    // perf-scripts/full-machine.sh sums each pair's PEAK row.
+    assert_eq!(v["peak"].as_array().unwrap().len(), 1);
 }
