@@ -260,8 +260,9 @@ pub struct Config {
 
     // --- Networking / identity ---
     /// `meta_bind_host` (default `0.0.0.0`): interface of the embedded
-    /// discovery master (port: that of this host's `discovery_addr` entry, or
-    /// [`DEFAULT_DISCOVERY_PORT`]).
+    /// discovery master. Its port is the head's (the first `discovery_addr`
+    /// entry) on every host, so every entry of a seed list should carry
+    /// that same port.
     pub meta_bind_host: String,
     /// `local_hostname` (default auto = `None`): address advertised to peers;
     /// `None` means the local IP that routes to `discovery_addr`.
