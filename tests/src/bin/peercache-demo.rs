@@ -18,7 +18,8 @@
 //!    the nodes as `request <page bytes> <keys>`: what SGLang does per request
 //!    (exists, read the hit prefix, byte-check it, write the rest);
 //! 4. runs the same requests again (`--passes`), each shifted to another node,
-//!    and prints the hit rate of every pass and each node's counters.
+//!    and prints the hit rate of every pass and each node's counters, scraped
+//!    from its `/metrics` endpoint and filtered as seed 000's step 6 does.
 //!
 //! It exits non-zero if a page read back ever differs from what was written,
 //! if pass 2 does not hit more than pass 1, or if no hit crossed nodes.
@@ -26,6 +27,8 @@
 use clap::Parser;
 use peercache_tests::node_process::{free_port, NodeProcess};
 use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -189,17 +192,64 @@ fn node_config(a: &Args, i: u32, discovery_port: u16) -> String {
         "local_hostname": "127.0.0.1",
         "meta_bind_host": "127.0.0.1",
         "control_bind_host": "127.0.0.1",
-        "rdma_bind_host": "127.0.0.1",
         // All nodes share one host here: spread their shards over its cores.
         "local_rank": i - 1,
         "shards": 1,
         "global_segment_size": a.pool,
         "disk_enabled": false,
-        "metrics_enabled": false,
+        // Each node's /metrics on a free loopback port: the counters shown
+        // at the end are scraped from there, as an operator would.
+        "metrics_enabled": true,
+        "metrics_bind_host": "127.0.0.1",
+        "metrics_port": 0,
+        "metrics_dashboard": false,
         "heartbeat_interval": 0.5,
         "member_ttl": 3,
     })
     .to_string()
+}
+
+/// The text of `GET /metrics` from the node's metrics server.
+fn scrape_metrics(addr: SocketAddr) -> Result<String, String> {
+    let failed = |e: std::io::Error| format!("scraping http://{addr}/metrics: {e}");
+    let mut conn = TcpStream::connect(addr).map_err(failed)?;
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .map_err(failed)?;
+    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: demo\r\n\r\n")
+        .map_err(failed)?;
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).map_err(failed)?;
+    match answer.split_once("\r\n\r\n") {
+        Some((head, body))
+            if head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200") =>
+        {
+            Ok(body.to_string())
+        }
+        _ => Err(format!(
+            "scraping http://{addr}/metrics: unexpected answer {:?}",
+            answer.lines().next().unwrap_or("")
+        )),
+    }
+}
+
+/// The lines seed 000's `grep -E 'peercache_(members|...)\b'` keeps, in the
+/// order of the exposition, with each one's counter name and value.
+fn seed_counters(exposition: &str) -> Vec<(&str, &'static str, f64)> {
+    exposition
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let rest = line.strip_prefix("peercache_")?;
+            let name = SHOWN.iter().find(|name| {
+                // `\b` after the name: the next character is not a word character.
+                rest.strip_prefix(**name).is_some_and(|after| {
+                    !after.starts_with(|c: char| c.is_alphanumeric() || c == '_')
+                })
+            })?;
+            let value = line.rsplit(' ').next()?.parse().ok()?;
+            Some((line, *name, value))
+        })
+        .collect()
 }
 
 /// The counters of seed 000's step 6, in its order.
@@ -350,17 +400,24 @@ fn run(
     println!();
     let mut remote_nodes = 0;
     let mut remote_hits = 0;
-    for node in nodes.iter_mut() {
-        let stats = node.stats()?;
-        println!("== {} ==", node.node_id);
-        for name in SHOWN {
-            let v = stats.get(name).and_then(|v| v.as_u64()).unwrap_or(0);
-            println!("peercache_{name} {v}");
+    for node in nodes.iter() {
+        let addr = node
+            .metrics
+            .ok_or_else(|| format!("{}: no metrics endpoint", node.node_id))?;
+        println!(
+            "== {} (curl -s http://{addr}/metrics | grep -E 'peercache_({})\\b') ==",
+            node.node_id,
+            SHOWN.join("|")
+        );
+        let exposition = scrape_metrics(addr)?;
+        let shown = seed_counters(&exposition);
+        for (line, _, _) in &shown {
+            println!("{line}");
         }
-        let r = stats
-            .get("read_remote_hits")
-            .and_then(|v| v.as_u64())
-            .unwrap_or(0);
+        let r = shown
+            .iter()
+            .find(|(_, name, _)| *name == "read_remote_hits")
+            .map_or(0.0, |&(_, _, v)| v) as u64;
         remote_hits += r;
         remote_nodes += usize::from(r > 0);
     }
