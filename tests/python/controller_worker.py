@@ -54,7 +54,6 @@ LOOPBACK = {
     "local_hostname": "127.0.0.1",
     "meta_bind_host": "127.0.0.1",
     "control_bind_host": "127.0.0.1",
-    "rdma_bind_host": "127.0.0.1",
     "protocol": "tcp",
 }
 
