@@ -24,6 +24,7 @@
 
 use crate::aligned::AlignedBuf;
 use crate::micro::host_info;
+use crate::mooncake::{self, TransferEngineBench};
 use crate::remote::{
     pct, raw_tcp_gbps, raw_tcp_round_trips, rss_bytes, serve_raw_references, sweep,
 };
@@ -392,11 +393,10 @@ impl HicacheArgs {
     /// The data plane of this run: `--protocol`, else `rdma` when a device is
     /// named (seed 004's commands name one and mean RDMA), else `tcp`.
     pub fn protocol(&self) -> &str {
-        match &self.protocol {
-            Some(protocol) => protocol,
-            None if !self.device_name.is_empty() || !self.devices.is_empty() => "rdma",
-            None => "tcp",
-        }
+        protocol_or_default(
+            self.protocol.as_deref(),
+            !self.device_name.is_empty() || !self.devices.is_empty(),
+        )
     }
 
     /// Label of the output files: `--tag`, else the protocol.
@@ -491,6 +491,15 @@ impl HicacheArgs {
 
     fn pool_bytes(&self) -> usize {
         self.working_set * self.page_size * 2 + (64 << 20)
+    }
+}
+
+/// `given` (`--protocol`), else `rdma` when the run names a device, else `tcp`.
+pub(crate) fn protocol_or_default(given: Option<&str>, device_named: bool) -> &str {
+    match given {
+        Some(protocol) => protocol,
+        None if device_named => "rdma",
+        None => "tcp",
     }
 }
 
@@ -934,7 +943,7 @@ impl<'a> Consumer<'a> {
     }
 }
 
-fn progress(msg: &str) {
+pub(crate) fn progress(msg: &str) {
     eprintln!("peercache-bench: {msg}");
 }
 
@@ -1028,6 +1037,16 @@ pub enum Mode {
 
 /// Runs `mode`: starts (or joins) the producer, measures, writes the files.
 pub fn run(args: &HicacheArgs, mode: Mode) -> Result<(), String> {
+    run_with(args, mode, None)
+}
+
+/// [`run`]; `compare` passes its transfer_engine_bench (located once for all
+/// block sizes, or why it is not available) to measure after the sweep.
+fn run_with(
+    args: &HicacheArgs,
+    mode: Mode,
+    teb: Option<&Result<TransferEngineBench, String>>,
+) -> Result<(), String> {
     args.check()?;
     if args.protocol() == "tcp" {
         progress("protocol tcp: a functional run, not a performance scenario (seed 004); name an RDMA device (--device-name / --devices) for figures to publish");
@@ -1191,7 +1210,19 @@ pub fn run(args: &HicacheArgs, mode: Mode) -> Result<(), String> {
         }
         progress("memcpy reference (same bytes per batch) ...");
         references.insert("memcpy_gbps".into(), json!(memcpy_gbps(args)));
-        references.insert("mooncake".into(), json!(mooncake_status()));
+        match teb {
+            Some(located) => mooncake_reference(args, located, &rows, &mut references),
+            None => {
+                let status = match TransferEngineBench::locate(None) {
+                    Ok(teb) => format!(
+                        "available: {} (`peercache-bench compare` measures it beside PeerCache)",
+                        teb.path.display()
+                    ),
+                    Err(why) => format!("not available: {why}"),
+                };
+                references.insert("mooncake".into(), json!(status));
+            }
+        }
     }
     peak_rss = peak_rss.max(rss_bytes());
     let stats = consumer.node.stats();
@@ -1233,21 +1264,88 @@ fn memcpy_gbps(args: &HicacheArgs) -> f64 {
     gbps
 }
 
-/// Whether Mooncake's transfer engine is importable here (its comparison
-/// script, perf-scripts/compare-mooncake.sh, runs only then).
-fn mooncake_status() -> &'static str {
-    let ok = std::process::Command::new("python3")
-        .args(["-c", "import mooncake"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if ok {
-        "installed: run perf-scripts/compare-mooncake.sh"
-    } else {
-        "not installed (pip install mooncake-transfer-engine to compare)"
+/// `compare`'s Mooncake reference: transfer_engine_bench reading blocks of
+/// this run's page size, in batches of its batch size, on as many threads as
+/// the get PEAK, from a target it starts on 127.0.0.1. Records
+/// `mooncake_gbps`, and in `mooncake` what ran or why nothing did: a missing
+/// or failing Mooncake does not cost the PeerCache figures of the run.
+fn mooncake_reference(
+    args: &HicacheArgs,
+    located: &Result<TransferEngineBench, String>,
+    rows: &[Row],
+    references: &mut serde_json::Map<String, Value>,
+) {
+    let teb = match located {
+        Ok(teb) => teb,
+        Err(why) => {
+            references.insert("mooncake".into(), json!(format!("not run: {why}")));
+            return;
+        }
+    };
+    let threads = rows
+        .iter()
+        .filter(|r| r.op == Op::Get && r.frontend == args.frontend && r.batch == args.batch_size)
+        .max_by(|a, b| a.pages_per_s.total_cmp(&b.pages_per_s))
+        .map_or(1, |peak| peak.concurrency);
+    let setup = mooncake::Setup {
+        protocol: args.protocol().to_string(),
+        device_name: if args.devices.is_empty() {
+            args.device_name.clone()
+        } else {
+            args.devices.join(",")
+        },
+        batch_size: args.batch_size,
+        threads,
+        // Mooncake measures whole seconds.
+        duration_s: args.duration.ceil().max(1.0) as u32,
+        segment_id: None,
+        log_prefix: format!(
+            "{}/hicache-compare-{}-{}-mooncake",
+            args.out_dir,
+            args.tag(),
+            unix_time()
+        )
+        .into(),
+    };
+    match mooncake::measure(teb, &setup, &[args.page_size]) {
+        Ok(measured) => {
+            let run = &measured.runs[0];
+            references.insert("mooncake_gbps".into(), json!(run.summary.gbps));
+            references.insert(
+                "mooncake".into(),
+                json!(format!(
+                    "{}: read, {} B blocks, batch {}, {threads} threads, {} s, {}; log {}",
+                    teb.path.display(),
+                    run.block_size,
+                    setup.batch_size,
+                    setup.duration_s,
+                    setup.protocol,
+                    run.log.display()
+                )),
+            );
+        }
+        Err(e) => {
+            progress(&format!("Mooncake failed: {e}"));
+            references.insert("mooncake".into(), json!(format!("failed: {e}")));
+        }
     }
+}
+
+/// Seconds since the Unix epoch: the timestamp of result file names.
+pub(crate) fn unix_time() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs()
+}
+
+/// The `host` block of a result file: CPU, cpus, kernel, hostname.
+pub(crate) fn host_block() -> Value {
+    let mut host = host_info();
+    host["hostname"] = json!(std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap_or_default()
+        .trim());
+    host
 }
 
 fn mode_name(mode: Mode) -> &'static str {
@@ -1330,6 +1428,13 @@ fn report(
             json!(1.0 - py.gbps / rs.gbps),
         );
     }
+    let mooncake_gbps = references
+        .get("mooncake_gbps")
+        .and_then(Value::as_f64)
+        .filter(|&m| m > 0.0);
+    if let (Some(m), Some(get)) = (mooncake_gbps, peak_of(Op::Get, args.frontend)) {
+        ratios.insert("get_peak_vs_mooncake".into(), json!(get.gbps / m));
+    }
     if let (Some(m), Some(set)) = (
         references.get("memcpy_gbps").and_then(Value::as_f64),
         peak_of(Op::Set, Frontend::Rust),
@@ -1365,14 +1470,8 @@ fn report(
             json!(pct(&r.hist, 0.99) / pct(&r.hist, 0.5).max(1.0)),
         );
     }
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_secs();
-    let mut host = host_info();
-    host["hostname"] = json!(std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .unwrap_or_default()
-        .trim());
+    let stamp = unix_time();
+    let host = host_block();
     let value = json!({
         "mode": mode_name(mode),
         "tag": args.tag(),
@@ -1469,6 +1568,14 @@ fn report(
             ));
         }
     }
+    if let (Some(m), Some(get)) = (mooncake_gbps, peak_of(Op::Get, args.frontend)) {
+        md.push_str(&format!(
+            "\nMooncake transfer_engine_bench (read, same block size and batch, {} threads as the get PEAK): {m:.3} GB/s; PeerCache get PEAK: {:.3} GB/s = {:.0} % of Mooncake\n",
+            get.concurrency,
+            get.gbps,
+            100.0 * get.gbps / m
+        ));
+    }
     if !value["references"]
         .as_object()
         .map(|o| o.is_empty())
@@ -1507,22 +1614,35 @@ pub struct CompareArgs {
     /// Page sizes to compare at (e.g. 4k,16k,64k,256k,1m); default: --page-size.
     #[arg(long, value_delimiter = ',')]
     pub block_sizes: Vec<String>,
+    /// Mooncake's transfer_engine_bench; default: the one on PATH. When it is
+    /// missing or does not load, the results say why and the run goes on.
+    #[arg(long)]
+    pub teb: Option<std::path::PathBuf>,
+}
+
+/// Bytes of a `--block-sizes` entry (`4k`, `64k`, `1m`, or bytes).
+pub(crate) fn block_size_bytes(size: &str) -> Result<usize, String> {
+    let bytes = peercache_engine::config::size::parse_size(size)
+        .map_err(|e| format!("--block-sizes {size}: {e}"))?;
+    usize::try_from(bytes).map_err(|_| format!("--block-sizes {size}: too large"))
 }
 
 /// `compare`: PeerCache remote get against the same-run references (memcpy,
-/// a raw TCP stream of the same page size; Mooncake when installed) at each
-/// block size.
+/// a raw TCP stream of the same page size, Mooncake's transfer_engine_bench
+/// when it loads here) at each block size.
 pub fn compare(args: &CompareArgs) -> Result<(), String> {
+    let mooncake = TransferEngineBench::locate(args.teb.as_deref());
+    if let Err(why) = &mooncake {
+        progress(&format!("Mooncake not run: {why}"));
+    }
     if args.block_sizes.is_empty() {
-        return run(&args.hicache, Mode::Compare);
+        return run_with(&args.hicache, Mode::Compare, Some(&mooncake));
     }
     for size in &args.block_sizes {
-        let bytes = peercache_engine::config::size::parse_size(size)
-            .map_err(|e| format!("--block-sizes {size}: {e}"))? as usize;
         let mut one = args.hicache.clone();
-        one.page_size = bytes;
+        one.page_size = block_size_bytes(size)?;
         one.tag = Some(format!("{}-{}", args.hicache.tag(), size));
-        run(&one, Mode::Compare)?;
+        run_with(&one, Mode::Compare, Some(&mooncake))?;
     }
     Ok(())
 }

@@ -7,6 +7,8 @@
 //!   ([`hicache`]): a producer publishes pages in SGLang's object layout, a
 //!   consumer probes and loads them through the Rust API or through
 //!   `PeerCacheStore` from Python threads;
+//! - `mooncake`: Mooncake's official `transfer_engine_bench` at each block
+//!   size ([`mooncake`]); exit code 3 when it is missing or does not load;
 //! - `micro`: the data-plane microbenchmark (local set and get through the
 //!   node store against a plain memcpy of the same bytes);
 //! - `remote`: two processes on loopback (remote get against a raw TCP
@@ -25,6 +27,7 @@ mod aligned;
 mod disk;
 mod hicache;
 mod micro;
+mod mooncake;
 mod remote;
 
 // A single-value flag given twice takes its last value, so a script can
@@ -63,8 +66,13 @@ enum Command {
     Serve(hicache::ServeArgs),
     /// Consumer half of a two-host run: --discovery-addr of a `serve`; runs --op over --concurrencies.
     Drive(hicache::HicacheArgs),
-    /// PeerCache remote get vs same-run references (memcpy, raw TCP; Mooncake when installed).
+    /// PeerCache remote get vs same-run references (memcpy, raw TCP; Mooncake when it loads).
     Compare(hicache::CompareArgs),
+    /// Mooncake's official transfer_engine_bench (read) at each --block-sizes.
+    ///
+    /// Exits 3 when transfer_engine_bench is missing or cannot load here
+    /// (`pip install mooncake-transfer-engine`; its wheel needs libcuda.so.1).
+    Mooncake(mooncake::MooncakeArgs),
     /// One consumer process of a `--processes N` run (started by it; not for direct use).
     #[command(hide = true)]
     PointWorker(hicache::WorkerArgs),
@@ -127,6 +135,14 @@ where
         Command::Serve(args) => hicache::serve(&args.hicache, args.meta_port),
         Command::Drive(args) => hicache::run(&args, hicache::Mode::Drive),
         Command::Compare(args) => hicache::compare(&args),
+        Command::Mooncake(args) => match mooncake::run(&args) {
+            Ok(()) => Ok(()),
+            Err(mooncake::RunError::Failed(e)) => Err(e),
+            Err(mooncake::RunError::Unavailable(why)) => {
+                eprintln!("peercache-bench: Mooncake not available: {why}");
+                return mooncake::EXIT_UNAVAILABLE;
+            }
+        },
         Command::PointWorker(args) => hicache::point_worker(&args),
         Command::Micro(args) => micro::run(&args),
         Command::Remote(args) => remote::run(&args),
