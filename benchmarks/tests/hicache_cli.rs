@@ -3,6 +3,9 @@
 //! No timing is asserted (the machine is shared): only that each point ran,
 //! found every page, and was written down with its host and meta blocks.
 
+mod common;
+
+use common::{free_port, tempdir};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -54,21 +57,7 @@ fn run_small(args: &[&str], with_md: bool) -> serde_json::Value {
     }
     let value: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).expect("read")).expect("json");
-    let _ = std::fs::remove_dir_all(&dir);
     value
-}
-
-fn tempdir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "peercache-bench-test-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 #[test]
@@ -317,7 +306,6 @@ fn a_tcp_run_says_it_is_functional_and_records_its_protocol() {
     );
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).expect("read")).expect("json");
-    let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(v["meta"]["protocol"], "tcp");
     assert_eq!(v["results"][0]["hit_pct"], 100.0);
     assert!(
@@ -326,14 +314,6 @@ fn a_tcp_run_says_it_is_functional_and_records_its_protocol() {
             .unwrap()
             >= 1.0
     );
-}
-
-/// A port free on 127.0.0.1 a moment ago.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 /// Starts `serve` with `stdin` and `flags`; returns

@@ -5,46 +5,14 @@
 //! does not load on the machines these tests run on (its PyPI wheel needs
 //! libcuda.so.1). Only 127.0.0.1; no timing is asserted.
 
+mod common;
+
+use common::{free_port, tempdir, TempDir};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn bench() -> Command {
     Command::new(env!("CARGO_BIN_EXE_peercache-bench"))
-}
-
-/// A scratch directory, removed when dropped.
-struct TempDir(PathBuf);
-
-impl std::ops::Deref for TempDir {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl AsRef<std::ffi::OsStr> for TempDir {
-    fn as_ref(&self) -> &std::ffi::OsStr {
-        self.0.as_os_str()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn tempdir() -> TempDir {
-    let dir = std::env::temp_dir().join(format!(
-        "peercache-bench-mooncake-test-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    TempDir(dir)
 }
 
 /// The stand-in. As a target it logs the address Mooncake's P2P handshake
@@ -158,14 +126,6 @@ fn only_file(dir: &Path, ext: &str) -> PathBuf {
 
 fn json_of(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind(("127.0.0.1", 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]
