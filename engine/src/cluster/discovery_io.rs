@@ -61,6 +61,23 @@ impl std::fmt::Debug for DiscoveryRuntime {
     }
 }
 
+/// Where the embedded discovery master listens: `meta_bind_host` (an IPv4
+/// or IPv6 address, or a name, which is resolved here, its first IPv4
+/// address preferred as the discovery head is usually given as one) on
+/// `port`.
+fn meta_bind_addr(host: &str, port: u16) -> Result<SocketAddr, String> {
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("meta_bind_host {host:?}: {e}"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("meta_bind_host {host:?}: the name has no address"))
+}
+
 impl DiscoveryRuntime {
     /// Starts discovery for `me`. `on_change` runs on the agent thread after
     /// every membership change.
@@ -78,9 +95,7 @@ impl DiscoveryRuntime {
             serving_meta: AtomicBool::new(false),
         });
         let meta_port = config.discovery_head().port;
-        let bind: SocketAddr = format!("{}:{meta_port}", config.meta_bind_host)
-            .parse()
-            .map_err(|e| format!("meta_bind_host {:?}: {e}", config.meta_bind_host))?;
+        let bind = meta_bind_addr(&config.meta_bind_host, meta_port)?;
         // Written as seed 000 shows the line (a Python list), so operators'
         // greps for it match.
         let seeds: Vec<String> = config
@@ -577,6 +592,19 @@ fn from_wire_reply(reply: MembersReply) -> Result<Reply, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The meta bind host takes what the other bind keys take: IPv4, IPv6
+    /// and names (`localhost` comes from /etc/hosts; no query leaves the
+    /// machine).
+    #[test]
+    fn meta_bind_host_takes_addresses_of_both_families_and_names() {
+        let at = |host: &str| meta_bind_addr(host, 31998).unwrap().to_string();
+        assert_eq!(at("127.0.0.1"), "127.0.0.1:31998");
+        assert_eq!(at("0.0.0.0"), "0.0.0.0:31998");
+        assert_eq!(at("::"), "[::]:31998");
+        let named = meta_bind_addr("localhost", 31998).unwrap();
+        assert!(named.ip().is_loopback() && named.port() == 31998, "{named}");
+    }
 
     #[test]
     fn members_replies_keep_their_departures_on_the_wire() {
