@@ -47,9 +47,13 @@ pub struct Geometry {
     pub shards: u32,
 }
 
+/// The smallest shard budget [`Geometry::for_budget`] accepts: the file
+/// header block and four segments of two blocks (36 KiB).
+pub const MIN_SHARD_BUDGET: u64 = (BLOCK + 4 * 2 * BLOCK) as u64;
+
 impl Geometry {
     /// The geometry for a shard budget of `budget` bytes, or None when the
-    /// budget cannot hold one segment of two blocks.
+    /// budget is under [`MIN_SHARD_BUDGET`].
     pub fn for_budget(budget: u64, shards: u32) -> Option<Geometry> {
         let usable = budget.checked_sub(BLOCK as u64)?;
         // Four segments at least, so up to four page sizes can share the
@@ -212,6 +216,10 @@ mod tests {
         let big = Geometry::for_budget(100 << 30, 1).unwrap();
         assert_eq!(big.segment_bytes, MAX_SEGMENT_BYTES);
         assert!(Geometry::for_budget(8 << 10, 1).is_none());
+        // The smallest budget the start-up message names is the real one.
+        assert_eq!(MIN_SHARD_BUDGET, 36 << 10);
+        assert!(Geometry::for_budget(MIN_SHARD_BUDGET, 1).is_some());
+        assert!(Geometry::for_budget(MIN_SHARD_BUDGET - 1, 1).is_none());
     }
 
     #[test]

@@ -72,8 +72,9 @@ pub fn prepare_node_dir(config: &Config, node_id: &str, shards: usize) -> Option
     let budget = config.disk_size / shards.max(1) as u64;
     let Some(geometry) = Geometry::for_budget(budget, shards as u32) else {
         tracing::warn!(
-            "disk tier disabled: disk_size of {} bytes gives each of {shards} shards less than 12 KiB; serving from memory only (raise disk_size)",
-            config.disk_size
+            "disk tier disabled: disk_size of {} bytes gives each of {shards} shards less than {} KiB; serving from memory only (raise disk_size)",
+            config.disk_size,
+            layout::MIN_SHARD_BUDGET / 1024
         );
         return None;
     };
