@@ -239,7 +239,8 @@ pub struct Config {
     pub max_masters: u32,
 
     // --- Disk tier (L4) ---
-    /// `disk_enabled` (default true): spill evicted pages to disk.
+    /// `disk_enabled` (default true): write every stored page through to a
+    /// disk slab, from which pages the pool evicted are promoted back.
     pub disk_enabled: bool,
     /// `disk_path` (default `/data/peercache/`): data directory; each node
     /// uses a `node_id` subdirectory. Non-empty when the disk tier is on.
@@ -267,9 +268,11 @@ pub struct Config {
     /// `local_hostname` (default auto = `None`): address advertised to peers;
     /// `None` means the local IP that routes to `discovery_addr`.
     pub local_hostname: Option<String>,
-    /// `rdma_bind_host` (default `0.0.0.0`).
+    /// `rdma_bind_host` (default `0.0.0.0`): like `rdma_port`, accepted and
+    /// without effect.
     pub rdma_bind_host: String,
-    /// `rdma_port` (default 0 = auto-assign): RDMA bootstrap port.
+    /// `rdma_port` (default 0): accepted for the seeds' configs; no effect
+    /// (queue pairs connect over the control connection), warned when set.
     pub rdma_port: u16,
     /// `control_bind_host` (default `0.0.0.0`).
     pub control_bind_host: String,

@@ -176,25 +176,26 @@ stats! {
     Counter disk_corrupt_pages,
     /// 1 when this shard stopped writing to disk (ENOSPC, or the slab could not be opened).
     Status disk_writes_stopped,
-    // RDMA is not built yet (issue 8). Its counters exist now so the metric
-    // names operators alert on are stable, and they read 0 until it exists.
-    /// RDMA READs that did not complete in time (0 until RDMA exists).
+    // The RDMA data path's counters (rdma.md). They exist on every node so
+    // the metric names operators alert on are the same whatever the
+    // transport; a node reading over TCP keeps them at 0.
+    /// RDMA READs that did not complete in time (0 over TCP).
     Counter rdma_read_timeouts,
-    /// RDMA channels (QP + CQ) dropped after an error (0 until RDMA exists).
+    /// RDMA channels (QP + CQ) dropped after an error (0 over TCP).
     Counter rdma_channel_discards,
-    /// RDMA READs that completed with an error status (0 until RDMA exists).
+    /// RDMA READs that completed with an error status (0 over TCP).
     Counter rdma_read_wc_errors,
-    /// The last error `ibv_wc_status` of an RDMA READ, 0 when none (0 until RDMA exists).
+    /// The last error `ibv_wc_status` of an RDMA READ, 0 when none (0 over TCP).
     Status rdma_last_wc_status,
-    /// READs whose local destination was outside every registered MR (0 until RDMA exists).
+    /// READs whose local destination was outside every registered MR (0 over TCP).
     Counter rdma_local_reg_misses,
-    /// RDMA work requests the NIC refused to post (0 until RDMA exists).
+    /// RDMA work requests the NIC refused to post (0 over TCP).
     Counter rdma_post_failures,
-    /// RDMA channel leases that gave up (0 until RDMA exists).
+    /// RDMA channel leases that gave up (0 over TCP).
     Counter rdma_lease_failures,
-    /// RDMA devices (rails) this shard reads through (0 until RDMA exists).
+    /// RDMA devices (rails) this shard reads through (0 over TCP).
     Gauge rdma_rails,
-    /// Local memory regions registered on demand for destinations outside the pool (0 until RDMA exists).
+    /// Local memory regions registered on demand for destinations outside the pool (0 over TCP).
     Gauge rdma_lazy_local_mrs,
 }
 
