@@ -410,7 +410,9 @@ fn flood_directory(endpoint: SocketAddr, producer: &str, entries: usize) -> Resu
     let h = wire::read_frame(&mut s, &mut meta).map_err(|e| e.to_string())?;
     h.expect_kind(Kind::HelloAck).map_err(|e| e.to_string())?;
     wire::decode_owned::<HelloAck>(&meta).map_err(|e| e.to_string())?;
-    let node = NodeRef::of(producer).0;
+    // Entries naming any process of the producer: only the directory's size
+    // is measured, nothing reads them.
+    let node = NodeRef::of(producer, 0).0;
     let mut next = 0u64;
     let mut id = 2;
     while (next as usize) < entries {
@@ -794,7 +796,8 @@ pub fn run(args: &RemoteArgs) -> Result<(), String> {
 fn route(node_id: &str) -> MemberRoute {
     MemberRoute {
         node_id: node_id.to_string(),
-        node_ref: NodeRef::of(node_id),
+        // Ownership follows node ids on the ring; the reference is unused.
+        node_ref: NodeRef::of(node_id, 0),
         shard_endpoints: vec![SocketAddr::from(([127, 0, 0, 1], 1))],
     }
 }

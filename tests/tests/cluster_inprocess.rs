@@ -328,6 +328,9 @@ fn a_stopped_node_releases_its_ports_and_connections() {
     }
 }
 
+/// Once the membership shows the restarted process (discovery reports a
+/// new incarnation), its pages are read at once: the channels to the old
+/// process were dropped with it, so no read fails on a dead socket.
 #[test]
 fn a_peer_restarted_behind_the_same_endpoint_costs_no_miss() {
     let fixed = format!(r#","control_port":{}"#, free_port_pair());
@@ -337,20 +340,66 @@ fn a_peer_restarted_behind_the_same_endpoint_costs_no_miss() {
     let ks = keys("restarts", 16);
     assert_eq!(set_all(&a, &ks, 4096), vec![true; 16]);
     assert_eq!(get_all(&b, &ks, 4096).0, vec![true; 16]);
-    // `a` restarts on the same ports; `b` sees no membership change, so its
-    // idle channels to `a` are now closed sockets of the old process.
-    let routes = vec![a.route(), b.route()];
+    // `a` restarts on the same ports: `b`'s idle channels to `a` are closed
+    // sockets of the old process.
+    let before = a.route();
     drop(a);
     let a = node("restarts-a", &fixed);
-    assert_eq!(a.route(), routes[0], "same node behind the same endpoints");
-    a.set_membership(2, routes);
+    let after = a.route();
+    assert_eq!(
+        after.shard_endpoints, before.shard_endpoints,
+        "same endpoints"
+    );
+    assert_ne!(
+        after.node_ref, before.node_ref,
+        "another process of the node"
+    );
+    join(&[&a, &b], 2);
     assert_eq!(set_all(&a, &ks, 4096), vec![true; 16]);
     let (ok, out) = get_all(&b, &ks, 4096);
     assert_eq!(ok, vec![true; 16], "the first get after the restart");
     assert!(ks.iter().zip(&out).all(|(k, got)| *got == page(k, 4096)));
-    assert!(
-        b.stats().channel_discards > 0,
-        "the stale channels were dropped"
+    assert_eq!(
+        b.stats().remote_failures,
+        0,
+        "no read failed on a dead channel"
     );
-    assert_eq!(b.stats().remote_failures, 0, "and retried, not failed");
+}
+
+/// A node restarted under the same id and endpoints starts its slots and
+/// generations afresh, so a location its previous process published can
+/// name the same slot and generation as another page now. Such reads must
+/// be misses, never the other page's bytes: before the view changes (the
+/// new process refuses the old one's locations) and after (they name no
+/// member).
+#[test]
+fn locations_of_a_restarted_node_are_misses_never_other_pages() {
+    let fixed = format!(r#","control_port":{}"#, free_port_pair());
+    let a = node("reborn-a", &fixed);
+    let b = node("reborn-b", "");
+    join(&[&a, &b], 1);
+    let old = keys("reborn-old", 16);
+    assert_eq!(set_all(&a, &old, 4096), vec![true; 16]);
+    assert_eq!(get_all(&b, &old, 4096).0, vec![true; 16]);
+    drop(a);
+    // The new process stores other pages: the same slots and generations
+    // the old keys' entries (still in `b`'s directory) name.
+    let a = node("reborn-a", &fixed);
+    let old_view = vec![a.route(), b.route()];
+    a.set_membership(2, old_view);
+    let new = keys("reborn-new", 16);
+    assert_eq!(set_all(&a, &new, 4096), vec![true; 16]);
+    let (ok, out) = get_all(&b, &old, 4096);
+    for ((k, hit), got) in old.iter().zip(&ok).zip(&out) {
+        assert!(!hit || *got == page(k, 4096), "{k}: another page's bytes");
+    }
+    assert_eq!(ok, vec![false; 16], "the old process's pages are gone");
+    assert!(
+        a.stats().stale_node_reads > 0,
+        "the new process refused the old one's locations"
+    );
+    // Once `b` knows the new process, the old entries name no member.
+    join(&[&a, &b], 3);
+    assert_eq!(get_all(&b, &old, 4096).0, vec![false; 16]);
+    assert_eq!(get_all(&b, &new, 4096).0, vec![true; 16]);
 }

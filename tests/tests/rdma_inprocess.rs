@@ -308,18 +308,28 @@ fn a_peer_restarted_behind_the_same_endpoint_is_reconnected() {
     assert_eq!(get_checked(&b, &ks), vec![true; 16]);
 
     // `a` restarts on the same ports: its QPs and MRs are gone (it
-    // deregistered them when it stopped), and `b` sees no membership change.
-    let routes = vec![a.route(), b.route()];
+    // deregistered them when it stopped). Discovery shows the new process
+    // (a new incarnation, so another NodeRef): `b` drops the old process's
+    // entries and channels with it, and its next read opens new channels,
+    // whose exchange brings the new pool's address and rkey.
+    let before = a.route();
     drop(a);
     let a = start_on_nic(&fabric, "again-a", &fixed);
-    assert_eq!(a.route(), routes[0], "same node behind the same endpoints");
-    a.set_membership(2, routes);
+    assert_eq!(a.route().shard_endpoints, before.shard_endpoints);
+    assert_ne!(a.route().node_ref, before.node_ref, "another process");
+    join(&[&a, &b], 2);
     set_all(&a, &ks);
-    // The READs on the old channels fail and the channels are discarded;
-    // the retry every failed remote read gets opens new ones (their
-    // exchange brings the new pool's address and rkey) and reads.
+    let qps = fabric.counters().qps_created;
     assert_eq!(get_checked(&b, &ks), vec![true; 16]);
-    assert!(b.stats().rdma_read_wc_errors > 0, "the stale READs failed");
+    assert!(
+        fabric.counters().qps_created > qps,
+        "new channels to the new process"
+    );
+    assert_eq!(
+        b.stats().rdma_read_wc_errors,
+        0,
+        "no READ went to a stale QP"
+    );
 }
 
 #[test]

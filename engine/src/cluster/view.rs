@@ -76,9 +76,14 @@ impl ClusterView {
             .enumerate()
             .map(|(i, r)| (r.node_ref, i))
             .collect();
+        // This node's own route names its current process (see NodeRef).
+        let self_ref = routes
+            .iter()
+            .find(|r| r.node_id == self_node_id)
+            .map_or(NodeRef(0), |r| r.node_ref);
         Self {
             epoch,
-            self_ref: NodeRef::of(self_node_id),
+            self_ref,
             ring,
             routes,
             by_ref,
@@ -149,7 +154,7 @@ mod tests {
     fn member(i: usize, shards: usize) -> MemberRoute {
         let id = format!("node-{i}");
         MemberRoute {
-            node_ref: NodeRef::of(&id),
+            node_ref: NodeRef::of(&id, 1),
             node_id: id,
             shard_endpoints: (0..shards)
                 .map(|s| format!("127.0.0.{}:{}", i + 1, 4000 + s).parse().unwrap())
@@ -189,6 +194,6 @@ mod tests {
         assert_eq!(view.replicas(), 1);
         let mut owners = Vec::new();
         assert!(view.owns(KeyHash(42), &mut owners));
-        assert_eq!(view.route(NodeRef::of("missing")), None);
+        assert_eq!(view.route(NodeRef::of("missing", 1)), None);
     }
 }

@@ -44,7 +44,7 @@ pub use table::{DirectoryTable, MAX_NODES};
 
 use std::fmt;
 
-use xxhash_rust::xxh3::xxh3_64;
+use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use crate::pool::Location;
 
@@ -56,20 +56,30 @@ pub const MAX_OFFSET: u64 = (1 << 48) - 1;
 /// the length shares one `u32` with the resident bit.
 pub const MAX_LEN_BYTES: u32 = (1 << 31) - 1;
 
-/// A cluster member as directory entries name it: the xxh3-64 of its node id.
+/// A cluster member as directory entries name it: the xxh3-64 of its node id,
+/// seeded with its incarnation (one per process start).
 ///
 /// Entries store this 8-byte value instead of the node id string, so they stay
 /// fixed-size; the network layer maps it back to an address through the
 /// membership it already holds. 64 bits make two node ids colliding
 /// negligible (about 3e-14 for a thousand nodes).
+///
+/// Why the incarnation: a node restarted under the same `node_id` starts its
+/// pool's slots and generations afresh, so a location its previous process
+/// published (still in a directory, a read cache or a handoff) can name the
+/// same slot and generation as another page now. Naming each process
+/// lifetime separately makes such a location unroutable once the membership
+/// shows the new process, and refused by the new process before that
+/// (`DataRead::node`).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 pub struct NodeRef(pub u64);
 
 impl NodeRef {
-    /// The reference of the node whose id is `node_id` (xxh3-64 of its bytes).
+    /// The reference of the process of `node_id` started as `incarnation`
+    /// (xxh3-64 of the id's bytes, seeded with the incarnation).
     #[inline]
-    pub fn of(node_id: &str) -> NodeRef {
-        NodeRef(xxh3_64(node_id.as_bytes()))
+    pub fn of(node_id: &str, incarnation: u64) -> NodeRef {
+        NodeRef(xxh3_64_with_seed(node_id.as_bytes(), incarnation))
     }
 }
 

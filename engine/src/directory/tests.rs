@@ -26,17 +26,22 @@ fn random_key(rng: &mut StdRng) -> KeyHash {
 }
 
 fn node(i: usize) -> NodeRef {
-    NodeRef::of(&format!("node-{i}"))
+    NodeRef::of(&format!("node-{i}"), 1)
 }
 
 #[test]
-fn node_ref_is_xxh3_of_the_id() {
-    let a = NodeRef::of("10.0.0.1:31998-ab12");
+fn node_ref_is_xxh3_of_the_id_seeded_with_the_incarnation() {
+    let a = NodeRef::of("10.0.0.1:31998-ab12", 7);
     assert_eq!(
         a,
-        NodeRef(xxhash_rust::xxh3::xxh3_64(b"10.0.0.1:31998-ab12"))
+        NodeRef(xxhash_rust::xxh3::xxh3_64_with_seed(
+            b"10.0.0.1:31998-ab12",
+            7
+        ))
     );
-    assert_ne!(a, NodeRef::of("10.0.0.1:31998-ab13"));
+    assert_ne!(a, NodeRef::of("10.0.0.1:31998-ab13", 7));
+    // A restart under the same id is another node as entries name it.
+    assert_ne!(a, NodeRef::of("10.0.0.1:31998-ab12", 8));
     assert_eq!(format!("{}", NodeRef(0xAB)), "00000000000000ab");
 }
 

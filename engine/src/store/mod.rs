@@ -111,6 +111,11 @@ pub enum BatchError {
 /// One PeerCache node: the published pool and the shards that own it.
 pub struct Node {
     node_id: String,
+    /// When this process of the node started (ms since the epoch): its
+    /// discovery incarnation.
+    incarnation: u64,
+    /// This process as directory entries name it (node id + incarnation).
+    node_ref: NodeRef,
     endpoints: Vec<SocketAddr>,
     vnodes: u32,
     replicas: usize,
@@ -223,6 +228,11 @@ impl Node {
             .node_id
             .clone()
             .unwrap_or_else(|| format!("{host}-{:04x}", crate::cluster::random_u64() & 0xffff));
+        // This process's incarnation: discovery keeps the newest per node id,
+        // and directory entries name (node id, incarnation), so nothing a
+        // previous process of this id published can be read from this one.
+        let incarnation = next_incarnation();
+        let node_ref = NodeRef::of(&node_id, incarnation);
         let node_disk = crate::disk::prepare_node_dir(&config, &node_id, shard_count);
         let disk_claim = node_disk.as_ref().and_then(|nd| nd.claim.clone());
         let bound_ports: Arc<Mutex<Vec<u16>>> = Arc::new(Mutex::new(vec![0; shard_count]));
@@ -235,6 +245,7 @@ impl Node {
         let replicas = config.directory_replicas as usize;
         let identity = ShardIdentity {
             node_id: node_id.clone(),
+            node_ref,
             shard: 0,
             max_channels_per_peer: config.max_channels_per_peer as usize,
             request_timeout: REQUEST_TIMEOUT,
@@ -399,6 +410,8 @@ impl Node {
         };
         Ok(Node {
             node_id,
+            incarnation,
+            node_ref,
             endpoints,
             vnodes: config.vnodes,
             replicas,
@@ -438,10 +451,7 @@ impl Node {
             .first()
             .map(|e| e.ip().to_string())
             .unwrap_or_default();
-        let incarnation = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis() as u64;
+        let incarnation = node.incarnation;
         let me = Member {
             node_id: node.node_id.clone(),
             host: host.clone(),
@@ -563,7 +573,7 @@ impl Node {
     pub fn route(&self) -> MemberRoute {
         MemberRoute {
             node_id: self.node_id.clone(),
-            node_ref: NodeRef::of(&self.node_id),
+            node_ref: self.node_ref,
             shard_endpoints: self.endpoints.clone(),
         }
     }
@@ -885,6 +895,26 @@ impl Node {
     }
 }
 
+/// A new incarnation: the time in ms, and above every one this process gave
+/// before, so two nodes of one id started in the same millisecond (tests
+/// restart nodes in-process) still differ. Across processes the clock does
+/// the ordering discovery relies on (newest incarnation wins).
+fn next_incarnation() -> u64 {
+    static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64;
+    let mut last = LAST.load(Ordering::Relaxed);
+    loop {
+        let next = now.max(last + 1);
+        match LAST.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(seen) => last = seen,
+        }
+    }
+}
+
 /// Builds the view of `members` and hands it to every shard.
 fn deliver_membership(
     runtime: &Runtime<StoreJob>,
@@ -920,7 +950,7 @@ fn route_of(m: &Member) -> Option<MemberRoute> {
         .collect();
     Some(MemberRoute {
         node_id: m.node_id.clone(),
-        node_ref: NodeRef::of(&m.node_id),
+        node_ref: NodeRef::of(&m.node_id, m.incarnation),
         shard_endpoints: endpoints?,
     })
 }

@@ -192,6 +192,7 @@ impl ShardStore {
             return landed;
         }
         let request = DataValidate {
+            node: reads.request.node,
             items: positions.iter().map(|&i| reads.request.items[i]).collect(),
         };
         let reply = self

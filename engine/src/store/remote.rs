@@ -534,7 +534,10 @@ impl ShardStore {
                 .entry((loc.node, loc.shard))
                 .or_insert_with(|| DataReads {
                     endpoint,
-                    request: DataRead { items: Vec::new() },
+                    request: DataRead {
+                        node: loc.node.0,
+                        items: Vec::new(),
+                    },
                     targets: Vec::new(),
                 });
             g.request.items.push(ReadItem::from(loc.pool_location()));

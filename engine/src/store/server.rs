@@ -246,7 +246,7 @@ impl ShardStore {
     ) -> Result<(), WireError> {
         let request = wire::decode_owned::<DataRead>(conn.meta())?;
         let locations: Vec<Location> = request.items.iter().map(to_pool_location).collect();
-        let (status, pages) = self.check_slots(&locations);
+        let (status, pages) = self.check_slots(request.node, &locations);
         let bulk: Vec<&[u8]> = pages
             .iter()
             // SAFETY: each pointer is a live slot of this shard's pool of
@@ -256,7 +256,7 @@ impl ShardStore {
         conn.send(&DataReadReply { status }, h.request_id, &bulk)
             .await?;
         // Re-check after sending: the final word on each page.
-        let (status, _) = self.check_slots(&locations);
+        let (status, _) = self.check_slots(request.node, &locations);
         conn.send(&DataReadReply { status }, h.request_id, &[])
             .await?;
         Ok(())
@@ -313,7 +313,7 @@ impl ShardStore {
     ) -> Result<(), WireError> {
         let request = wire::decode_owned::<DataValidate>(conn.meta())?;
         let locations: Vec<Location> = request.items.iter().map(to_pool_location).collect();
-        let (status, _) = self.check_slots(&locations);
+        let (status, _) = self.check_slots(request.node, &locations);
         conn.send(&DataValidateReply { status }, h.request_id, &[])
             .await
     }
@@ -342,8 +342,18 @@ impl ShardStore {
             .await
     }
 
-    /// Status of each location, and the bytes of the valid ones, in order.
-    fn check_slots(&self, locations: &[Location]) -> (Vec<u8>, Vec<(*const u8, usize)>) {
+    /// Status of each location published by `node`, and the bytes of the
+    /// valid ones, in order. Locations another process of this node id
+    /// published (another incarnation) are all stale: this pool's slots and
+    /// generations started afresh, so they could name other pages.
+    fn check_slots(&self, node: u64, locations: &[Location]) -> (Vec<u8>, Vec<(*const u8, usize)>) {
+        if node != self.node_ref.0 {
+            ShardStats::bump(&self.stats.stale_node_reads, locations.len() as u64);
+            return (
+                vec![ReadStatus::StaleGeneration as u8; locations.len()],
+                Vec::new(),
+            );
+        }
         let pool = self.pool.borrow();
         let mut status = Vec::with_capacity(locations.len());
         let mut pages = Vec::with_capacity(locations.len());

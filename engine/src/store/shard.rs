@@ -149,6 +149,8 @@ unsafe impl Send for StoreJob {}
 pub struct ShardIdentity {
     /// This node's id.
     pub node_id: String,
+    /// This process of it, as directory entries name it.
+    pub node_ref: NodeRef,
     /// This shard's index.
     pub shard: u16,
     /// Most channels per peer endpoint.
@@ -268,7 +270,7 @@ impl ShardStore {
         rdma: Option<Box<dyn ShardRdma>>,
     ) -> Self {
         let store = Self {
-            node_ref: NodeRef::of(&id.node_id),
+            node_ref: id.node_ref,
             channels: Channels::new(id.max_channels_per_peer, id.request_timeout),
             lookups: LookupQueues::default(),
             cache: RefCell::new(LocationCache::new(

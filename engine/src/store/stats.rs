@@ -138,6 +138,9 @@ stats! {
     Gauge directory_entries,
     /// Malformed or unexpected frames received (connection closed).
     Counter protocol_errors,
+    /// Pages peers asked this node for under a location a previous process
+    /// of its node id published (a restart): refused, a miss for the peer.
+    Counter stale_node_reads,
     /// Pages probed by `batch_exists`.
     Counter exists_requests,
     /// Pages `batch_exists` found.

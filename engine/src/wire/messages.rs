@@ -357,6 +357,12 @@ impl From<&ArchivedReadItem> for ReadItem {
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct DataRead {
+    /// The node the locations were published by: its [`DirEntry::node`],
+    /// which names one process lifetime of a node id. A process of another
+    /// lifetime (the node restarted, even behind the same endpoint) answers
+    /// every item [`ReadStatus::StaleGeneration`]: its slots and generations
+    /// start afresh, so the old ones could name other pages.
+    pub node: u64,
     /// Pages to read, in the order their bytes should come back.
     pub items: Vec<ReadItem>,
 }
@@ -427,6 +433,9 @@ pub struct RdmaConnectReply {
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct DataValidate {
+    /// The node the locations were published by, checked as for
+    /// [`DataRead::node`].
+    pub node: u64,
     /// Locations to check.
     pub items: Vec<ReadItem>,
 }
@@ -501,10 +510,10 @@ impl ReadStatus {
 }
 
 /// The 64-bit node identity used in [`DirEntry::node`] and
-/// [`DirDelete::node`]: xxh3-64 of the node id's UTF-8 bytes.
+/// [`DirDelete::node`]: see [`NodeRef::of`](crate::directory::NodeRef::of).
 #[inline]
-pub fn node_hash(node_id: &str) -> u64 {
-    crate::directory::NodeRef::of(node_id).0
+pub fn node_hash(node_id: &str, incarnation: u64) -> u64 {
+    crate::directory::NodeRef::of(node_id, incarnation).0
 }
 
 /// Implements [`WireMessage`] for a message struct. `$own` and `$arch` give the

@@ -13,7 +13,7 @@ use crate::pool::Location;
 fn entry(i: u64) -> DirEntry {
     DirEntry::new(
         KeyHash(0x0123_4567_89ab_cdef_0000_0000_0000_0000 | u128::from(i)),
-        node_hash("node-a"),
+        node_hash("node-a", 1),
         (i % 4) as u16,
         Location {
             offset: i * 4096,
@@ -137,12 +137,13 @@ fn samples() -> Vec<Message> {
         }
         .into(),
         DirDelete {
-            node: node_hash("node-a"),
+            node: node_hash("node-a", 1),
             keys: vec![KeyHash(5).to_be_bytes()],
         }
         .into(),
         DirDeleteAck { deleted: 1 }.into(),
         DataRead {
+            node: node_hash("node-a", 1),
             items: sample_read_items(),
         }
         .into(),
@@ -156,7 +157,7 @@ fn samples() -> Vec<Message> {
         }
         .into(),
         RdmaConnect {
-            node: node_hash("node-b"),
+            node: node_hash("node-b", 1),
             shard: 1,
             rail: 2,
             live: vec![7, 9],
@@ -181,6 +182,7 @@ fn samples() -> Vec<Message> {
         }
         .into(),
         DataValidate {
+            node: node_hash("node-a", 1),
             items: sample_read_items(),
         }
         .into(),
@@ -281,13 +283,17 @@ fn dir_entry_converts_to_and_from_pool_locations() {
         len: 65536,
     };
     let key = KeyHash(0xfeed_face_cafe_beef_0123_4567_89ab_cdef);
-    let e = DirEntry::new(key, node_hash("n1"), 5, loc, true);
+    let e = DirEntry::new(key, node_hash("n1", 1), 5, loc, true);
     assert_eq!(e.location(), loc);
     assert_eq!(e.key_hash(), key);
     assert_eq!(e.key, key.to_be_bytes());
     assert_eq!(ReadItem::from(loc).len, 65536);
-    assert_eq!(node_hash("n1"), xxhash_rust::xxh3::xxh3_64(b"n1"));
-    assert_ne!(node_hash("n1"), node_hash("n2"));
+    assert_eq!(
+        node_hash("n1", 1),
+        xxhash_rust::xxh3::xxh3_64_with_seed(b"n1", 1)
+    );
+    assert_ne!(node_hash("n1", 1), node_hash("n1", 2));
+    assert_ne!(node_hash("n1", 1), node_hash("n2", 1));
 }
 
 #[test]
@@ -344,20 +350,22 @@ fn header_round_trips_and_checks_limits_in_order() {
     );
     assert!(err.to_string().contains("bad frame magic"), "{err}");
 
-    let err = FrameHeader::parse(&raw_header(MAGIC, 2, dirget, 0, 0, 0)).unwrap_err();
+    // The version before this one (1: before DataRead named its node).
+    let err = FrameHeader::parse(&raw_header(MAGIC, 1, dirget, 0, 0, 0)).unwrap_err();
     assert!(
-        matches!(err, WireError::UnsupportedVersion { found: 2 }),
+        matches!(err, WireError::UnsupportedVersion { found: 1 }),
         "{err}"
     );
     assert!(
         err.to_string()
-            .contains("unsupported protocol version 2 (we speak 1)"),
+            .contains("unsupported protocol version 1 (we speak 2)"),
         "{err}"
     );
     assert_eq!(err.code(), error_code::UNSUPPORTED_VERSION);
 
     for raw in [0u16, 0x04, 0x15, 0x26, 0x99, 0x38, 0xffff] {
-        let err = FrameHeader::parse(&raw_header(MAGIC, 1, raw, 0, 0, 0)).unwrap_err();
+        let err =
+            FrameHeader::parse(&raw_header(MAGIC, PROTOCOL_VERSION, raw, 0, 0, 0)).unwrap_err();
         assert!(
             matches!(err, WireError::UnknownKind(k) if k == raw),
             "{raw}: {err}"
@@ -365,9 +373,24 @@ fn header_round_trips_and_checks_limits_in_order() {
         assert!(err.to_string().contains("unknown message kind"), "{err}");
     }
 
-    FrameHeader::parse(&raw_header(MAGIC, 1, dirget, 0, MAX_META_BYTES, 0)).unwrap();
-    let err =
-        FrameHeader::parse(&raw_header(MAGIC, 1, dirget, 0, MAX_META_BYTES + 1, 0)).unwrap_err();
+    FrameHeader::parse(&raw_header(
+        MAGIC,
+        PROTOCOL_VERSION,
+        dirget,
+        0,
+        MAX_META_BYTES,
+        0,
+    ))
+    .unwrap();
+    let err = FrameHeader::parse(&raw_header(
+        MAGIC,
+        PROTOCOL_VERSION,
+        dirget,
+        0,
+        MAX_META_BYTES + 1,
+        0,
+    ))
+    .unwrap_err();
     assert!(matches!(err, WireError::MetaTooLarge { .. }), "{err}");
     assert_eq!(
         err.to_string(),
@@ -379,12 +402,28 @@ fn header_round_trips_and_checks_limits_in_order() {
     );
 
     let reply = Kind::DataReadReply as u16;
-    FrameHeader::parse(&raw_header(MAGIC, 1, reply, 0, 8, MAX_BULK_BYTES)).unwrap();
-    let err =
-        FrameHeader::parse(&raw_header(MAGIC, 1, reply, 0, 8, MAX_BULK_BYTES + 1)).unwrap_err();
+    FrameHeader::parse(&raw_header(
+        MAGIC,
+        PROTOCOL_VERSION,
+        reply,
+        0,
+        8,
+        MAX_BULK_BYTES,
+    ))
+    .unwrap();
+    let err = FrameHeader::parse(&raw_header(
+        MAGIC,
+        PROTOCOL_VERSION,
+        reply,
+        0,
+        8,
+        MAX_BULK_BYTES + 1,
+    ))
+    .unwrap_err();
     assert!(matches!(err, WireError::BulkTooLarge { .. }), "{err}");
 
-    let err = FrameHeader::parse(&raw_header(MAGIC, 1, dirget, 0, 8, 1)).unwrap_err();
+    let err =
+        FrameHeader::parse(&raw_header(MAGIC, PROTOCOL_VERSION, dirget, 0, 8, 1)).unwrap_err();
     assert!(
         matches!(
             err,
@@ -413,7 +452,14 @@ fn every_kind_number_parses_back() {
 
 #[test]
 fn oversized_header_is_refused_before_allocating() {
-    let header = raw_header(MAGIC, 1, Kind::DirPut as u16, 0, MAX_META_BYTES + 1, 0);
+    let header = raw_header(
+        MAGIC,
+        PROTOCOL_VERSION,
+        Kind::DirPut as u16,
+        0,
+        MAX_META_BYTES + 1,
+        0,
+    );
     let mut meta = AlignedVec::new();
     let err = read_frame(&mut Cursor::new(&header[..]), &mut meta).unwrap_err();
     assert!(matches!(err, WireError::MetaTooLarge { .. }), "{err}");
