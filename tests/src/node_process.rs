@@ -207,3 +207,22 @@ pub fn free_port_pair() -> u16 {
     }
     panic!("no two consecutive free ports");
 }
+
+/// The `peercache-node` binary built next to the running executable (the
+/// demo and the soak start it); `who` names the caller in the error.
+pub fn sibling_node_binary(who: &str) -> Result<std::path::PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot locate this executable: {e}"))?;
+    let dir = exe
+        .parent()
+        .ok_or_else(|| format!("{} has no parent directory", exe.display()))?;
+    let bin = dir.join("peercache-node");
+    if bin.is_file() {
+        Ok(bin)
+    } else {
+        Err(format!(
+            "{} not found: {who} starts the peercache-node processes that are built next to \
+             it; build both with `cargo build --release -p peercache-tests --bins`",
+            bin.display()
+        ))
+    }
+}

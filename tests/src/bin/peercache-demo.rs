@@ -25,7 +25,7 @@
 //! if pass 2 does not hit more than pass 1, or if no hit crossed nodes.
 
 use clap::Parser;
-use peercache_tests::node_process::{free_port, NodeProcess};
+use peercache_tests::node_process::{free_port, sibling_node_binary, NodeProcess};
 use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -148,24 +148,6 @@ fn shuffle<T>(v: &mut [T], seed: u64) {
 }
 
 /// The `peercache-node` binary next to this one.
-fn node_binary() -> Result<PathBuf, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("cannot locate this executable: {e}"))?;
-    let dir = exe
-        .parent()
-        .ok_or_else(|| format!("{} has no parent directory", exe.display()))?;
-    let bin = dir.join("peercache-node");
-    if bin.is_file() {
-        Ok(bin)
-    } else {
-        Err(format!(
-            "{} not found: peercache-demo starts the peercache-node processes that are built \
-             next to it; build both with `cargo build --release -p peercache-tests --bins` \
-             (or run `bash perf-scripts/demo.sh`)",
-            bin.display()
-        ))
-    }
-}
-
 fn log_dir(a: &Args) -> Result<PathBuf, String> {
     let dir = match &a.log_dir {
         Some(d) => d.clone(),
@@ -264,7 +246,7 @@ const SHOWN: [&str; 7] = [
 ];
 
 fn demo(a: &Args) -> Result<(), String> {
-    let binary = node_binary()?;
+    let binary = sibling_node_binary("peercache-demo (bash perf-scripts/demo.sh builds both)")?;
     let logs = log_dir(a)?;
     if std::env::var_os("PEERCACHE_LOG").is_none() {
         std::env::set_var("PEERCACHE_LOG", "info");
