@@ -19,6 +19,8 @@
 
 use clap::Parser;
 use peercache_tests::node_process::{free_port, sibling_node_binary, NodeProcess};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -82,23 +84,6 @@ struct Tally {
     kills: u64,
     slowest: Duration,
     remote_hits: u64,
-}
-
-/// splitmix64: a small deterministic generator (no crate needed for this).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 /// Where every node process of the run finds its cluster.
@@ -240,7 +225,7 @@ fn drive(
     failed: &AtomicBool,
 ) -> Result<Tally, String> {
     let mut tally = Tally::default();
-    let mut rng = Rng(a.seed ^ u64::from(i).wrapping_mul(0xA076_1D64_78BD_642F));
+    let mut rng = StdRng::seed_from_u64(a.seed ^ u64::from(i).wrapping_mul(0xA076_1D64_78BD_642F));
     // Node i (from 2) is killed at kill_every * (k * (n - 1) + i - 1) for
     // k = 0, 1, ...: one node at a time, every `kill_every` seconds.
     let start = Instant::now();
@@ -261,8 +246,8 @@ fn drive(
             next_kill = next_kill.map(|t| t + Duration::from_secs(a.kill_every * victims));
             continue;
         }
-        let doc = rng.below(u64::from(a.documents));
-        let len = 1 + rng.below(u64::from(a.pages_per_document));
+        let doc = rng.random_range(0..a.documents);
+        let len = rng.random_range(1..=a.pages_per_document);
         let keys: Vec<String> = (0..len).map(|p| format!("soak-d{doc}-p{p}")).collect();
         let sent = Instant::now();
         let answer = node
