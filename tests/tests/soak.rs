@@ -1,5 +1,6 @@
 //! `peercache-soak` in miniature: a few seconds of the prefix workload on 3
-//! node processes with a node killed and restarted (same node_id) every 2 s.
+//! node processes with a node (the discovery head included) killed and
+//! restarted (same node_id) every 2 s.
 //! The real run is `perf-scripts/soak.sh`; this keeps it working and keeps
 //! the promise it checks: no page with wrong bytes across restarts.
 
@@ -9,7 +10,15 @@ use std::process::Command;
 fn a_short_soak_with_restarts_returns_no_wrong_byte() {
     let logs = std::env::temp_dir().join(format!("peercache-soak-test-{}", std::process::id()));
     let out = Command::new(env!("CARGO_BIN_EXE_peercache-soak"))
-        .args(["--nodes", "3", "--seconds", "6", "--kill-every", "2"])
+        .args([
+            "--nodes",
+            "3",
+            "--seconds",
+            "6",
+            "--kill-every",
+            "2",
+            "--kill-head",
+        ])
         .args(["--documents", "16", "--pages-per-document", "16"])
         .args(["--page-bytes", "4096", "--pool", "4mb"])
         .arg("--log-dir")

@@ -7,9 +7,11 @@
 //! on one thread per node, SGLang's per-request pattern against random
 //! prefixes of `--documents` page chains: `exists`, get the hit prefix
 //! (every page byte-checked by the node against its key), set the rest.
-//! Every `--kill-every` seconds one node other than the head is killed with
-//! SIGKILL (no deregistration, its pool and directory share gone) and
-//! started again under the same `node_id`, while the others keep serving.
+//! Every `--kill-every` seconds one node other than the head (any node with
+//! `--kill-head`) is killed with SIGKILL (no deregistration, its pool and
+//! directory share gone) and started again under the same `node_id`, while
+//! the others keep serving; killing the head also kills the meta port's
+//! holder, which another node then takes over.
 //!
 //! It runs for `--seconds` (at most an hour) and exits non-zero if any page
 //! came back with wrong bytes, a command to a live node failed or took
@@ -33,7 +35,7 @@ use std::time::{Duration, Instant};
     about = "Bounded chaos run: node processes on 127.0.0.1 under a prefix workload, one killed and restarted every few seconds; fails on any wrong byte, hang or unexpected death"
 )]
 struct Args {
-    /// Node processes (node-1 is the discovery head and is never killed).
+    /// Node processes (node-1 is the discovery head).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(2..=16))]
     nodes: u32,
     /// How long to run, seconds (at most 3600).
@@ -42,6 +44,9 @@ struct Args {
     /// Seconds between kills (0: never kill).
     #[arg(long, default_value_t = 10)]
     kill_every: u64,
+    /// Kill the discovery head (node-1) in turn too.
+    #[arg(long)]
+    kill_head: bool,
     /// Page chains the requests take prefixes of.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     documents: u32,
@@ -139,8 +144,9 @@ fn soak(a: &Args) -> Result<(), String> {
     });
     let n = a.nodes;
     println!(
-        "PeerCache soak: {n} nodes on 127.0.0.1 for {} s, a node killed and restarted every {} s; logs in {}",
+        "PeerCache soak: {n} nodes on 127.0.0.1 for {} s, a node{} killed and restarted every {} s; logs in {}",
         a.seconds,
+        if a.kill_head { " (the head too)" } else { " other than the head" },
         a.kill_every,
         logs.display()
     );
@@ -214,7 +220,7 @@ fn soak(a: &Args) -> Result<(), String> {
 }
 
 /// One node's thread: requests until `deadline`, killing and restarting its
-/// node on its turns (never node-1, the discovery head); quits it cleanly at
+/// node on its turns (node-1, the discovery head, only with --kill-head); quits it cleanly at
 /// the end. Stops early when another thread failed.
 fn drive(
     a: &Args,
@@ -226,12 +232,14 @@ fn drive(
 ) -> Result<Tally, String> {
     let mut tally = Tally::default();
     let mut rng = StdRng::seed_from_u64(a.seed ^ u64::from(i).wrapping_mul(0xA076_1D64_78BD_642F));
-    // Node i (from 2) is killed at kill_every * (k * (n - 1) + i - 1) for
-    // k = 0, 1, ...: one node at a time, every `kill_every` seconds.
+    // The victims take turns, one every `kill_every` seconds: node i is
+    // killed at kill_every * (k * victims + turn) for k = 0, 1, ..., where
+    // its turn counts from 1 (node-1 first with --kill-head, else node-2).
     let start = Instant::now();
-    let victims = u64::from(a.nodes - 1);
-    let mut next_kill = (i > 1 && a.kill_every > 0)
-        .then(|| start + Duration::from_secs(a.kill_every * u64::from(i - 1)));
+    let first = if a.kill_head { 1 } else { 2 };
+    let victims = u64::from(a.nodes + 1 - first);
+    let mut next_kill = (i >= first && a.kill_every > 0)
+        .then(|| start + Duration::from_secs(a.kill_every * u64::from(i + 1 - first)));
     let mut life = 0;
     while Instant::now() < deadline && !failed.load(Ordering::Relaxed) {
         if next_kill.is_some_and(|t| Instant::now() >= t) {
