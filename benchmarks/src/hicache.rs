@@ -1339,6 +1339,17 @@ pub(crate) fn unix_time() -> u64 {
         .as_secs()
 }
 
+/// The host as the Markdown files' header line names it, from a
+/// [`host_block`]: `host <cpu> (<n> cpus, kernel <release>)`.
+pub(crate) fn host_line(host: &Value) -> String {
+    format!(
+        "host {} ({} cpus, kernel {})",
+        host["cpu"].as_str().unwrap_or(""),
+        host["cpus"],
+        host["kernel"].as_str().unwrap_or("")
+    )
+}
+
 /// The `host` block of a result file: CPU, cpus, kernel, hostname.
 pub(crate) fn host_block() -> Value {
     let mut host = host_info();
@@ -1529,7 +1540,7 @@ fn report(
     )
     .map_err(|e| format!("{base}.json: {e}"))?;
     let mut md = format!(
-        "# peercache-bench {} ({})\n\nprotocol {} · layout {:?} · page {} B · {} tokens/page · batch {} · working set {} pages · {} s + {} s warmup · host {} ({} cpus, kernel {})\n\n",
+        "# peercache-bench {} ({})\n\nprotocol {} · layout {:?} · page {} B · {} tokens/page · batch {} · working set {} pages · {} s + {} s warmup · {}\n\n",
         mode_name(mode),
         args.tag(),
         args.protocol(),
@@ -1540,9 +1551,7 @@ fn report(
         args.working_set,
         args.duration,
         args.warmup,
-        value["host"]["cpu"].as_str().unwrap_or(""),
-        value["host"]["cpus"],
-        value["host"]["kernel"].as_str().unwrap_or(""),
+        host_line(&value["host"]),
     );
     md.push_str(MD_TABLE_HEADER);
     for (i, r) in rows.iter().enumerate() {

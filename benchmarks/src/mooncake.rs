@@ -18,7 +18,9 @@
 //! RPC using P2P handshake, listening on HOST:PORT`; Mooncake's docs have the
 //! initiator's `--segment_id` taken from that line, and so does this module.
 
-use crate::hicache::{block_size_bytes, host_block, progress, protocol_or_default, unix_time};
+use crate::hicache::{
+    block_size_bytes, host_block, host_line, progress, protocol_or_default, unix_time,
+};
 use clap::Args;
 use serde_json::json;
 use std::fs::File;
@@ -181,16 +183,14 @@ pub fn run(args: &MooncakeArgs) -> Result<(), RunError> {
         })).collect::<Vec<_>>(),
     });
     let mut md = format!(
-        "# peercache-bench mooncake ({tag})\n\nMooncake {TEB} ({}) · read · protocol {} · target {} ({target_note}) · batch {} · {} threads · {} s per block size · host {} ({} cpus, kernel {})\n\n",
+        "# peercache-bench mooncake ({tag})\n\nMooncake {TEB} ({}) · read · protocol {} · target {} ({target_note}) · batch {} · {} threads · {} s per block size · {}\n\n",
         teb.path.display(),
         setup.protocol,
         measured.segment_id,
         setup.batch_size,
         setup.threads,
         setup.duration_s,
-        value["host"]["cpu"].as_str().unwrap_or(""),
-        value["host"]["cpus"],
-        value["host"]["kernel"].as_str().unwrap_or(""),
+        host_line(&value["host"]),
     );
     md.push_str("| block B | batch | threads | GB/s | as reported |\n|---|---|---|---|---|\n");
     for r in &measured.runs {
