@@ -4,7 +4,7 @@
 # and restarts it under the same node_id every few seconds, and fails on any
 # page returned with wrong bytes, any hang, or any unexpected death.
 #
-# Usage: bash perf-scripts/soak.sh [--seconds 120] [--kill-every 10] [--nodes 4] [--kill-head] [peercache-soak options...]
+# Usage: bash perf-scripts/soak.sh [--seconds 120] [--kill-every 10] [--nodes 4] [--kill-head] [--disk 64mb] [peercache-soak options...]
 #   (`--help` lists them all; --seconds is capped at 3600.)
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"

@@ -11,12 +11,16 @@
 //! `--kill-head`) is killed with SIGKILL (no deregistration, its pool and
 //! directory share gone) and started again under the same `node_id`, while
 //! the others keep serving; killing the head also kills the meta port's
-//! holder, which another node then takes over.
+//! holder, which another node then takes over. With `--disk SIZE` every
+//! node also writes its pages through to a disk tier: pages evicted from a
+//! pool come back from disk, and a restarted node finds its pages there and
+//! publishes them again.
 //!
 //! It runs for `--seconds` (at most an hour) and exits non-zero if any page
 //! came back with wrong bytes, a command to a live node failed or took
 //! longer than the node protocol's timeout, a node that was not being
-//! killed died, a restarted node did not rejoin, or no hit crossed nodes.
+//! killed died, a restarted node did not rejoin, no hit crossed nodes, or
+//! (with `--disk`) no hit was read from a disk.
 //! `perf-scripts/soak.sh` builds and runs it.
 
 use clap::Parser;
@@ -60,6 +64,12 @@ struct Args {
     /// smaller than the working set, so pages are evicted throughout.
     #[arg(long, default_value = "16mb")]
     pool: String,
+    /// Turn the disk tier on with this capacity per node (`disk_size`, e.g.
+    /// 64mb), under `<log dir>/disk`: pages evicted from a pool are then
+    /// read back from disk, and a restarted node finds its pages on disk
+    /// again and re-publishes them. Off by default.
+    #[arg(long)]
+    disk: Option<String>,
     /// Seed of the request stream.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -89,6 +99,18 @@ struct Tally {
     kills: u64,
     slowest: Duration,
     remote_hits: u64,
+    /// Hits served from a node's disk tier (`read_disk_hits`).
+    disk_hits: u64,
+}
+
+impl Tally {
+    /// Adds the node's own hit counters (a restarted process starts them
+    /// from 0, so this runs before every kill and at the end).
+    fn count_node_hits(&mut self, node: &mut NodeProcess) -> Result<(), String> {
+        self.remote_hits += node.counter("read_remote_hits")?;
+        self.disk_hits += node.counter("read_disk_hits")?;
+        Ok(())
+    }
 }
 
 /// Where every node process of the run finds its cluster.
@@ -97,11 +119,13 @@ struct Cluster {
     logs: PathBuf,
     port: u16,
     pool: String,
+    /// `disk_size` per node when the disk tier is on.
+    disk: Option<String>,
 }
 
 impl Cluster {
     fn config(&self, i: u32) -> String {
-        serde_json::json!({
+        let mut config = serde_json::json!({
             "discovery_addr": format!("127.0.0.1:{}", self.port),
             "node_id": format!("node-{i}"),
             "protocol": "tcp",
@@ -114,8 +138,15 @@ impl Cluster {
             "metrics_enabled": false,
             "heartbeat_interval": 0.25,
             "member_ttl": 1.5,
-        })
-        .to_string()
+        });
+        if let Some(size) = &self.disk {
+            // One directory for all nodes: each keeps its pages in a
+            // subdirectory named by its node_id, found again on restart.
+            config["disk_enabled"] = true.into();
+            config["disk_path"] = self.logs.join("disk").display().to_string().into();
+            config["disk_size"] = size.as_str().into();
+        }
+        config.to_string()
     }
 
     /// Starts node `i` for the `life`-th time, logging to `node-i.<life>.log`.
@@ -141,13 +172,18 @@ fn soak(a: &Args) -> Result<(), String> {
         logs: logs.clone(),
         port: free_port("127.0.0.1"),
         pool: a.pool.clone(),
+        disk: a.disk.clone(),
     });
     let n = a.nodes;
     println!(
-        "PeerCache soak: {n} nodes on 127.0.0.1 for {} s, a node{} killed and restarted every {} s; logs in {}",
+        "PeerCache soak: {n} nodes on 127.0.0.1 for {} s, a node{} killed and restarted every {} s, disk tier {}; logs in {}",
         a.seconds,
         if a.kill_head { " (the head too)" } else { " other than the head" },
         a.kill_every,
+        match &a.disk {
+            Some(size) => format!("on ({size} per node)"),
+            None => "off".into(),
+        },
         logs.display()
     );
     let mut nodes = Vec::new();
@@ -179,11 +215,12 @@ fn soak(a: &Args) -> Result<(), String> {
         match t.join() {
             Ok(Ok(tally)) => {
                 println!(
-                    "node-{i}: {} requests, {} pages, {} hits ({} from another node), {} kills, slowest command {:.0} ms",
+                    "node-{i}: {} requests, {} pages, {} hits ({} from another node, {} from its disk), {} kills, slowest command {:.0} ms",
                     tally.requests,
                     tally.pages,
                     tally.hits,
                     tally.remote_hits,
+                    tally.disk_hits,
                     tally.kills,
                     tally.slowest.as_secs_f64() * 1e3
                 );
@@ -193,6 +230,7 @@ fn soak(a: &Args) -> Result<(), String> {
                 total.corrupt += tally.corrupt;
                 total.kills += tally.kills;
                 total.remote_hits += tally.remote_hits;
+                total.disk_hits += tally.disk_hits;
                 total.slowest = total.slowest.max(tally.slowest);
             }
             Ok(Err(e)) => errors.push(format!("node-{i}: {e}")),
@@ -200,8 +238,14 @@ fn soak(a: &Args) -> Result<(), String> {
         }
     }
     println!(
-        "total: {} requests, {} pages, {} hits, {} from another node, {} wrong bytes, {} kills and restarts",
-        total.requests, total.pages, total.hits, total.remote_hits, total.corrupt, total.kills
+        "total: {} requests, {} pages, {} hits, {} from another node, {} from a disk, {} wrong bytes, {} kills and restarts",
+        total.requests,
+        total.pages,
+        total.hits,
+        total.remote_hits,
+        total.disk_hits,
+        total.corrupt,
+        total.kills
     );
     if !errors.is_empty() {
         return Err(errors.join("; "));
@@ -214,6 +258,9 @@ fn soak(a: &Args) -> Result<(), String> {
     }
     if total.remote_hits == 0 {
         return Err("no hit crossed nodes: the cluster never shared a page".into());
+    }
+    if a.disk.is_some() && total.disk_hits == 0 {
+        return Err("the disk tier is on but no hit was read from a disk".into());
     }
     println!("no wrong byte, no hang, every node alive or restarted as planned");
     Ok(())
@@ -244,7 +291,7 @@ fn drive(
     while Instant::now() < deadline && !failed.load(Ordering::Relaxed) {
         if next_kill.is_some_and(|t| Instant::now() >= t) {
             // Counted before the kill: the restarted process starts from 0.
-            tally.remote_hits += node.counter("read_remote_hits")?;
+            tally.count_node_hits(&mut node)?;
             node.kill();
             life += 1;
             tally.kills += 1;
@@ -274,7 +321,7 @@ fn drive(
         tally.hits += field("hit=")?;
         tally.corrupt += field("corrupt=")?;
     }
-    tally.remote_hits += node.counter("read_remote_hits")?;
+    tally.count_node_hits(&mut node)?;
     node.quit()
         .map_err(|e| format!("did not quit cleanly at the end: {e}"))?;
     Ok(tally)
