@@ -39,6 +39,11 @@ class StoreWorker:
             raise WorkerError(value)
         return value
 
+    def kill(self):
+        """SIGKILL: the node gets no chance to deregister or close a connection."""
+        self._proc.kill()
+        self._proc.join(10)
+
     def close(self):
         if self._proc.is_alive():
             try:

@@ -293,6 +293,45 @@ def test_data_path_failures_are_misses_and_close_is_idempotent():
         a.close()
 
 
+def test_a_peer_killed_mid_run_makes_its_pages_misses_never_errors():
+    """SGLang keeps serving when the node holding its pages dies with
+    SIGKILL: exists and get through PeerCacheStore answer (a shorter prefix,
+    False pages), never raise, and the dead node's pages stop counting once
+    its membership expires."""
+    port = free_port()
+    a = StoreWorker(cluster_config(port, interface_v1=1))
+    b = StoreWorker(cluster_config(port, interface_v1=1))
+    try:
+        wait_members([a, b], 2)
+        a.call("register", "v1")
+        b.call("register", "v1")
+        keys = [f"dead-{i}" for i in PAGES]
+        written = b.call("fill", PAGES, 23)
+        assert b.call("set_v1", keys, PAGES) == [True] * len(PAGES)
+        assert a.call("exists", keys) == len(PAGES)
+        assert a.call("get_v1", keys, PAGES) == [True] * len(PAGES)
+        assert a.call("page_contents", PAGES) == written
+
+        b.kill()
+        # Right after the kill the directory may still name b (its member
+        # entry lives until member_ttl): exists can still count the pages,
+        # but every read of them is a miss, never an exception.
+        a.call("exists", keys)
+        assert a.call("get_v1", keys, PAGES) == [False] * len(PAGES)
+        # Once b's membership has expired its pages are not counted at all.
+        deadline = time.monotonic() + 30
+        while a.call("members") != 1 or a.call("exists", keys) != 0:
+            assert time.monotonic() < deadline, "the dead node's pages still count after 30 s"
+            time.sleep(0.2)
+        assert a.call("get_v1", keys, PAGES) == [False] * len(PAGES)
+        # The survivor still stores and reads its own pages.
+        a.call("fill", [0], 5)
+        assert a.call("set_v1", ["alive"], [0]) == [True]
+        assert a.call("exists", ["alive"]) == 1
+    finally:
+        a.close()
+
+
 def test_bad_config_raises_with_the_key(tmp_path):
     pytest.importorskip("sglang")
     from peercache.store import PeerCacheStore

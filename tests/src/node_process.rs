@@ -160,6 +160,20 @@ impl NodeProcess {
         let _ = self.child.wait();
     }
 
+    /// Stops (`SIGSTOP`) or resumes (`SIGCONT`) the process: a stopped node
+    /// is a hung host to its peers (connections open, nothing answers).
+    pub fn signal(&mut self, signal: &str) -> Result<(), String> {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .map_err(|e| format!("kill -{signal}: {e}"))?;
+        status
+            .success()
+            .then_some(())
+            .ok_or_else(|| format!("kill -{signal} failed: {status}"))
+    }
+
     /// Asks the node to quit cleanly and waits for it (bounded).
     pub fn quit(mut self) -> Result<(), String> {
         self.command("quit")?;

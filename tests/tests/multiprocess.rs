@@ -13,7 +13,7 @@
 //! temporary directory; their paths and tails are printed when a test fails,
 //! and they are removed when it passes.
 
-use peercache_tests::node_process::{free_port, NodeProcess};
+use peercache_tests::node_process::{free_port, free_port_pair, NodeProcess};
 use serde_json::{json, Value};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -320,6 +320,58 @@ fn a_killed_node_loses_only_its_own_pages() {
     let (hits, corrupt) = reader.get(PAGE, &doomed_keys).expect("get, no ERR");
     assert_eq!(hits, vec![false; 50]);
     assert_eq!(corrupt, 0);
+    assert_read_counters_add_up(&mut reader);
+}
+
+#[test]
+fn a_hung_node_costs_one_timeout_then_its_pages_are_skipped() {
+    // A stopped process is a hung host: connections open, nothing answers.
+    // member_ttl is long, so the hung node stays a member throughout.
+    let mut c = Cluster::new("hung", &[1, 2]);
+    let seeds = c.seeds(&[1]);
+    // The hung node keeps its endpoints across its restart below, so only
+    // its departure can end the skip (which would otherwise last 60 s).
+    let hung_config = json!({"member_ttl": 60.0, "control_port": free_port_pair()});
+    let mut reader = c.spawn("reader", 1, &seeds, json!({"member_ttl": 60.0}));
+    let mut hung = c.spawn("hung", 2, &seeds, hung_config.clone());
+    for n in [&mut reader, &mut hung] {
+        n.wait_members(2, 15).expect("2 members");
+    }
+    let hung_keys = keys("hung", 40);
+    assert_set_all(&mut hung, &hung_keys, PAGE);
+    wait_exists_all(&mut reader, &hung_keys);
+
+    hung.signal("STOP").expect("stop the node");
+    // The first get waits out the exchange timeout: every page a miss.
+    let (hits, corrupt) = reader.get(PAGE, &hung_keys).expect("get, no ERR");
+    assert_eq!((hits, corrupt), (vec![false; 40], 0));
+    assert!(reader.counter("remote_failures").unwrap() > 0);
+    // From then on the node is skipped while still a member: exists does
+    // not count its pages, and gets of them are misses without a new try.
+    assert_eq!(members(&mut reader), 2, "still a member (member_ttl 60 s)");
+    assert_eq!(reader.exists(&hung_keys).expect("exists"), 0);
+    let (hits, corrupt) = reader.get(PAGE, &hung_keys).expect("get, no ERR");
+    assert_eq!((hits, corrupt), (vec![false; 40], 0));
+    assert!(reader.counter("unreachable_skips").unwrap() > 0);
+    // The reader's own pages are not affected.
+    let own = keys("reader-own", 10);
+    assert_set_all(&mut reader, &own, PAGE);
+    assert_get_all(&mut reader, &own, PAGE);
+
+    // Resumed and then gone cleanly: its departure ends the skip, and the
+    // node started again at the same id and endpoints is read again.
+    hung.signal("CONT").expect("resume the node");
+    let hung_endpoints = hung.endpoints.clone();
+    hung.quit().expect("the resumed node quits cleanly");
+    wait_exact_members(&mut reader, 1);
+    let mut back = c.spawn("hung", 2, &seeds, hung_config);
+    assert_eq!(back.endpoints, hung_endpoints, "same endpoints as before");
+    back.wait_members(2, 15).expect("2 members again");
+    reader.wait_members(2, 15).expect("the reader sees it");
+    let fresh = keys("back", 20);
+    assert_set_all(&mut back, &fresh, PAGE);
+    wait_exists_all(&mut reader, &fresh);
+    assert_get_all(&mut reader, &fresh, PAGE);
     assert_read_counters_add_up(&mut reader);
 }
 

@@ -9,6 +9,13 @@
 //! for a channel to come back. A channel whose exchange failed is dropped,
 //! not returned, so a broken socket is never reused.
 //!
+//! A peer that could not be reached (connect refused or timed out, or an
+//! exchange cut off or left unanswered) is skipped for a while: its leases
+//! fail at once instead of each waiting out the timeouts again, so a dead or
+//! hung node costs a batch one timeout, not one per batch until its
+//! membership expires. A membership change that drops the peer
+//! ([`Channels::forget`]) ends the skip.
+//!
 //! Owned by one shard thread (`Rc`, `RefCell`): no locks.
 
 use glommio::sync::Semaphore;
@@ -17,7 +24,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Why a channel could not be leased.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +47,14 @@ pub enum LeaseError {
         /// What went wrong.
         reason: String,
     },
+    /// The peer failed to answer recently and is skipped for a while.
+    #[error("{peer} is skipped for {left_ms} ms more: it did not answer recently")]
+    Unreachable {
+        /// The peer, printable.
+        peer: String,
+        /// How long the skip still lasts.
+        left_ms: u128,
+    },
 }
 
 struct Peer<C> {
@@ -56,6 +71,8 @@ pub struct ChannelCounters {
     pub discarded: u64,
     /// Leases that gave up (busy or connect failure).
     pub lease_failures: u64,
+    /// Leases refused at once because their peer is skipped as unreachable.
+    pub unreachable_skips: u64,
 }
 
 /// The channel pools of one shard, keyed by peer endpoint `K`.
@@ -63,6 +80,9 @@ pub struct Channels<K, C> {
     peers: RefCell<HashMap<K, Peer<C>>>,
     max_per_peer: usize,
     lease_timeout: Duration,
+    /// Peers skipped as unreachable, and until when.
+    unreachable: RefCell<HashMap<K, Instant>>,
+    skip_for: Duration,
     counters: RefCell<ChannelCounters>,
 }
 
@@ -101,15 +121,42 @@ impl<K: Clone + Eq + Hash, C> Drop for Lease<K, C> {
 
 impl<K: Clone + Eq + Hash + std::fmt::Display, C> Channels<K, C> {
     /// Pools capped at `max_per_peer` channels each; a lease waits at most
-    /// `lease_timeout` for a free channel.
-    pub fn new(max_per_peer: usize, lease_timeout: Duration) -> Self {
+    /// `lease_timeout` for a free channel; a peer that could not be reached
+    /// is skipped for `skip_for`.
+    pub fn new(max_per_peer: usize, lease_timeout: Duration, skip_for: Duration) -> Self {
         assert!(max_per_peer >= 1);
         Self {
             peers: RefCell::new(HashMap::new()),
             max_per_peer,
             lease_timeout,
+            unreachable: RefCell::new(HashMap::new()),
+            skip_for,
             counters: RefCell::new(ChannelCounters::default()),
         }
+    }
+
+    /// Skips `key` for the skip period from now: it did not answer (the
+    /// caller saw its exchange time out or its connection cut off). Its idle
+    /// channels go too.
+    pub fn mark_unreachable(&self, key: &K) {
+        self.unreachable
+            .borrow_mut()
+            .insert(key.clone(), Instant::now() + self.skip_for);
+        if let Some(peer) = self.peers.borrow_mut().get_mut(key) {
+            peer.idle.clear();
+        }
+    }
+
+    /// How long `key` is still skipped, if it is.
+    pub fn skipped_for(&self, key: &K) -> Option<Duration> {
+        let mut unreachable = self.unreachable.borrow_mut();
+        let until = *unreachable.get(key)?;
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            unreachable.remove(key);
+            return None;
+        }
+        Some(left)
     }
 
     /// Counters so far.
@@ -129,6 +176,13 @@ impl<K: Clone + Eq + Hash + std::fmt::Display, C> Channels<K, C> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<C, String>>,
     {
+        if let Some(left) = self.skipped_for(key) {
+            self.counters.borrow_mut().unreachable_skips += 1;
+            return Err(LeaseError::Unreachable {
+                peer: key.to_string(),
+                left_ms: left.as_millis(),
+            });
+        }
         let permits = {
             let mut peers = self.peers.borrow_mut();
             let peer = peers.entry(key.clone()).or_insert_with(|| Peer {
@@ -165,6 +219,7 @@ impl<K: Clone + Eq + Hash + std::fmt::Display, C> Channels<K, C> {
                 }
                 Err(reason) => {
                     permits.signal(1);
+                    self.mark_unreachable(key);
                     self.counters.borrow_mut().lease_failures += 1;
                     return Err(LeaseError::Connect {
                         peer: key.to_string(),
@@ -196,11 +251,13 @@ impl<K: Clone + Eq + Hash + std::fmt::Display, C> Channels<K, C> {
         self.counters.borrow_mut().discarded += 1;
     }
 
-    /// Closes every idle channel of `key` (the peer left the cluster).
+    /// Closes every idle channel of `key` and ends any skip of it (the
+    /// peer left the cluster; whatever comes back at that address is new).
     pub fn forget(&self, key: &K) {
         if let Some(peer) = self.peers.borrow_mut().get_mut(key) {
             peer.idle.clear();
         }
+        self.unreachable.borrow_mut().remove(key);
     }
 }
 
@@ -208,6 +265,8 @@ impl<K: Clone + Eq + Hash + std::fmt::Display, C> Channels<K, C> {
 mod tests {
     use super::*;
     use std::cell::Cell;
+
+    const SKIP: Duration = Duration::from_secs(60);
 
     fn run<F: Future<Output = ()> + 'static>(make: impl FnOnce() -> F + Send + 'static) {
         glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
@@ -221,7 +280,7 @@ mod tests {
     #[test]
     fn reuses_idle_channels_and_discards_broken_ones() {
         run(|| async {
-            let ch: Channels<String, u32> = Channels::new(4, Duration::from_millis(100));
+            let ch: Channels<String, u32> = Channels::new(4, Duration::from_millis(100), SKIP);
             let key = "peer-a".to_string();
             let next = Cell::new(0u32);
             let connect = || {
@@ -256,7 +315,7 @@ mod tests {
     fn cap_is_honoured_and_a_busy_peer_fails_the_lease() {
         run(|| async {
             let ch: Rc<Channels<String, u32>> =
-                Rc::new(Channels::new(2, Duration::from_millis(50)));
+                Rc::new(Channels::new(2, Duration::from_millis(50), SKIP));
             let key = "peer-b".to_string();
             let connect = || async { Ok::<_, String>(7) };
             let l1 = ch.lease(&key, connect).await.unwrap();
@@ -280,7 +339,8 @@ mod tests {
     #[test]
     fn connect_failure_frees_the_slot() {
         run(|| async {
-            let ch: Channels<String, u32> = Channels::new(1, Duration::from_millis(50));
+            let ch: Channels<String, u32> =
+                Channels::new(1, Duration::from_millis(50), Duration::ZERO);
             let key = "peer-c".to_string();
             let err = ch
                 .lease(&key, || async { Err::<u32, _>("refused".to_string()) })
@@ -291,6 +351,64 @@ mod tests {
             // The single slot is free again.
             let ok = ch.lease(&key, || async { Ok::<_, String>(1) }).await;
             assert!(ok.is_ok());
+        });
+    }
+
+    #[test]
+    fn an_unreachable_peer_is_skipped_until_the_period_ends_or_it_is_forgotten() {
+        run(|| async {
+            let ch: Channels<String, u32> = Channels::new(2, Duration::from_millis(50), SKIP);
+            let (dead, alive) = ("peer-dead".to_string(), "peer-alive".to_string());
+            let connects = Cell::new(0);
+            let refused = || {
+                connects.set(connects.get() + 1);
+                async { Err::<u32, _>("refused".to_string()) }
+            };
+            let err = ch.lease(&dead, refused).await.err().unwrap();
+            assert!(matches!(err, LeaseError::Connect { .. }), "{err}");
+            // Skipped now: refused at once, without another connect attempt.
+            let err = ch.lease(&dead, refused).await.err().unwrap();
+            assert!(matches!(err, LeaseError::Unreachable { .. }), "{err}");
+            assert_eq!(connects.get(), 1);
+            assert!(ch.skipped_for(&dead).is_some_and(|d| d <= SKIP));
+            // Another peer is not affected.
+            assert!(ch
+                .lease(&alive, || async { Ok::<_, String>(1) })
+                .await
+                .is_ok());
+            // An exchange that went unanswered marks its peer the same way.
+            ch.mark_unreachable(&alive);
+            assert!(matches!(
+                ch.lease(&alive, || async { Ok::<_, String>(1) }).await,
+                Err(LeaseError::Unreachable { .. })
+            ));
+            assert_eq!(ch.counters().unreachable_skips, 2);
+            // The peer left the cluster: whatever is at that address is new.
+            ch.forget(&dead);
+            assert!(ch
+                .lease(&dead, || async { Ok::<_, String>(2) })
+                .await
+                .is_ok());
+        });
+    }
+
+    #[test]
+    fn the_skip_ends_when_its_period_is_over() {
+        run(|| async {
+            let ch: Channels<String, u32> =
+                Channels::new(1, Duration::from_millis(50), Duration::from_millis(20));
+            let key = "peer-d".to_string();
+            ch.mark_unreachable(&key);
+            assert!(ch
+                .lease(&key, || async { Ok::<_, String>(1) })
+                .await
+                .is_err());
+            glommio::timer::sleep(Duration::from_millis(30)).await;
+            assert!(ch.skipped_for(&key).is_none());
+            assert!(ch
+                .lease(&key, || async { Ok::<_, String>(1) })
+                .await
+                .is_ok());
         });
     }
 }

@@ -249,6 +249,7 @@ impl Node {
             shard: 0,
             max_channels_per_peer: config.max_channels_per_peer as usize,
             request_timeout: REQUEST_TIMEOUT,
+            unreachable_skip: config.member_ttl(),
             read_cache_ttl: config.directory_read_cache_ttl(),
         };
         let make = move |ctx: &crate::runtime::ShardContext| {

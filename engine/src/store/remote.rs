@@ -12,7 +12,7 @@ use super::stats::ShardStats;
 use crate::cluster::ClusterView;
 use crate::directory::{DirLocation, NodeRef};
 use crate::keys::KeyHash;
-use crate::net::FramedConn;
+use crate::net::{FramedConn, LeaseError};
 use crate::pool::Location;
 use crate::wire::{
     self, BulkDest, BulkPlan, BulkSegment, DataPromote, DataPromoteReply, DataRead, DataReadReply,
@@ -35,6 +35,18 @@ fn peer_error(reply: &ErrorReply) -> WireError {
         "peer answered error {}: {}",
         reply.code, reply.message
     )))
+}
+
+/// Why one attempt of an exchange failed.
+struct ExchangeFailure {
+    /// The peer is skipped as unreachable: nothing was sent.
+    skipped: bool,
+    /// The peer did not answer (no reply in time, or it cut the connection
+    /// mid-exchange): skip it for a while.
+    unanswered: bool,
+    /// The channel was an idle one its peer had closed: worth one retry.
+    stale_channel: bool,
+    reason: String,
 }
 
 /// Whether `e` says the peer's end of the stream is gone (closed or reset),
@@ -154,24 +166,33 @@ impl ShardStore {
         exchange: impl AsyncFn(&mut FramedConn<TcpStream>) -> Result<T, WireError>,
     ) -> Result<T, String> {
         let mut result = self.exchange_once(ep, &exchange).await;
-        if let Err((_, true)) = &result {
+        if let Err(ExchangeFailure {
+            stale_channel: true,
+            ..
+        }) = &result
+        {
             self.channels.forget(&ep);
             result = self.exchange_once(ep, &exchange).await;
         }
-        let result = result.map_err(|(e, _)| e);
-        if let Err(e) = &result {
+        result.map_err(|failure| {
+            // A peer that did not answer is skipped for a while, so the
+            // batches after this one do not wait out the same timeouts.
+            if failure.unanswered {
+                self.channels.mark_unreachable(&ep);
+            }
             ShardStats::bump(&self.stats.remote_failures, 1);
-            self.log_error(
-                Instant::now(),
-                format_args!("exchange with {ep} failed: {e}"),
-            );
-        }
-        result
+            if !failure.skipped {
+                self.log_error(
+                    Instant::now(),
+                    format_args!("exchange with {ep} failed: {}", failure.reason),
+                );
+            }
+            failure.reason
+        })
     }
 
-    /// One attempt of [`exchange`](Self::exchange). The error says whether
-    /// the channel was a reused one that its peer had closed.
-    async fn exchange_once<T, F>(&self, ep: SocketAddr, exchange: &F) -> Result<T, (String, bool)>
+    /// One attempt of [`exchange`](Self::exchange).
+    async fn exchange_once<T, F>(&self, ep: SocketAddr, exchange: &F) -> Result<T, ExchangeFailure>
     where
         F: AsyncFn(&mut FramedConn<TcpStream>) -> Result<T, WireError>,
     {
@@ -181,7 +202,13 @@ impl ShardStore {
             .channels
             .lease(&ep, || connect(ep, node_id, timeout))
             .await
-            .map_err(|e| (e.to_string(), false))?;
+            .map_err(|e| ExchangeFailure {
+                skipped: matches!(e, LeaseError::Unreachable { .. }),
+                // A failed connect already marked the peer in `lease`.
+                unanswered: false,
+                stale_channel: false,
+                reason: e.to_string(),
+            })?;
         let reused = lease.reused();
         let outcome =
             glommio::timer::timeout(timeout, async { Ok(exchange(lease.channel()).await) }).await;
@@ -192,12 +219,24 @@ impl ShardStore {
             }
             Ok(Err(e)) => {
                 self.channels.discard(lease);
-                let stale = reused && closed_by_peer(&e);
-                Err((e.to_string(), stale))
+                // An idle channel its peer closed meanwhile says nothing
+                // about the peer: the caller retries on a fresh one.
+                let stale_channel = reused && closed_by_peer(&e);
+                Err(ExchangeFailure {
+                    skipped: false,
+                    unanswered: !stale_channel && closed_by_peer(&e),
+                    stale_channel,
+                    reason: e.to_string(),
+                })
             }
             Err(_) => {
                 self.channels.discard(lease);
-                Err((format!("no reply within {timeout:?}"), false))
+                Err(ExchangeFailure {
+                    skipped: false,
+                    unanswered: true,
+                    stale_channel: false,
+                    reason: format!("no reply within {timeout:?}"),
+                })
             }
         }
     }
@@ -334,9 +373,10 @@ impl ShardStore {
     /// is one of a key's owners (whatever its rank among them), else one
     /// `DirGet` per owner shard (shared with the lookups of batches running
     /// at the same time, see `lookups.rs`), trying the next replica for keys
-    /// still unresolved. Entries of nodes outside `view`, and of this node (whose
-    /// pool and disk were already checked), are not locations. Non-resident
-    /// entries are (the page is on its node's disk).
+    /// still unresolved. Entries of nodes outside `view` or skipped as
+    /// unreachable, and of this node (whose pool and disk were already
+    /// checked), are not locations. Non-resident entries are (the page is on
+    /// its node's disk).
     pub(super) async fn lookup(
         self: &Rc<Self>,
         view: &ClusterView,
@@ -345,8 +385,14 @@ impl ShardStore {
         let mut found: Vec<Option<DirLocation>> = vec![None; keys.len()];
         let mut pending: Vec<usize> = (0..keys.len()).collect();
         let mut owners = Vec::new();
+        // A location on a peer skipped as unreachable is not one either: the
+        // read would fail at once, and exists must not count it.
         let usable = |loc: DirLocation| {
-            (loc.node != self.node_ref && view.route(loc.node).is_some()).then_some(loc)
+            let endpoint = view
+                .route(loc.node)
+                .and_then(|r| r.endpoint_of_shard(loc.shard))?;
+            (loc.node != self.node_ref && self.channels.skipped_for(&endpoint).is_none())
+                .then_some(loc)
         };
         // A replica held here answers first: every owner receives the same
         // puts and deletes, so asking a remote owner ahead of it would only

@@ -157,6 +157,9 @@ pub struct ShardIdentity {
     pub max_channels_per_peer: usize,
     /// How long one remote exchange may take before it counts as failed.
     pub request_timeout: Duration,
+    /// How long a peer that did not answer is skipped (`member_ttl`: by
+    /// then a dead peer has left the membership).
+    pub unreachable_skip: Duration,
     /// `directory_read_cache_ttl`.
     pub read_cache_ttl: Duration,
 }
@@ -271,7 +274,11 @@ impl ShardStore {
     ) -> Self {
         let store = Self {
             node_ref: id.node_ref,
-            channels: Channels::new(id.max_channels_per_peer, id.request_timeout),
+            channels: Channels::new(
+                id.max_channels_per_peer,
+                id.request_timeout,
+                id.unreachable_skip,
+            ),
             lookups: LookupQueues::default(),
             cache: RefCell::new(LocationCache::new(
                 HANDOFF_TTL,
@@ -465,6 +472,7 @@ impl ShardStore {
         ShardStats::set(&s.channels_opened, ch.opened);
         ShardStats::set(&s.channel_discards, ch.discarded);
         ShardStats::set(&s.lease_failures, ch.lease_failures);
+        ShardStats::set(&s.unreachable_skips, ch.unreachable_skips);
     }
 
     fn log_pool_error(&self, now: Instant, e: &PoolError) {

@@ -134,6 +134,10 @@ stats! {
     Counter channel_discards,
     /// Channel leases that gave up (all channels busy, or connect failed).
     Counter lease_failures,
+    /// Exchanges not tried because their peer did not answer a recent one
+    /// (connect failed, no reply in time, connection cut off): skipped for
+    /// `member_ttl`, or until the peer leaves the membership.
+    Counter unreachable_skips,
     /// Directory entries this shard holds for the cluster.
     Gauge directory_entries,
     /// Malformed or unexpected frames received (connection closed).
