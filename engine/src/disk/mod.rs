@@ -466,6 +466,10 @@ impl DiskTier {
     pub async fn read(&self, key: KeyHash) -> Result<(ReadResult, usize), ReadFail> {
         let entry = self.index.borrow().get(key).ok_or(ReadFail::Miss)?;
         let file = self.file().await.ok_or(ReadFail::Miss)?;
+        #[cfg(test)]
+        if let Some(stall) = tests::read_stall_for(&self.path) {
+            glommio::timer::sleep(stall).await;
+        }
         let at = self
             .geometry
             .slot_offset(entry.slot.segment, entry.slot.index, entry.slot_bytes);

@@ -5,7 +5,21 @@ use crate::config::Config;
 use crate::store::Node;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+/// Disk reads of slabs under these directories stall this long first: a
+/// device that stops answering, for one test's node only.
+static STALLED_DIRS: Mutex<Vec<(PathBuf, Duration)>> = Mutex::new(Vec::new());
+
+/// How long a read of the slab at `path` should stall (test hook of
+/// [`super::DiskTier::read`]).
+pub(super) fn read_stall_for(path: &Path) -> Option<Duration> {
+    let dirs = STALLED_DIRS.lock().unwrap();
+    dirs.iter()
+        .find(|(dir, _)| path.starts_with(dir))
+        .map(|&(_, stall)| stall)
+}
 
 const PAGE: usize = 16 << 10;
 
@@ -450,4 +464,38 @@ fn generated_node_directories_are_reclaimed_once_their_node_is_gone() {
     expected.sort();
     assert_eq!(subdirs(), expected);
     assert!(!first_dir.exists());
+}
+
+#[test]
+fn a_stalled_disk_makes_misses_after_the_timeout_and_writes_nothing_late() {
+    let dir = Scratch::new("stall");
+    let node = node(&dir.0, "64mb", true);
+    let ks = keys(1024);
+    set_through(&node, &ks);
+    // The first 512 were evicted from the pool (it holds 512): on disk only.
+    // (No exists here: it would start promoting them.)
+    let on_disk: Vec<String> = ks[..64].to_vec();
+
+    let stall = Duration::from_secs(4);
+    STALLED_DIRS.lock().unwrap().push((dir.0.clone(), stall));
+    let mut out: Vec<Vec<u8>> = on_disk.iter().map(|_| vec![0u8; PAGE]).collect();
+    let mut dsts: Vec<&mut [u8]> = out.iter_mut().map(|v| v.as_mut_slice()).collect();
+    let ok = node.batch_get_into(&on_disk, &mut dsts).unwrap();
+    assert_eq!(
+        ok,
+        vec![false; 64],
+        "pages behind a stalled disk are misses"
+    );
+    assert_eq!(node.stats().disk_read_timeouts, 2, "one per shard");
+    // The cancelled reads never land in the caller's buffers, even after
+    // the stall would have ended.
+    std::thread::sleep(stall);
+    assert!(
+        out.iter().all(|p| p.iter().all(|&b| b == 0)),
+        "a page was written after its get returned"
+    );
+
+    // The device answers again: the same pages come back byte-exact.
+    STALLED_DIRS.lock().unwrap().clear();
+    assert_eq!(get(&node, &on_disk), vec![true; 64]);
 }

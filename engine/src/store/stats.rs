@@ -181,6 +181,9 @@ stats! {
     Counter disk_write_errors,
     /// Pages on disk whose checksum or header did not match on read: dropped, never returned.
     Counter disk_corrupt_pages,
+    /// Local gets whose disk reads did not finish within the request
+    /// timeout (2 s): those pages were misses.
+    Counter disk_read_timeouts,
     /// 1 when this shard stopped writing to disk (ENOSPC, or the slab could not be opened).
     Status disk_writes_stopped,
     // The RDMA data path's counters (rdma.md). They exist on every node so

@@ -178,14 +178,42 @@ impl ShardStore {
                 })
             })
             .collect();
+        // A disk that stops answering must not hold the caller: after the
+        // request timeout the promotions still waiting are dropped, which
+        // cancels them (each copies into the caller's page only after its
+        // read, with no await in between, so a dropped one never writes
+        // there later), and their pages are misses.
         let (mut hits, mut bytes) = (0u64, 0u64);
-        for (task, &i) in tasks.into_iter().zip(&candidates) {
-            if task.await.is_some() {
+        let mut delivered = vec![false; candidates.len()];
+        let collect = async {
+            for (j, task) in tasks.into_iter().enumerate() {
+                delivered[j] = task.await.is_some();
+            }
+        };
+        if glommio::timer::timeout(self.id.request_timeout, async {
+            collect.await;
+            Ok(())
+        })
+        .await
+        .is_err()
+        {
+            ShardStats::bump(&self.stats.disk_read_timeouts, 1);
+            self.log_error(
+                Instant::now(),
+                format_args!(
+                    "disk tier: reads did not finish within {:?}; their pages are misses",
+                    self.id.request_timeout
+                ),
+            );
+        }
+        for (&i, ok) in candidates.iter().zip(delivered) {
+            if ok {
                 part.set_result(i, true);
                 hits += 1;
                 bytes += part.len(i) as u64;
             } else {
-                // Failed its check, or the pool could not hold it.
+                // Failed its check, the pool could not hold it, or the disk
+                // did not answer in time.
                 rest.push(i);
             }
         }
