@@ -172,6 +172,9 @@ pub struct PyNode {
     /// Data-path failures are logged at most once a second per node (the
     /// lock is only taken on the failure path).
     failure_log: Mutex<RateLimiter>,
+    /// Native calls that failed and were reported as misses (closed node,
+    /// arguments that do not describe the pool, internal errors).
+    failed_calls: AtomicU64,
     /// Per-call figures for SGLang's storage metrics (taken with the GIL
     /// released, once per batch call; never contended across shards).
     call_log: Mutex<CallLog>,
@@ -229,6 +232,7 @@ impl PyNode {
     }
 
     fn log_failure(&self, what: &str, reason: &str) {
+        self.failed_calls.fetch_add(1, Ordering::Relaxed);
         let allowed = self
             .failure_log
             .lock()
@@ -330,6 +334,7 @@ impl PyNode {
             last_detached_start_ns: AtomicU64::new(0),
             last_detached_end_ns: AtomicU64::new(0),
             failure_log: Mutex::new(RateLimiter::new(Duration::from_secs(1))),
+            failed_calls: AtomicU64::new(0),
             call_log: Mutex::new(CallLog::default()),
         })
     }
@@ -542,6 +547,12 @@ impl PyNode {
                 tracing::info!("PeerCache node {} closed", self.node_id);
             }
         });
+    }
+
+    /// Native calls that failed and were reported as misses since start.
+    #[getter]
+    fn failed_calls(&self) -> u64 {
+        self.failed_calls.load(Ordering::Relaxed)
     }
 
     /// Whether `close()` has been called.

@@ -144,13 +144,26 @@ def register(state, how="v1", name="kv"):
     return True
 
 
-def register_extra(state, name, kind="mha", layout="page_first"):
-    """Registers a second real host pool as the v2 pool `name`."""
+class ListedPool:
+    """A real host pool seen through a class PeerCacheStore does not know
+    (as SGLang's Mamba or indexer pools are): it lists its page pointers on
+    every call instead of having them computed."""
+
+    def __init__(self, pool):
+        self._pool = pool
+
+    def __getattr__(self, name):
+        return getattr(self._pool, name)
+
+
+def register_extra(state, name, kind="mha", layout="page_first", listed=False):
+    """Registers a second real host pool as the v2 pool `name` (`listed`:
+    behind a class the store does not know)."""
     from sglang.srt.mem_cache.hicache_storage import PoolName
 
     dev, pool = state["sp"].host_pool(kind, layout)
     state.setdefault("extra", {})[name] = (dev, pool)
-    state["store"].register_mem_host_pool_v2(pool, PoolName(name))
+    state["store"].register_mem_host_pool_v2(ListedPool(pool) if listed else pool, PoolName(name))
     return True
 
 
@@ -342,6 +355,39 @@ def close(state):
     return True
 
 
+def odd_calls(state):
+    """Data-path calls with arguments SGLang never passes but a caller could:
+    each must answer (a miss), never raise. Returns call -> result, or
+    "raised ..." for one that escaped."""
+    from sglang.srt.mem_cache.hicache_storage import PoolName, PoolTransfer
+
+    store = state["store"]
+    idx = _indices(state, [0])
+    calls = {
+        "batch_get_v1(None)": lambda: store.batch_get_v1(None, idx),
+        "batch_set_v1(None)": lambda: store.batch_set_v1(None, idx),
+        "batch_get_v1(generator)": lambda: store.batch_get_v1((k for k in ["g"]), idx),
+        "batch_exists(None)": lambda: store.batch_exists(None),
+        "batch_exists_v2(None)": lambda: store.batch_exists_v2(None, []),
+        "batch_exists_v2([None])": lambda: store.batch_exists_v2(["k"], [None]).kv_hit_pages,
+        "batch_set_v2(None)": lambda: store.batch_set_v2(None),
+        "batch_get_v2([None])": lambda: store.batch_get_v2([None]),
+        "batch_get_v2(no keys)": lambda: {
+            str(k): v
+            for k, v in store.batch_get_v2([PoolTransfer(name=PoolName("kv"), keys=None, host_indices=None)]).items()
+        },
+        "batch_set(None)": lambda: store.batch_set(None),
+        "batch_get(None)": lambda: store.batch_get(None),
+    }
+    out = {}
+    for name, call in calls.items():
+        try:
+            out[name] = call()
+        except BaseException as e:  # noqa: BLE001 - the point is to see anything
+            out[name] = "raised %r" % (e,)
+    return out
+
+
 def digest(data):
     return hashlib.sha256(data).hexdigest()
 
@@ -352,6 +398,6 @@ COMMANDS = {
         ready, use, drop, register, register_extra, fill, page_contents, zero, set_v1, get_v1,
         get_v1_raw_indices, exists, exists_one, set_v2, get_v2, exists_v2, generic_set,
         generic_get, generic_batch, generic_batch_get, stats, members, storage_metrics,
-        clear, close,
+        clear, close, odd_calls,
     ]
 }

@@ -220,6 +220,34 @@ def test_v2_only_registration_and_hit_policies():
         a.close()
 
 
+def test_a_listing_pool_is_found_by_a_rank_that_never_moved_a_page():
+    """An extra pool whose class the store does not know lists its pointers
+    on every call. A rank that has not moved a page of it yet must still see
+    its pages in batch_exists_v2, or SGLang would never prefetch them."""
+    port = free_port()
+    a = StoreWorker(cluster_config(port, interface_v1=1))
+    b = StoreWorker(cluster_config(port, interface_v1=1))
+    try:
+        wait_members([a, b], 2)
+        for w in (a, b):
+            w.call("register", "v2", "kv")
+            w.call("register_extra", "mamba", "mha", "page_first", True)
+        keys = [f"listed-{i}" for i in range(3)]
+        a.call("fill", [0, 1, 2], 31)
+        extra = a.call("fill", [0, 1, 2], 32, "mamba")
+        out = a.call("set_v2", [("kv", keys, [0, 1, 2], "all_pages"), ("mamba", keys, [0, 1, 2], "all_pages")])
+        assert out == {"kv": [True] * 3, "mamba": [True] * 3}
+        # b has not moved a page of either pool yet.
+        hit, hits, restorable = b.call("exists_v2", keys, [("mamba", keys, None, "all_pages")])
+        assert (hit, hits.get("mamba"), restorable) == (3, 3, [1, 2, 3])
+        got = b.call("get_v2", [("kv", keys, [4, 5, 6], "all_pages"), ("mamba", keys, [4, 5, 6], "all_pages")])
+        assert got == {"kv": [True] * 3, "mamba": [True] * 3}
+        assert b.call("page_contents", [4, 5, 6], "mamba") == extra
+    finally:
+        b.close()
+        a.close()
+
+
 def test_mla_pages_are_shared_across_tp_ranks():
     port = free_port()
     rank0 = StoreWorker(cluster_config(port, interface_v1=1), kind="mla", rank={"tp_rank": 0, "tp_size": 2})
@@ -278,9 +306,12 @@ def test_data_path_failures_are_misses_and_close_is_idempotent():
         # Before any host pool is registered: a miss, no exception.
         assert a.call("get_v1", ["early"], [0]) == [False]
         a.call("register", "v1")
-        # Index count that does not match the keys, and an index off the pool.
+        # Index count that does not match the keys, and an index off the pool:
+        # misses, each counted as a failed native call.
+        failed = a.call("stats")["frontend_native_failures"]
         assert a.call("get_v1_raw_indices", ["x", "y"], [0, 1, 2]) == [False, False]
         assert a.call("get_v1_raw_indices", ["x"], [10**9, 0, 0, 0]) == [False]
+        assert a.call("stats")["frontend_native_failures"] == failed + 2
         a.call("fill", [0], 1)
         assert a.call("set_v1", ["c"], [0]) == [True]
         a.call("clear")
@@ -330,6 +361,19 @@ def test_a_peer_killed_mid_run_makes_its_pages_misses_never_errors():
         assert a.call("exists", ["alive"]) == 1
     finally:
         a.close()
+
+
+def test_odd_arguments_are_misses_never_errors(pair):
+    a, _ = pair
+    before = a.call("stats")["frontend_failures"]
+    out = a.call("odd_calls")
+    raised = {name: r for name, r in out.items() if isinstance(r, str) and r.startswith("raised")}
+    assert not raised, raised
+    assert out["batch_get_v1(None)"] == [] and out["batch_exists(None)"] == 0
+    assert out["batch_exists_v2([None])"] == 0
+    assert out["batch_set_v2(None)"] == {} and out["batch_get_v2([None])"] == {}
+    assert out["batch_get_v2(no keys)"] == {"kv": []}
+    assert a.call("stats")["frontend_failures"] >= before
 
 
 def test_bad_config_raises_with_the_key(tmp_path):

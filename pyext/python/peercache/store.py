@@ -264,6 +264,15 @@ def _arange(start: int, stop: int) -> Any:
 _AFFINE_POOL_CLASSES = {"MHATokenToKVPoolHost", "MLATokenToKVPoolHost"}
 
 
+def _count(keys: Any) -> int:
+    """How many pages a call named: ``len(keys)``, or 0 for something that
+    has no length (the call is then a miss, never an exception)."""
+    try:
+        return len(keys)
+    except Exception:
+        return 0
+
+
 def _affine_capable(pool: Any) -> bool:
     if getattr(pool, "stores_page_envelope", False) or hasattr(pool, "_shared_backing"):
         return False
@@ -294,15 +303,27 @@ def _measure_layout(pool: Any, pool_name: Optional[str], rank: Dict[str, Any]) -
     last page: if every buffer entry moves by the same (non-zero) number of
     bytes per token index, the map is affine and Rust computes pointers from
     host indices alone. Any other pool lists its pointers on every call; its
-    map is then built from its first call (``native`` stays None until then)."""
-    if not _affine_capable(pool):
-        return _Layout(pool=pool, native=None, affine=False)
+    map (how many buffers a page has, and their sizes, which name and size
+    its stored objects) comes from its first page, probed here so that
+    ``batch_exists`` can answer before this rank's first transfer; if the
+    probe fails, from its first call (``native`` stays None until then)."""
     page = int(pool.page_size)
     pages = int(pool.size) // page
 
     def meta(first_index: int):
         ptrs, sizes = pool.get_page_buffer_meta(_arange(first_index, first_index + page))
         return [int(p) for p in ptrs], [int(s) for s in sizes]
+
+    if not _affine_capable(pool):
+        try:
+            base, sizes = meta(0)
+        except Exception as e:  # e.g. a pool whose zero-copy needs a layout it lacks
+            logger.debug("PeerCacheStore: page map of %r left to its first call: %r", pool_name, e)
+            return _Layout(pool=pool, native=None, affine=False)
+        if not base:
+            return _Layout(pool=pool, native=None, affine=False)
+        native = _native_layout(pool, pool_name, rank, base, [0] * len(base), sizes)
+        return _Layout(pool=pool, native=native, affine=False)
 
     base, sizes = meta(0)
     strides: List[int] = []
@@ -451,7 +472,10 @@ class PeerCacheStore(_Base):
         for attrs in (("kv_buffer",), ("k_buffer", "v_buffer")):
             found = False
             for attr in attrs:
-                buf = getattr(pool, attr, None)
+                try:
+                    buf = getattr(pool, attr, None)
+                except Exception:  # a property that fails: treat as absent
+                    continue
                 for t in buf if isinstance(buf, (list, tuple)) else [buf]:
                     try:
                         addr, size = int(t.data_ptr()), int(t.numel()) * int(t.element_size())
@@ -508,15 +532,35 @@ class PeerCacheStore(_Base):
             except BaseException as e:
                 if _passes_through(e):
                     raise
-                self._miss("get", len(keys), repr(e))
-                return [False] * len(keys)
+                n = _count(keys)
+                self._miss("get", n, repr(e))
+                return [False] * n
         return self._pages("get", KV_POOL, keys, host_indices)
 
     def batch_set_v2(self, transfers: List[Any], extra_info: Any = None) -> Dict[Any, List[bool]]:
-        return {t.name: self._pages("set", _name(t.name), t.keys or [], t.host_indices) for t in transfers}
+        return self._transfers("set", transfers)
 
     def batch_get_v2(self, transfers: List[Any], extra_info: Any = None) -> Dict[Any, List[bool]]:
-        return {t.name: self._pages("get", _name(t.name), t.keys or [], t.host_indices) for t in transfers}
+        return self._transfers("get", transfers)
+
+    def _transfers(self, op: str, transfers: Any) -> Dict[Any, List[bool]]:
+        """One page call per pool transfer; a transfer that is not one (no
+        name, no keys) is left out of the answer, which SGLang reads as a
+        miss, and counted."""
+        out: Dict[Any, List[bool]] = {}
+        try:
+            for t in transfers or []:
+                try:
+                    out[t.name] = self._pages(op, _name(t.name), t.keys or [], t.host_indices)
+                except BaseException as e:
+                    if _passes_through(e):
+                        raise
+                    self._miss("batch_%s_v2" % op, _count(getattr(t, "keys", None)), repr(e))
+        except BaseException as e:
+            if _passes_through(e):
+                raise
+            self._miss("batch_%s_v2" % op, 0, repr(e))
+        return out
 
     def _pages(self, op: str, pool: str, keys: List[str], host_indices: Any) -> List[bool]:
         # The hot path of SGLang's prefetch and backup threads: a dict lookup,
@@ -535,7 +579,7 @@ class PeerCacheStore(_Base):
         except BaseException as e:
             if _passes_through(e):
                 raise
-            n = len(keys)
+            n = _count(keys)
             reason = ("no host pool %r is registered" % pool) if pool not in self._layouts else repr(e)
             self._miss(op, n, reason)
             return [False] * n
@@ -545,7 +589,7 @@ class PeerCacheStore(_Base):
     # ------------------------------------------------------------------
     def batch_exists(self, keys: List[str], extra_info: Any = None) -> int:
         """Longest prefix of ``keys`` whose whole pages are stored (MHA: K and V)."""
-        n = len(keys)
+        n = _count(keys)
         if n == 0:
             return 0
         try:
@@ -574,6 +618,15 @@ class PeerCacheStore(_Base):
         v2 calls move KV pages through the host pool (component keys), so the
         KV prefix is probed there whenever a KV pool is registered, whatever
         ``interface_v1`` says."""
+        try:
+            return self._exists_v2(keys, pool_transfers, extra_info)
+        except BaseException as e:
+            if _passes_through(e):
+                raise
+            self._miss("batch_exists_v2", _count(keys), repr(e))
+            return PoolTransferResult(0, {}, [])
+
+    def _exists_v2(self, keys: List[str], pool_transfers: Optional[List[Any]], extra_info: Any) -> Any:
         layout = self._layouts.get(KV_POOL)
         if layout is not None and layout.native is not None and keys:
             try:
@@ -656,7 +709,7 @@ class PeerCacheStore(_Base):
     ) -> bool:
         """Stores ``values[i]`` (or the buffer at ``target_locations[i]`` of
         ``target_sizes[i]`` bytes) under ``keys[i]``; True when every page was stored."""
-        n = len(keys)
+        n = _count(keys)
         if n == 0:
             return True
         try:
@@ -688,7 +741,7 @@ class PeerCacheStore(_Base):
         Returns the filled target (for an address: the address) per key, or
         None for a miss. A destination is required: the engine copies straight
         into it and needs its size, which SGLang always provides."""
-        n = len(keys)
+        n = _count(keys)
         if n == 0:
             return []
         try:
@@ -732,9 +785,12 @@ class PeerCacheStore(_Base):
 
     def node_stats(self) -> Dict[str, int]:
         """The native node's counters (hits, misses, bytes, ...) plus this
-        front end's failure count."""
+        front end's failures: pages the Python side reported as missing
+        (``frontend_failures``) and native calls that failed and answered
+        with misses (``frontend_native_failures``)."""
         stats = dict(self._node.stats())
         stats["frontend_failures"] = self._failures
+        stats["frontend_native_failures"] = self._node.failed_calls
         return stats
 
     @property
