@@ -46,6 +46,13 @@ pub trait ShardService: 'static {
     fn stop(this: &Rc<Self>) {
         let _ = this;
     }
+
+    /// Answers a job that will never run because its shard stopped after an
+    /// internal error (a panic): whoever waits on it must be released. Called
+    /// off the shard's executor, on the dead shard's thread.
+    fn abandon(job: Self::Job) {
+        drop(job);
+    }
 }
 
 /// Where a shard runs; decided by the numa crate before start.
@@ -307,39 +314,71 @@ fn shard_main<S, F>(
             return;
         }
     };
-    executor.run(async move {
-        let service = match make(&context) {
-            Ok(s) => Rc::new(s),
-            Err(reason) => {
-                let _ = ready.send(Err(reason));
-                return;
-            }
-        };
-        S::start(&service);
-        let _ = ready.send(Ok(context));
-        loop {
-            let mut handled = 0;
-            while let Some(job) = inbox.pop() {
-                S::handle(&service, job);
-                handled += 1;
-                if handled % JOBS_PER_YIELD == 0 {
-                    glommio::yield_if_needed().await;
+    let inbox_of_thread = Arc::clone(&inbox);
+    // A panic in a job or a task must not leave callers waiting forever on a
+    // shard that no longer runs: it is caught here, the shard stops taking
+    // jobs, and every job it will never run is answered (a batch part as
+    // misses). The node keeps serving from its other shards.
+    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        executor.run(async move {
+            let service = match make(&context) {
+                Ok(s) => Rc::new(s),
+                Err(reason) => {
+                    let _ = ready.send(Err(reason));
+                    return;
                 }
-            }
-            if inbox.is_closing() {
-                if inbox.is_drained() {
-                    break;
+            };
+            S::start(&service);
+            let _ = ready.send(Ok(context));
+            loop {
+                let mut handled = 0;
+                while let Some(job) = inbox.pop() {
+                    S::handle(&service, job);
+                    handled += 1;
+                    if handled % JOBS_PER_YIELD == 0 {
+                        glommio::yield_if_needed().await;
+                    }
                 }
-                // A submitter is mid-push: give it a moment, then drain again.
-                glommio::timer::sleep(Duration::from_micros(50)).await;
-                continue;
+                if inbox.is_closing() {
+                    if inbox.is_drained() {
+                        break;
+                    }
+                    // A submitter is mid-push: give it a moment, then drain again.
+                    glommio::timer::sleep(Duration::from_micros(50)).await;
+                    continue;
+                }
+                inbox.ready().await;
             }
-            inbox.ready().await;
+            S::stop(&service);
+            // Let the tasks `stop` cancelled run once more, which drops them.
+            glommio::executor().yield_now().await;
+        })
+    }));
+    if ran.is_err() {
+        tracing::error!(
+            "shard {index} ({name}) stopped after an internal error (the panic is logged above); \
+             its pages are misses from now on"
+        );
+        // Tasks still alive (each may hold a batch part) are dropped with
+        // the executor, which answers their callers.
+        drop(executor);
+        abandon_queue::<S>(&inbox_of_thread);
+    }
+}
+
+/// Closes a stopped shard's inbox and answers every job in it, including
+/// any a submitter is pushing right now; later submissions fail at once.
+fn abandon_queue<S: ShardService>(inbox: &Inbox<S::Job>) {
+    inbox.close();
+    loop {
+        while let Some(job) = inbox.pop() {
+            S::abandon(job);
         }
-        S::stop(&service);
-        // Let the tasks `stop` cancelled run once more, which drops them.
-        glommio::executor().yield_now().await;
-    });
+        if inbox.is_drained() {
+            return;
+        }
+        std::thread::yield_now();
+    }
 }
 
 #[cfg(test)]
@@ -507,5 +546,70 @@ mod tests {
         let done = BatchCompletion::new(1);
         let r = runtime.submit(5, CountJob { id: 0, done: &done }, Duration::ZERO);
         assert!(matches!(r, Err((RuntimeError::NoSuchShard(5), _))));
+    }
+
+    /// A job whose drop answers its caller, like a store's batch part.
+    struct Answered {
+        panic: Option<&'static str>,
+        done: *const BatchCompletion,
+    }
+    unsafe impl Send for Answered {}
+    impl Drop for Answered {
+        fn drop(&mut self) {
+            unsafe { (*self.done).part_done() };
+        }
+    }
+
+    struct Fragile;
+    impl ShardService for Fragile {
+        type Job = Answered;
+        fn handle(_: &Rc<Self>, mut job: Answered) {
+            match job.panic.take() {
+                Some("in handle") => panic!("test: a job panicked"),
+                Some(_) => {
+                    // The job waits in a task that panics later.
+                    glommio::spawn_local(async move {
+                        let _job = job;
+                        glommio::timer::sleep(Duration::from_millis(5)).await;
+                        panic!("test: a task panicked");
+                    })
+                    .detach();
+                }
+                None => drop(job),
+            }
+        }
+    }
+
+    /// Submits a job to `shard` and waits (bounded) until it is answered.
+    fn answered(rt: &Runtime<Answered>, shard: usize, panic: Option<&'static str>) -> bool {
+        let done = BatchCompletion::new(1);
+        let job = Answered { panic, done: &done };
+        let accepted = rt.submit(shard, job, Duration::from_secs(5)).is_ok();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !done.is_done() {
+            assert!(Instant::now() < deadline, "a job was never answered");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        accepted
+    }
+
+    #[test]
+    fn a_panicking_shard_answers_every_job_and_the_others_keep_running() {
+        for how in ["in handle", "in a task"] {
+            let runtime =
+                Runtime::start(sites(2), RuntimeOptions::default(), |_| Ok(Fragile)).unwrap();
+            assert!(answered(&runtime, 0, None));
+            // The panicking job (or the task holding it) is answered...
+            answered(&runtime, 0, Some(how));
+            // ...and once the shard has stopped, new jobs are refused and
+            // answered at once, never left waiting.
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while answered(&runtime, 0, None) {
+                assert!(Instant::now() < deadline, "{how}: the shard never stopped");
+            }
+            // The other shard is untouched.
+            assert!(answered(&runtime, 1, None), "{how}");
+            runtime.shutdown();
+        }
     }
 }

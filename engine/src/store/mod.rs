@@ -872,7 +872,7 @@ impl Node {
                 remote: remote_flags.wrapping_add(shard),
                 done: &done,
             };
-            if let Err((e, _)) = self
+            if let Err((e, job)) = self
                 .runtime
                 .submit(shard, StoreJob::Batch(part), SUBMIT_TIMEOUT)
             {
@@ -881,7 +881,7 @@ impl Node {
                     "{op:?}: {} pages of shard {shard} not processed: {e}",
                     to - from
                 );
-                done.part_done();
+                drop(job); // the part's drop marks it done
             }
         }
         done.wait_spinning(self.wait_spin);

@@ -110,8 +110,17 @@ impl BatchPart {
         unsafe { *self.remote = true };
     }
 
-    pub(super) fn complete(self) {
-        // SAFETY: the completion outlives every part (the caller waits on it).
+    /// Marks this part done (its results are final). Dropping a part does
+    /// the same, so a part its shard could not finish (the shard stopped,
+    /// or its task was dropped) still answers its caller, with misses for
+    /// the pages it did not reach.
+    pub(super) fn complete(self) {}
+}
+
+impl Drop for BatchPart {
+    fn drop(&mut self) {
+        // SAFETY: the completion outlives every part (the caller waits on it
+        // until every part has been dropped), and a part is dropped once.
         unsafe { (*self.done).part_done() };
     }
 }
@@ -676,6 +685,24 @@ impl ShardService for ShardStore {
                 // SAFETY: the caller waits on `done`.
                 unsafe { (*done).part_done() };
             }
+        }
+    }
+
+    fn abandon(job: StoreJob) {
+        match job {
+            // The part's drop answers it: every page it holds is a miss.
+            StoreJob::Batch(part) => drop(part),
+            StoreJob::Membership(_) => {}
+            // SAFETY (all three): the caller waits on `done` (and so keeps
+            // `errors` alive) until it is signalled here.
+            StoreJob::Clear(done) | StoreJob::DiskFlush(done) => unsafe { (*done).part_done() },
+            StoreJob::RegisterHostBuffer { errors, done, .. } => unsafe {
+                (*errors)
+                    .lock()
+                    .expect("not poisoned")
+                    .push("a shard stopped after an internal error".to_owned());
+                (*done).part_done();
+            },
         }
     }
 
