@@ -204,6 +204,16 @@ impl<K: Clone + Eq + Hash + std::fmt::Display, C> Channels<K, C> {
                 waited_ms: self.lease_timeout.as_millis(),
             });
         }
+        // The peer may have been found unreachable while this lease waited
+        // for a free channel: do not pay another connect for it.
+        if let Some(left) = self.skipped_for(key) {
+            permits.signal(1);
+            self.counters.borrow_mut().unreachable_skips += 1;
+            return Err(LeaseError::Unreachable {
+                peer: key.to_string(),
+                left_ms: left.as_millis(),
+            });
+        }
         let idle = self
             .peers
             .borrow_mut()
@@ -389,6 +399,40 @@ mod tests {
                 .lease(&dead, || async { Ok::<_, String>(2) })
                 .await
                 .is_ok());
+        });
+    }
+
+    #[test]
+    fn a_lease_that_waited_for_a_channel_sees_the_peer_marked_meanwhile() {
+        run(|| async {
+            let ch: Rc<Channels<String, u32>> =
+                Rc::new(Channels::new(1, Duration::from_millis(200), SKIP));
+            let key = "peer-e".to_string();
+            let connects = Rc::new(Cell::new(0));
+            let held = ch
+                .lease(&key, || async { Ok::<_, String>(1) })
+                .await
+                .unwrap();
+            let (ch2, key2, connects2) = (Rc::clone(&ch), key.clone(), Rc::clone(&connects));
+            let waiter = glommio::spawn_local(async move {
+                ch2.lease(&key2, || {
+                    connects2.set(connects2.get() + 1);
+                    async { Ok::<_, String>(2) }
+                })
+                .await
+                .err()
+            });
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+            // The exchange on the held channel found the peer unreachable.
+            ch.mark_unreachable(&key);
+            ch.discard(held);
+            let err = waiter.await.expect("the waiter is refused");
+            assert!(matches!(err, LeaseError::Unreachable { .. }), "{err}");
+            assert_eq!(
+                connects.get(),
+                0,
+                "no connect to a peer just found unreachable"
+            );
         });
     }
 
