@@ -51,9 +51,9 @@ def wait_members(workers, count, timeout=20.0, exact=False):
     raise AssertionError(f"cluster did not reach {count} members: {[w.call('members') for w in workers]}")
 
 
-@pytest.fixture(scope="module")
-def pair():
-    """Two MHA page-first stores in two processes, one cluster, interface_v1 on."""
+def two_stores():
+    """Two MHA page-first stores in two processes, one cluster, interface_v1
+    on, host pools registered through v1."""
     port = free_port()
     a = StoreWorker(cluster_config(port, interface_v1=1))
     b = StoreWorker(cluster_config(port, interface_v1=1))
@@ -61,6 +61,17 @@ def pair():
         wait_members([a, b], 2)
         a.call("register", "v1")
         b.call("register", "v1")
+    except BaseException:
+        b.close()
+        a.close()
+        raise
+    return a, b
+
+
+@pytest.fixture(scope="module")
+def pair():
+    a, b = two_stores()
+    try:
         yield a, b
     finally:
         b.close()
@@ -329,13 +340,8 @@ def test_a_peer_killed_mid_run_makes_its_pages_misses_never_errors():
     SIGKILL: exists and get through PeerCacheStore answer (a shorter prefix,
     False pages), never raise, and the dead node's pages stop counting once
     its membership expires."""
-    port = free_port()
-    a = StoreWorker(cluster_config(port, interface_v1=1))
-    b = StoreWorker(cluster_config(port, interface_v1=1))
+    a, b = two_stores()
     try:
-        wait_members([a, b], 2)
-        a.call("register", "v1")
-        b.call("register", "v1")
         keys = [f"dead-{i}" for i in PAGES]
         written = b.call("fill", PAGES, 23)
         assert b.call("set_v1", keys, PAGES) == [True] * len(PAGES)
@@ -360,6 +366,7 @@ def test_a_peer_killed_mid_run_makes_its_pages_misses_never_errors():
         assert a.call("set_v1", ["alive"], [0]) == [True]
         assert a.call("exists", ["alive"]) == 1
     finally:
+        b.close()
         a.close()
 
 
