@@ -51,16 +51,18 @@ def wait_members(workers, count, timeout=20.0, exact=False):
     raise AssertionError(f"cluster did not reach {count} members: {[w.call('members') for w in workers]}")
 
 
-def two_stores():
+def two_stores(*registrations):
     """Two MHA page-first stores in two processes, one cluster, interface_v1
-    on, host pools registered through v1."""
+    on; each makes the worker calls `registrations` (default: its host pool
+    through v1)."""
     port = free_port()
     a = StoreWorker(cluster_config(port, interface_v1=1))
     b = StoreWorker(cluster_config(port, interface_v1=1))
     try:
         wait_members([a, b], 2)
-        a.call("register", "v1")
-        b.call("register", "v1")
+        for w in (a, b):
+            for call in registrations or [("register", "v1")]:
+                w.call(*call)
     except BaseException:
         b.close()
         a.close()
@@ -198,14 +200,9 @@ def test_raw_and_component_keyspaces():
 
 
 def test_v2_only_registration_and_hit_policies():
-    port = free_port()
-    a = StoreWorker(cluster_config(port, interface_v1=1))
-    b = StoreWorker(cluster_config(port, interface_v1=1))
+    # v2 alone must be enough.
+    a, b = two_stores(("register", "v2", "kv"), ("register_extra", "swa"))
     try:
-        wait_members([a, b], 2)
-        for w in (a, b):
-            w.call("register", "v2", "kv")  # v2 alone must be enough
-            w.call("register_extra", "swa")
         keys = [f"v2-{i}" for i in range(4)]
         kv = a.call("fill", [0, 1, 2, 3], 21)
         swa = a.call("fill", [0, 1, 2, 3], 22, "swa")
@@ -235,14 +232,8 @@ def test_a_listing_pool_is_found_by_a_rank_that_never_moved_a_page():
     """An extra pool whose class the store does not know lists its pointers
     on every call. A rank that has not moved a page of it yet must still see
     its pages in batch_exists_v2, or SGLang would never prefetch them."""
-    port = free_port()
-    a = StoreWorker(cluster_config(port, interface_v1=1))
-    b = StoreWorker(cluster_config(port, interface_v1=1))
+    a, b = two_stores(("register", "v2", "kv"), ("register_extra", "mamba", "mha", "page_first", True))
     try:
-        wait_members([a, b], 2)
-        for w in (a, b):
-            w.call("register", "v2", "kv")
-            w.call("register_extra", "mamba", "mha", "page_first", True)
         keys = [f"listed-{i}" for i in range(3)]
         a.call("fill", [0, 1, 2], 31)
         extra = a.call("fill", [0, 1, 2], 32, "mamba")

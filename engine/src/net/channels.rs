@@ -159,6 +159,20 @@ impl<K: Clone + Eq + Hash + std::fmt::Display, C> Channels<K, C> {
         Some(left)
     }
 
+    /// Refuses (and counts) a lease to a peer that is skipped.
+    fn refuse_if_skipped(&self, key: &K) -> Result<(), LeaseError> {
+        match self.skipped_for(key) {
+            None => Ok(()),
+            Some(left) => {
+                self.counters.borrow_mut().unreachable_skips += 1;
+                Err(LeaseError::Unreachable {
+                    peer: key.to_string(),
+                    left_ms: left.as_millis(),
+                })
+            }
+        }
+    }
+
     /// Counters so far.
     pub fn counters(&self) -> ChannelCounters {
         *self.counters.borrow()
@@ -176,13 +190,7 @@ impl<K: Clone + Eq + Hash + std::fmt::Display, C> Channels<K, C> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<C, String>>,
     {
-        if let Some(left) = self.skipped_for(key) {
-            self.counters.borrow_mut().unreachable_skips += 1;
-            return Err(LeaseError::Unreachable {
-                peer: key.to_string(),
-                left_ms: left.as_millis(),
-            });
-        }
+        self.refuse_if_skipped(key)?;
         let permits = {
             let mut peers = self.peers.borrow_mut();
             let peer = peers.entry(key.clone()).or_insert_with(|| Peer {
@@ -206,13 +214,9 @@ impl<K: Clone + Eq + Hash + std::fmt::Display, C> Channels<K, C> {
         }
         // The peer may have been found unreachable while this lease waited
         // for a free channel: do not pay another connect for it.
-        if let Some(left) = self.skipped_for(key) {
+        if let Err(e) = self.refuse_if_skipped(key) {
             permits.signal(1);
-            self.counters.borrow_mut().unreachable_skips += 1;
-            return Err(LeaseError::Unreachable {
-                peer: key.to_string(),
-                left_ms: left.as_millis(),
-            });
+            return Err(e);
         }
         let idle = self
             .peers
