@@ -307,23 +307,22 @@ def _measure_layout(pool: Any, pool_name: Optional[str], rank: Dict[str, Any]) -
     its stored objects) comes from its first page, probed here so that
     ``batch_exists`` can answer before this rank's first transfer; if the
     probe fails, from its first call (``native`` stays None until then)."""
-    page = int(pool.page_size)
-    pages = int(pool.size) // page
 
     def meta(first_index: int):
+        page = int(pool.page_size)
         ptrs, sizes = pool.get_page_buffer_meta(_arange(first_index, first_index + page))
         return [int(p) for p in ptrs], [int(s) for s in sizes]
 
     if not _affine_capable(pool):
         try:
             base, sizes = meta(0)
+            native = _native_layout(pool, pool_name, rank, base, [0] * len(base), sizes) if base else None
         except Exception as e:  # e.g. a pool whose zero-copy needs a layout it lacks
             logger.debug("PeerCacheStore: page map of %r left to its first call: %r", pool_name, e)
-            return _Layout(pool=pool, native=None, affine=False)
-        if not base:
-            return _Layout(pool=pool, native=None, affine=False)
-        native = _native_layout(pool, pool_name, rank, base, [0] * len(base), sizes)
+            native = None
         return _Layout(pool=pool, native=native, affine=False)
+    page = int(pool.page_size)
+    pages = int(pool.size) // page
 
     base, sizes = meta(0)
     strides: List[int] = []
