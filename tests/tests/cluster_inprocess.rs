@@ -328,18 +328,26 @@ fn a_stopped_node_releases_its_ports_and_connections() {
     }
 }
 
+/// Two joined nodes `<name>-a` (on fixed ports, so a restart keeps its
+/// endpoints; returns its extra config) and `<name>-b`, and 16 pages
+/// (`<name>-old-i`) `a` stored that `b` has read once.
+fn pages_of_a_restartable_node(name: &str) -> (String, Node, Node, Vec<String>) {
+    let fixed = format!(r#","control_port":{}"#, free_port_pair());
+    let a = node(&format!("{name}-a"), &fixed);
+    let b = node(&format!("{name}-b"), "");
+    join(&[&a, &b], 1);
+    let ks = keys(&format!("{name}-old"), 16);
+    assert_eq!(set_all(&a, &ks, 4096), vec![true; 16]);
+    assert_eq!(get_all(&b, &ks, 4096).0, vec![true; 16]);
+    (fixed, a, b, ks)
+}
+
 /// Once the membership shows the restarted process (discovery reports a
 /// new incarnation), its pages are read at once: the channels to the old
 /// process were dropped with it, so no read fails on a dead socket.
 #[test]
 fn a_peer_restarted_behind_the_same_endpoint_costs_no_miss() {
-    let fixed = format!(r#","control_port":{}"#, free_port_pair());
-    let a = node("restarts-a", &fixed);
-    let b = node("restarts-b", "");
-    join(&[&a, &b], 1);
-    let ks = keys("restarts", 16);
-    assert_eq!(set_all(&a, &ks, 4096), vec![true; 16]);
-    assert_eq!(get_all(&b, &ks, 4096).0, vec![true; 16]);
+    let (fixed, a, b, ks) = pages_of_a_restartable_node("restarts");
     // `a` restarts on the same ports: `b`'s idle channels to `a` are closed
     // sockets of the old process.
     let before = a.route();
@@ -374,13 +382,7 @@ fn a_peer_restarted_behind_the_same_endpoint_costs_no_miss() {
 /// member).
 #[test]
 fn locations_of_a_restarted_node_are_misses_never_other_pages() {
-    let fixed = format!(r#","control_port":{}"#, free_port_pair());
-    let a = node("reborn-a", &fixed);
-    let b = node("reborn-b", "");
-    join(&[&a, &b], 1);
-    let old = keys("reborn-old", 16);
-    assert_eq!(set_all(&a, &old, 4096), vec![true; 16]);
-    assert_eq!(get_all(&b, &old, 4096).0, vec![true; 16]);
+    let (fixed, a, b, old) = pages_of_a_restartable_node("reborn");
     drop(a);
     // The new process stores other pages: the same slots and generations
     // the old keys' entries (still in `b`'s directory) name.

@@ -105,6 +105,16 @@ fn get(node: &Node, keys: &[String]) -> Vec<bool> {
     ok
 }
 
+/// A node of `name`'s scratch directory holding 1024 pages written through
+/// to disk; the pool holds 512, so the first half are on disk only.
+fn written_through(name: &str) -> (Scratch, Node, Vec<String>) {
+    let dir = Scratch::new(name);
+    let node = node(&dir.0, "64mb", true);
+    let ks = keys(1024);
+    set_through(&node, &ks);
+    (dir, node, ks)
+}
+
 fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !cond() {
@@ -115,10 +125,7 @@ fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
 
 #[test]
 fn evicted_pages_are_promoted_back_byte_exact() {
-    let dir = Scratch::new("promote");
-    let node = node(&dir.0, "64mb", true);
-    let ks = keys(1024);
-    set_through(&node, &ks);
+    let (_dir, node, ks) = written_through("promote");
     let s = node.stats();
     assert_eq!(s.disk_writes, 1024);
     assert_eq!(s.disk_keys, 1024);
@@ -142,10 +149,7 @@ fn evicted_pages_are_promoted_back_byte_exact() {
 
 #[test]
 fn exists_reports_disk_pages_and_warms_them_for_the_get() {
-    let dir = Scratch::new("exists");
-    let node = node(&dir.0, "64mb", true);
-    let ks = keys(1024);
-    set_through(&node, &ks);
+    let (_dir, node, ks) = written_through("exists");
     // The first pages were evicted long ago: only on disk now.
     let cold = &ks[..8];
     let before = node.stats();
@@ -468,10 +472,7 @@ fn generated_node_directories_are_reclaimed_once_their_node_is_gone() {
 
 #[test]
 fn a_stalled_disk_makes_misses_after_the_timeout_and_writes_nothing_late() {
-    let dir = Scratch::new("stall");
-    let node = node(&dir.0, "64mb", true);
-    let ks = keys(1024);
-    set_through(&node, &ks);
+    let (dir, node, ks) = written_through("stall");
     // The first 512 were evicted from the pool (it holds 512): on disk only.
     // (No exists here: it would start promoting them.)
     let on_disk: Vec<String> = ks[..64].to_vec();
