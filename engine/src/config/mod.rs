@@ -91,6 +91,7 @@ pub const PEERCACHE_KEYS: &[&str] = &[
     "prefault_pool",
     "shard_io_memory",
     "batch_wait_spin_us",
+    "request_timeout_ms",
 ];
 
 /// Keys SGLang itself reads from the same `extra_config` object. They are
@@ -328,6 +329,11 @@ pub struct Config {
     /// costs tens of microseconds on some hosts; spinning saves that on hosts
     /// with spare cores, and only wastes a core where there are none.
     pub batch_wait_spin_us: u64,
+    /// `request_timeout_ms` (default 2000, 10..=600000): how long one remote
+    /// exchange may wait for its peer; a read gets the time its bytes take
+    /// at a floor rate on top (see [`crate::net::deadline`]). A peer that
+    /// does not answer within it is skipped for `member_ttl`.
+    pub request_timeout_ms: u64,
 
     // --- Bookkeeping ---
     /// The [`SGLANG_KEYS`] present in the object, as given.
@@ -388,6 +394,11 @@ impl Config {
     /// `member_ttl` as a [`Duration`].
     pub fn member_ttl(&self) -> Duration {
         Duration::from_secs_f64(self.member_ttl)
+    }
+
+    /// `request_timeout_ms` as a [`Duration`].
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
     }
 
     /// `directory_read_cache_ttl` as a [`Duration`] (zero = cache off).
@@ -834,6 +845,7 @@ impl<'a> Reader<'a> {
         let prefault_pool = self.boolean("prefault_pool", true)?;
         let shard_io_memory = self.size("shard_io_memory", size::MIB)?;
         let batch_wait_spin_us = self.int("batch_wait_spin_us", 0u64, 0, 10_000)?;
+        let request_timeout_ms = self.int("request_timeout_ms", 2000u64, 10, 600_000)?;
 
         let sglang_passthrough = self
             .map
@@ -890,6 +902,7 @@ impl<'a> Reader<'a> {
             pool_quarantine_ms,
             prefault_pool,
             batch_wait_spin_us,
+            request_timeout_ms,
             shard_io_memory,
             sglang_passthrough,
             warnings: Vec::new(),

@@ -84,6 +84,7 @@ fn every_default() {
     assert!(!c.require_rdma);
     assert_eq!(c.pool_quarantine_ms, 200);
     assert_eq!(c.batch_wait_spin_us, 0);
+    assert_eq!(c.request_timeout(), std::time::Duration::from_secs(2));
     assert!(c.prefault_pool);
     assert_eq!(c.shard_io_memory, 1024 * 1024);
     assert!(c.sglang_passthrough.is_empty());
@@ -160,6 +161,7 @@ fn every_key_with_a_non_default_value() {
             "require_rdma": false,
             "pool_quarantine_ms": 50,
             "batch_wait_spin_us": 80,
+            "request_timeout_ms": 500,
             "prefault_pool": "off",
             "shard_io_memory": "4mb"
         }"#,
@@ -214,6 +216,7 @@ fn every_key_with_a_non_default_value() {
     assert!(!c.require_rdma);
     assert_eq!(c.pool_quarantine_ms, 50);
     assert_eq!(c.batch_wait_spin_us, 80);
+    assert_eq!(c.request_timeout_ms, 500);
     assert!(!c.prefault_pool);
     assert_eq!(c.shard_io_memory, 4 << 20);
     // Parsed, and each named as having no effect in this build.
@@ -622,6 +625,8 @@ fn bad_bools_strings_and_hosts() {
     assert_rejected(json!({"metrics_enabled": 2}), "metrics_enabled");
     assert_rejected(json!({"prefault_pool": []}), "prefault_pool");
     assert_rejected(json!({"batch_wait_spin_us": 10_001}), "batch_wait_spin_us");
+    assert_rejected(json!({"request_timeout_ms": 5}), "request_timeout_ms");
+    assert_rejected(json!({"request_timeout_ms": 600_001}), "request_timeout_ms");
     assert_rejected(json!({"is_mla_model": "t"}), "is_mla_model");
     assert_rejected(json!({"require_rdma": "sure"}), "require_rdma");
     assert_rejected(json!({"model_name": 7}), "model_name");

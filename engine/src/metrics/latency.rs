@@ -19,8 +19,9 @@ use std::time::Duration;
 
 /// Upper bounds of the buckets, in nanoseconds: 10 µs to 10 s. A local batch
 /// takes tens of microseconds, a remote one a few hundred to milliseconds; a
-/// batch stuck behind a timeout (2 s per exchange, 5 s per full queue) still
-/// lands in a bucket of its own rather than only in `+Inf`.
+/// batch stuck behind a timeout (2 s per control exchange by default, 5 s
+/// per full queue) still lands in a bucket of its own rather than only in
+/// `+Inf`.
 pub const BUCKET_BOUNDS_NS: [u64; 19] = [
     10_000,
     25_000,

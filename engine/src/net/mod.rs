@@ -2,6 +2,7 @@
 //! per-peer channel pools that reuse them.
 
 pub mod channels;
+pub mod deadline;
 pub mod framed;
 
 pub use channels::{ChannelCounters, Channels, Lease, LeaseError};

@@ -11,7 +11,10 @@
 //! order, so completions arriving out of order across channels, or stale ones,
 //! cannot be credited to the wrong page.
 //!
-//! Every chain is bounded by the per-read timeout. A chain that times out or
+//! Every chain is bounded by the batch's timeout: the request timeout plus
+//! the time the batch's bytes take at the floor rate of
+//! [`crate::net::deadline`], so a large batch is not failed for its size. A
+//! chain that times out or
 //! fails has its channel discarded (destroying the QP stops any DMA it still
 //! had queued) and its unconfirmed pages are misses. Once bytes have landed,
 //! each page's slot generation is checked again ([`GenerationCheck`]): a page
@@ -24,6 +27,7 @@ use super::verbs::{
     Completion, CompletionQueue, Opcode, QueuePair, Sge, Verbs, WcStatus, WorkRequest,
 };
 use crate::logging::RateLimiter;
+use crate::net::deadline;
 use crate::pool::Location;
 use crate::store::ShardStats;
 use std::fmt::Debug;
@@ -102,6 +106,8 @@ pub struct Batch<V: Verbs> {
     serial: u32,
     len: usize,
     chains: Vec<Chain<V>>,
+    /// The batch's bound, and when it runs out (reader clock).
+    timeout_us: u64,
     deadline_us: u64,
 }
 
@@ -118,7 +124,7 @@ impl<V: Verbs> Debug for Batch<V> {
 /// Issues batched READs and keeps the data-path counters.
 pub struct Reader {
     serial: u32,
-    timeout_us: u64,
+    timeout: Duration,
     stats: Arc<ShardStats>,
     log: RateLimiter,
     completions: Vec<Completion>,
@@ -128,7 +134,7 @@ impl Debug for Reader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Reader")
             .field("serial", &self.serial)
-            .field("timeout_us", &self.timeout_us)
+            .field("timeout", &self.timeout)
             .finish()
     }
 }
@@ -137,11 +143,12 @@ impl Debug for Reader {
 const POLL_BATCH: usize = 64;
 
 impl Reader {
-    /// A reader whose READ chains each get `timeout` to complete.
+    /// A reader whose READ batches each get `timeout` to complete, plus the
+    /// time their bytes take at the floor rate.
     pub fn new(timeout: Duration, stats: Arc<ShardStats>) -> Self {
         Self {
             serial: 0,
-            timeout_us: timeout.as_micros() as u64,
+            timeout,
             stats,
             log: RateLimiter::new(Duration::from_secs(10)),
             completions: Vec::with_capacity(POLL_BATCH),
@@ -202,6 +209,7 @@ impl Reader {
                 serial,
                 len: 0,
                 chains,
+                timeout_us: 0,
                 deadline_us: 0,
             };
         }
@@ -264,11 +272,15 @@ impl Reader {
             }
         }
 
+        let bytes: u64 = items.iter().map(|item| u64::from(item.location.len)).sum();
+        let timeout_us = u64::try_from(deadline::for_transfer(self.timeout, bytes).as_micros())
+            .unwrap_or(u64::MAX);
         Batch {
             serial,
             len: n,
             chains,
-            deadline_us: clock.now_us().saturating_add(self.timeout_us),
+            timeout_us,
+            deadline_us: clock.now_us().saturating_add(timeout_us),
         }
     }
 
@@ -295,7 +307,7 @@ impl Reader {
         if clock.now_us() < batch.deadline_us {
             return false;
         }
-        let timeout_us = self.timeout_us;
+        let timeout_us = batch.timeout_us;
         for chain in batch
             .chains
             .iter_mut()

@@ -554,6 +554,27 @@ fn lost_completion_and_slow_peer_time_out_without_hanging() {
 }
 
 #[test]
+fn a_slow_peer_within_the_batch_bound_delivers() {
+    // 32 pages of 4 KiB: the batch's bound is TIMEOUT (400 ticks) plus the
+    // 1,311 its 128 KiB take at the floor rate. Rail 1's peer answers
+    // 1,000 ticks late: past TIMEOUT, within the bound.
+    let bound = crate::net::deadline::for_transfer(TIMEOUT, 32 * PAGE as u64);
+    assert_eq!(bound.as_micros(), 400 + 1_310);
+    let slow = FaultPlan {
+        slow_device: Some("b1".into()),
+        slow_ticks: 1_000,
+        ..FaultPlan::default()
+    };
+    let (s, ok, _) = fault_then_recover(slow, 8);
+    assert!(ok.iter().all(|&hit| hit));
+    let snap = s.stats.snapshot();
+    assert_eq!(
+        (snap.rdma_read_timeouts, snap.rdma_channel_discards),
+        (0, 0)
+    );
+}
+
+#[test]
 fn refused_posts_are_counted_misses() {
     let refuse = FaultPlan {
         post_refusal_per_mille: 1000,

@@ -230,7 +230,7 @@ impl ShardStore {
     ) -> Result<DirGetReply, String> {
         ShardStats::bump(&self.stats.directory_requests_sent, 1);
         let request = DirGet { keys };
-        self.exchange(ep, async |conn| {
+        self.exchange(ep, self.id.request_timeout, async |conn| {
             let id = conn.next_id();
             conn.send(&request, id, &[]).await?;
             expect_reply::<DirGetReply>(conn, id).await

@@ -42,10 +42,6 @@ const AUTO_SHARDS_MAX: usize = 4;
 /// that shard are reported as failed.
 const SUBMIT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How long one exchange with a peer (directory or data) may take before its
-/// pages are misses and its channel is dropped.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
-
 /// Page size assumed when sizing a shard's directory table up front (the
 /// table grows past it on its own).
 const DIRECTORY_SIZING_PAGE_BYTES: usize = 128 << 10;
@@ -248,7 +244,7 @@ impl Node {
             node_ref,
             shard: 0,
             max_channels_per_peer: config.max_channels_per_peer as usize,
-            request_timeout: REQUEST_TIMEOUT,
+            request_timeout: config.request_timeout(),
             unreachable_skip: config.member_ttl(),
             read_cache_ttl: config.directory_read_cache_ttl(),
         };
@@ -962,5 +958,7 @@ impl Drop for Node {
     }
 }
 
+#[cfg(test)]
+mod slow_peer_tests;
 #[cfg(test)]
 mod tests;

@@ -137,7 +137,7 @@ impl ShardStore {
                 endpoints: local.iter().map(to_info).collect(),
             };
             let reply = self
-                .exchange(ep, async |conn| {
+                .exchange(ep, self.id.request_timeout, async |conn| {
                     let id = conn.next_id();
                     conn.send(&request, id, &[]).await?;
                     expect_reply::<RdmaConnectReply>(conn, id).await
@@ -196,7 +196,7 @@ impl ShardStore {
             items: positions.iter().map(|&i| reads.request.items[i]).collect(),
         };
         let reply = self
-            .exchange(ep, async |conn| {
+            .exchange(ep, self.id.request_timeout, async |conn| {
                 let id = conn.next_id();
                 conn.send(&request, id, &[]).await?;
                 expect_reply::<DataValidateReply>(conn, id).await

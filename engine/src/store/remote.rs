@@ -151,8 +151,9 @@ pub(super) struct DataReads {
 }
 
 impl ShardStore {
-    /// Runs `exchange` on a leased channel to `ep`, bounded by the request
-    /// timeout. A failure discards the channel and is counted and logged.
+    /// Runs `exchange` on a leased channel to `ep`, bounded by `timeout`
+    /// (the request timeout, or [`ShardIdentity::read_timeout`] for a read).
+    /// A failure discards the channel and is counted and logged.
     ///
     /// A channel that sat idle may belong to a peer process that has stopped
     /// since, even one restarted behind the same endpoint. It then fails at
@@ -163,16 +164,17 @@ impl ShardStore {
     pub(super) async fn exchange<T>(
         &self,
         ep: SocketAddr,
+        timeout: Duration,
         exchange: impl AsyncFn(&mut FramedConn<TcpStream>) -> Result<T, WireError>,
     ) -> Result<T, String> {
-        let mut result = self.exchange_once(ep, &exchange).await;
+        let mut result = self.exchange_once(ep, timeout, &exchange).await;
         if let Err(ExchangeFailure {
             stale_channel: true,
             ..
         }) = &result
         {
             self.channels.forget(&ep);
-            result = self.exchange_once(ep, &exchange).await;
+            result = self.exchange_once(ep, timeout, &exchange).await;
         }
         result.map_err(|failure| {
             // A peer that did not answer is skipped for a while, so the
@@ -192,15 +194,20 @@ impl ShardStore {
     }
 
     /// One attempt of [`exchange`](Self::exchange).
-    async fn exchange_once<T, F>(&self, ep: SocketAddr, exchange: &F) -> Result<T, ExchangeFailure>
+    async fn exchange_once<T, F>(
+        &self,
+        ep: SocketAddr,
+        timeout: Duration,
+        exchange: &F,
+    ) -> Result<T, ExchangeFailure>
     where
         F: AsyncFn(&mut FramedConn<TcpStream>) -> Result<T, WireError>,
     {
-        let timeout = self.id.request_timeout;
+        let connect_timeout = self.id.request_timeout;
         let node_id = self.id.node_id.clone();
         let mut lease = self
             .channels
-            .lease(&ep, || connect(ep, node_id, timeout))
+            .lease(&ep, || connect(ep, node_id, connect_timeout))
             .await
             .map_err(|e| ExchangeFailure {
                 skipped: matches!(e, LeaseError::Unreachable { .. }),
@@ -330,8 +337,9 @@ impl ShardStore {
             .map(|(ep, writes)| {
                 let this = Rc::clone(self);
                 glommio::spawn_local(async move {
+                    let timeout = this.id.request_timeout;
                     let ok = this
-                        .exchange(ep, async |conn| {
+                        .exchange(ep, timeout, async |conn| {
                             let (mut put_id, mut del_id) = (None, None);
                             if !writes.put.entries.is_empty() {
                                 let id = conn.next_id();
@@ -647,8 +655,9 @@ impl ShardStore {
             .map(|(ep, (request, index))| {
                 let this = Rc::clone(self);
                 glommio::spawn_local(async move {
+                    let timeout = this.id.request_timeout;
                     let reply = this
-                        .exchange(ep, async |conn| {
+                        .exchange(ep, timeout, async |conn| {
                             let id = conn.next_id();
                             conn.send(&request, id, &[]).await?;
                             expect_reply::<DataPromoteReply>(conn, id).await
@@ -675,8 +684,12 @@ impl ShardStore {
     /// and were still valid after the server finished sending them.
     async fn read_pages(&self, reads: &DataReads) -> Vec<bool> {
         let n = reads.request.items.len();
+        // The pages' bytes get time of their own on top of the request
+        // timeout: a large batch on a slow link is not a dead peer.
+        let bytes: u64 = reads.targets.iter().map(|&(_, len, _, _)| len as u64).sum();
+        let timeout = self.id.read_timeout(bytes);
         let result = self
-            .exchange(reads.endpoint, async |conn| {
+            .exchange(reads.endpoint, timeout, async |conn| {
                 let id = conn.next_id();
                 conn.send(&reads.request, id, &[]).await?;
                 // Exact reads: the pages that follow go straight in place.

@@ -245,6 +245,10 @@ impl ShardStore {
         h: &FrameHeader,
     ) -> Result<(), WireError> {
         let request = wire::decode_owned::<DataRead>(conn.meta())?;
+        #[cfg(test)]
+        if let Some(stall) = super::slow_peer_tests::data_read_stall_for(&self.id.node_id) {
+            glommio::timer::sleep(stall).await;
+        }
         let locations: Vec<Location> = request.items.iter().map(to_pool_location).collect();
         let (status, pages) = self.check_slots(request.node, &locations);
         let bulk: Vec<&[u8]> = pages

@@ -164,13 +164,22 @@ pub struct ShardIdentity {
     pub shard: u16,
     /// Most channels per peer endpoint.
     pub max_channels_per_peer: usize,
-    /// How long one remote exchange may take before it counts as failed.
+    /// How long one remote control exchange may take before it counts as
+    /// failed (`request_timeout_ms`); a read gets more for its bytes
+    /// ([`ShardIdentity::read_timeout`]).
     pub request_timeout: Duration,
     /// How long a peer that did not answer is skipped (`member_ttl`: by
     /// then a dead peer has left the membership).
     pub unreachable_skip: Duration,
     /// `directory_read_cache_ttl`.
     pub read_cache_ttl: Duration,
+}
+
+impl ShardIdentity {
+    /// How long an exchange that moves `bulk_bytes` of pages may take.
+    pub fn read_timeout(&self, bulk_bytes: u64) -> Duration {
+        crate::net::deadline::for_transfer(self.request_timeout, bulk_bytes)
+    }
 }
 
 /// A shard of the node store.

@@ -182,7 +182,7 @@ stats! {
     /// Pages on disk whose checksum or header did not match on read: dropped, never returned.
     Counter disk_corrupt_pages,
     /// Local gets whose disk reads did not finish within the request
-    /// timeout (2 s): those pages were misses.
+    /// timeout (`request_timeout_ms`): those pages were misses.
     Counter disk_read_timeouts,
     /// 1 when this shard stopped writing to disk (ENOSPC, or the slab could not be opened).
     Status disk_writes_stopped,
