@@ -116,6 +116,7 @@ where
         config.ib_port,
         config.gid_index,
         config.max_channels_per_peer as usize,
+        config.request_timeout(),
     );
     Ok((opened, factory))
 }

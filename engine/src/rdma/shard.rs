@@ -116,8 +116,16 @@ pub trait ShardRdma {
 pub type RdmaFactory =
     Arc<dyn Fn(&[String], Arc<ShardStats>) -> Result<Box<dyn ShardRdma>, String> + Send + Sync>;
 
-/// A factory opening rails through `provider`.
-pub fn factory<Pr>(provider: Pr, port: u8, gid_index: u8, max_channels: usize) -> RdmaFactory
+/// A factory opening rails through `provider`, whose readers bound each
+/// batch by `request_timeout` plus the time its bytes take at the floor rate
+/// ([`crate::net::deadline`]).
+pub fn factory<Pr>(
+    provider: Pr,
+    port: u8,
+    gid_index: u8,
+    max_channels: usize,
+    request_timeout: Duration,
+) -> RdmaFactory
 where
     Pr: VerbsProvider + Send + Sync + 'static,
     Pr::Device: 'static,
@@ -133,12 +141,9 @@ where
             Arc::clone(&stats),
         )
         .map_err(|e| e.to_string())?;
-        Ok(Box::new(RdmaShard::new(rails, READ_TIMEOUT, stats)) as Box<dyn ShardRdma>)
+        Ok(Box::new(RdmaShard::new(rails, request_timeout, stats)) as Box<dyn ShardRdma>)
     })
 }
-
-/// Per-chain READ timeout on a node.
-pub const READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A responder QP kept for one reader QP.
 struct ResponderQp<V: Verbs> {
