@@ -139,9 +139,13 @@ impl<K: Clone + Eq + Hash + std::fmt::Display, C> Channels<K, C> {
     /// caller saw its exchange time out or its connection cut off). Its idle
     /// channels go too.
     pub fn mark_unreachable(&self, key: &K) {
-        self.unreachable
-            .borrow_mut()
-            .insert(key.clone(), Instant::now() + self.skip_for);
+        let now = Instant::now();
+        let mut unreachable = self.unreachable.borrow_mut();
+        // Marks of endpoints never asked about again (a peer gone for good,
+        // one restarted on another port) would otherwise stay forever.
+        unreachable.retain(|_, until| *until > now);
+        unreachable.insert(key.clone(), now + self.skip_for);
+        drop(unreachable);
         if let Some(peer) = self.peers.borrow_mut().get_mut(key) {
             peer.idle.clear();
         }
@@ -250,11 +254,15 @@ impl<K: Clone + Eq + Hash + std::fmt::Display, C> Channels<K, C> {
         })
     }
 
-    /// Returns a channel after a clean exchange, for reuse.
+    /// Returns a channel after a clean exchange, for reuse. A channel of a
+    /// peer dropped while it was leased ([`Channels::drop_peer`]) is closed
+    /// instead: it belongs to a process that left the cluster.
     pub fn release(&self, mut lease: Lease<K, C>) {
         if let Some(channel) = lease.channel.take() {
             if let Some(peer) = self.peers.borrow_mut().get_mut(&lease.key) {
-                peer.idle.push(channel);
+                if Rc::ptr_eq(&peer.permits, &lease.permits) {
+                    peer.idle.push(channel);
+                }
             }
         }
     }
@@ -272,6 +280,23 @@ impl<K: Clone + Eq + Hash + std::fmt::Display, C> Channels<K, C> {
             peer.idle.clear();
         }
         self.unreachable.borrow_mut().remove(key);
+    }
+
+    /// Forgets `key` entirely: the peer left the cluster. Its idle channels
+    /// close now, those leased close when their exchange ends, and nothing
+    /// is kept for the endpoint (with `control_port` 0 a restarted peer
+    /// comes back on another port, so entries of departed endpoints would
+    /// otherwise pile up for the life of the process).
+    pub fn drop_peer(&self, key: &K) {
+        self.peers.borrow_mut().remove(key);
+        self.unreachable.borrow_mut().remove(key);
+    }
+
+    /// Endpoints with a pool or a skip mark (for tests).
+    pub fn tracked_peers(&self) -> usize {
+        let peers = self.peers.borrow();
+        let marked = self.unreachable.borrow();
+        peers.len() + marked.keys().filter(|k| !peers.contains_key(*k)).count()
     }
 }
 
@@ -437,6 +462,44 @@ mod tests {
                 0,
                 "no connect to a peer just found unreachable"
             );
+        });
+    }
+
+    #[test]
+    fn a_dropped_peer_keeps_nothing_not_even_channels_leased_at_the_time() {
+        run(|| async {
+            let ch: Channels<String, u32> =
+                Channels::new(2, Duration::from_millis(50), Duration::from_millis(20));
+            let key = "peer-f".to_string();
+            let connects = Cell::new(0u32);
+            let connect = || {
+                connects.set(connects.get() + 1);
+                let id = connects.get();
+                async move { Ok::<_, String>(id) }
+            };
+            let idle = ch.lease(&key, connect).await.unwrap();
+            let leased = ch.lease(&key, connect).await.unwrap();
+            ch.release(idle);
+            assert_eq!((ch.idle(&key), ch.tracked_peers()), (1, 1));
+            // The peer leaves while one exchange with it is still running.
+            ch.drop_peer(&key);
+            assert_eq!((ch.idle(&key), ch.tracked_peers()), (0, 0));
+            // A new process comes back at the same endpoint and is leased
+            // anew; the old exchange ends and releases its channel, which
+            // must not join the new process's pool.
+            let fresh = ch.lease(&key, connect).await.unwrap();
+            assert!(!fresh.reused());
+            ch.release(leased);
+            assert_eq!(ch.idle(&key), 0, "the old process's channel was closed");
+            ch.release(fresh);
+            assert_eq!(ch.idle(&key), 1);
+            ch.drop_peer(&key);
+            // Skip marks of endpoints nobody asks about again expire with
+            // the next mark instead of staying for the life of the shard.
+            ch.mark_unreachable(&"peer-gone".to_string());
+            glommio::timer::sleep(Duration::from_millis(30)).await;
+            ch.mark_unreachable(&"peer-other".to_string());
+            assert_eq!(ch.tracked_peers(), 1);
         });
     }
 

@@ -21,6 +21,19 @@ use std::io;
 /// directory reply for a whole batch of pages fits.
 const READ_AHEAD_BYTES: usize = 4096;
 
+/// Capacity a connection keeps in its meta and encode buffers between
+/// frames. Every frame of a normal batch fits (a directory reply for 32
+/// pages is under 2 KiB); a larger one gets a buffer of its own, freed once
+/// it is done. Channels stay open for the life of a peer, and without this
+/// each would keep the largest frame it ever carried (a few MiB for a full
+/// directory reply), times every channel of every peer.
+const KEPT_BUFFER_BYTES: usize = 64 << 10;
+
+/// A meta section is read in steps of at least this much, the buffer
+/// growing as its bytes arrive: a header that announces 16 MiB and sends
+/// ten bytes costs tens of KiB, not a 16 MiB allocation zero-filled up front.
+const META_STEP_BYTES: usize = 64 << 10;
+
 /// A connection carrying PeerCache frames.
 pub struct FramedConn<S> {
     stream: S,
@@ -86,7 +99,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> FramedConn<S> {
         let bulk_len: u64 = bulk.iter().map(|b| b.len() as u64).sum();
         self.scratch.clear();
         wire::encode_frame(msg, request_id, bulk_len, &mut self.scratch)?;
-        self.stream.write_all(&self.scratch).await?;
+        let written = self.stream.write_all(&self.scratch).await;
+        if self.scratch.capacity() > KEPT_BUFFER_BYTES {
+            self.scratch = Vec::new();
+        }
+        written?;
         for part in bulk {
             if !part.is_empty() {
                 self.stream.write_all(part).await?;
@@ -129,12 +146,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> FramedConn<S> {
             .map_err(|e| truncated("header", e))?;
         let header = FrameHeader::parse(&bytes)?;
         let mut meta = std::mem::take(&mut self.meta);
+        if meta.capacity() > KEPT_BUFFER_BYTES {
+            meta = AlignedVec::new();
+        }
         meta.clear();
-        meta.resize(header.meta_len as usize, 0);
-        let filled = self
-            .fill(meta.as_mut_slice(), read_ahead)
-            .await
-            .map_err(|e| truncated("meta", e));
+        let meta_len = header.meta_len as usize;
+        let mut filled = Ok(());
+        while meta.len() < meta_len && filled.is_ok() {
+            let from = meta.len();
+            let to = meta_len.min(from.max(META_STEP_BYTES / 2) * 2);
+            meta.resize(to, 0);
+            filled = self
+                .fill(&mut meta.as_mut_slice()[from..to], read_ahead)
+                .await
+                .map_err(|e| truncated("meta", e));
+        }
         self.meta = meta;
         filled?;
         Ok(header)
@@ -307,6 +333,80 @@ mod tests {
             assert_eq!((h.kind, h.request_id), (Kind::DirGetReply, 9));
             assert!(matches!(conn.recv().await, Err(WireError::Closed)));
         });
+    }
+
+    /// A `DirGet` frame of `n` distinct keys.
+    fn push_get(out: &mut Vec<u8>, request_id: u64, n: usize) {
+        let keys = (0..n as u32)
+            .map(|i| {
+                let mut k = [0u8; 16];
+                k[..4].copy_from_slice(&i.to_le_bytes());
+                k
+            })
+            .collect();
+        wire::encode_frame(&DirGet { keys }, request_id, 0, out).unwrap();
+    }
+
+    /// A large frame is received whole, through a buffer that grows as its
+    /// bytes arrive, and the connection does not keep that buffer (nor the
+    /// one a large send encoded into) for the frames after it.
+    #[test]
+    fn large_frames_arrive_whole_and_their_buffers_are_not_kept() {
+        let mut data = Vec::new();
+        push_get(&mut data, 1, 20_000); // a 312 KiB meta: several steps
+        push_get(&mut data, 2, 3);
+        let mut conn = conn(data, 7_000);
+        block_on(async {
+            let h = conn.recv().await.unwrap();
+            assert_eq!(h.request_id, 1);
+            let get = wire::decode_owned::<DirGet>(conn.meta()).unwrap();
+            assert_eq!(get.keys.len(), 20_000);
+            assert!(get
+                .keys
+                .iter()
+                .enumerate()
+                .all(|(i, k)| k[..4] == (i as u32).to_le_bytes()));
+            conn.recv().await.unwrap();
+            assert_eq!(
+                wire::decode_owned::<DirGet>(conn.meta())
+                    .unwrap()
+                    .keys
+                    .len(),
+                3
+            );
+            // Literal bounds, not the constants: the point is how much stays.
+            assert!(conn.meta.capacity() <= 64 << 10);
+
+            let big = DirGet {
+                keys: vec![[7; 16]; 20_000],
+            };
+            conn.send(&big, 3, &[]).await.unwrap();
+            assert!(conn.scratch.capacity() <= 64 << 10);
+        });
+    }
+
+    /// A header that announces a large meta and then stops costs what
+    /// arrived, not what it announced.
+    #[test]
+    fn an_announced_meta_that_never_comes_is_not_allocated_up_front() {
+        let mut data = Vec::new();
+        push_get(&mut data, 1, 65_536); // announces 1 MiB of meta
+        data.truncate(HEADER_BYTES + 10);
+        let mut conn = conn(data, 4096);
+        block_on(async {
+            let err = conn.recv().await.unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    WireError::Truncated {
+                        section: "meta",
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+        });
+        assert!(conn.meta.capacity() <= 128 << 10);
     }
 
     /// Every frame and every page byte arrives intact whatever the size of

@@ -567,7 +567,7 @@ impl ShardStore {
                 if view.route(member.node_ref).is_none() {
                     let dropped = this.directory.borrow_mut().drop_node(member.node_ref);
                     for ep in &member.shard_endpoints {
-                        this.channels.forget(ep);
+                        this.channels.drop_peer(ep);
                         if let Some(rdma) = &this.rdma {
                             rdma.borrow_mut().forget(ep);
                         }
