@@ -353,3 +353,28 @@ fn lost_completions_time_out_as_counted_misses_not_hangs() {
     fabric.set_faults(FaultPlan::default());
     assert_eq!(get_checked(&b, &ks), vec![true; 8]);
 }
+
+#[test]
+fn a_reader_that_left_leaves_no_responder_qps_behind() {
+    let fabric = Fabric::new(FabricOptions::default());
+    let (a, b) = joined_pair(&fabric, "gone");
+    let ks = keys("gone", 16);
+    set_all(&a, &ks);
+    let before_reads = fabric.live_qps();
+    assert_eq!(get_checked(&b, &ks), vec![true; 16]);
+    assert!(fabric.live_qps() > before_reads, "b read over new channels");
+    // b stops (its own QPs go with it) and leaves the membership: `a`
+    // drops the responder QPs it kept for b's channels. A reader restarts
+    // as another process, so nothing else would ever free them.
+    drop(b);
+    join(&[&a], 2);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while fabric.live_qps() != before_reads {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} QPs live, {before_reads} before b read",
+            fabric.live_qps()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}

@@ -260,6 +260,11 @@ impl Fabric {
         self.lock().counters
     }
 
+    /// QPs that exist now (created and not yet destroyed), on every device.
+    pub fn live_qps(&self) -> usize {
+        self.lock().qps.len()
+    }
+
     /// Current logical tick.
     pub fn tick(&self) -> u64 {
         self.lock().tick

@@ -94,6 +94,11 @@ pub trait ShardRdma {
     fn finish(&mut self, batch: u64, peer: &PeerShard, items: &[ReadItem]) -> Vec<bool>;
     /// Drops every channel to a peer that left.
     fn forget(&mut self, peer: &PeerShard);
+    /// Responder side: drops the QPs kept for reader nodes (processes, by
+    /// `NodeRef`) that `is_member` says are not in the cluster. A reader
+    /// that restarts comes back as another process, so without this the
+    /// QPs of every earlier one would stay until this node stops.
+    fn retain_readers(&mut self, is_member: &dyn Fn(u64) -> bool);
     /// Destroys every QP and deregisters every MR (the shard is stopping).
     /// Afterwards the object has no rail and must not be used.
     fn close(&mut self);
@@ -370,6 +375,10 @@ impl<V: Verbs> ShardRdma for RdmaShard<V> {
         for r in 0..self.rails.len() {
             self.rails.rail_mut(r).channels.forget(peer);
         }
+    }
+
+    fn retain_readers(&mut self, is_member: &dyn Fn(u64) -> bool) {
+        self.responders.retain(|&(node, _, _), _| is_member(node));
     }
 
     fn close(&mut self) {

@@ -1071,6 +1071,15 @@ fn a_responder_keeps_qps_only_for_the_readers_live_channels() {
     assert_eq!(owner.responder_qps(), 2);
     // A rail the owner does not have is refused.
     assert!(owner.accept((7, 0), 1, &[], &[]).is_err());
+    // Reader node 7 leaves the cluster (or restarts as another process):
+    // its responder QPs go, another reader's stay.
+    let third = reader
+        .reserve(&"127.0.0.1:11".parse().unwrap(), 0, 1)
+        .unwrap();
+    owner.accept((8, 0), 0, &[third[0].qp_num], &third).unwrap();
+    assert_eq!(owner.responder_qps(), 3);
+    owner.retain_readers(&|node| node != 7);
+    assert_eq!(owner.responder_qps(), 1);
 }
 
 #[test]

@@ -580,6 +580,12 @@ impl ShardStore {
                 }
             }
         }
+        if let Some(rdma) = &this.rdma {
+            // Responder QPs of readers that are not members (left, or an
+            // earlier process of a restarted one).
+            rdma.borrow_mut()
+                .retain_readers(&|node| view.route(NodeRef(node)).is_some());
+        }
         let mut scratch = Vec::new();
         this.directory
             .borrow_mut()
