@@ -13,6 +13,14 @@
 //! because the shard may evict a slot while its bytes are on the wire (the
 //! memory stays mapped and quarantined, but the page is gone). A second
 //! `DataReadReply` with the final statuses follows the bulk.
+//!
+//! No peer holds a connection forever: a connection must greet within the
+//! request timeout, may then sit idle between requests for at most
+//! [`IDLE_CONNECTION_TIMEOUT`], and a reader must take a `DataRead` reply
+//! within the bound of a read of that size ([`crate::net::deadline`]). A
+//! peer host that vanished without closing its sockets, or a reader that
+//! stopped reading mid-reply, would otherwise keep a task and a socket here
+//! (and the reply's send blocked) until the process exits.
 
 use super::rdma_read::{to_endpoint, to_info};
 use super::remote::to_location;
@@ -29,7 +37,13 @@ use crate::wire::{
 };
 use glommio::net::TcpStream;
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// How long a greeted connection may wait for its next request. Readers
+/// keep idle channels to every peer they read from, so this is long; a
+/// reader whose idle channel was closed meanwhile reconnects once on its
+/// next request (see `exchange` in `remote.rs`).
+pub(super) const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Kinds a peer may send after `Hello`.
 fn is_request(kind: Kind) -> bool {
@@ -65,10 +79,24 @@ impl ShardStore {
         let mut conn = FramedConn::new(stream);
         let mut greeted = false;
         loop {
-            let header = match conn.recv().await {
-                Ok(h) => h,
-                Err(WireError::Closed) => return,
-                Err(e) => return self.refuse(&mut conn, &peer, 0, e).await,
+            let wait = if greeted {
+                IDLE_CONNECTION_TIMEOUT
+            } else {
+                self.id.request_timeout
+            };
+            let received = glommio::timer::timeout(wait, async { Ok(conn.recv().await) }).await;
+            let header = match received {
+                Ok(Ok(h)) => h,
+                Ok(Err(WireError::Closed)) => return,
+                Ok(Err(e)) => return self.refuse(&mut conn, &peer, 0, e).await,
+                Err(_) => {
+                    tracing::debug!(
+                        "shard {}: closing connection from {peer}: no {} within {wait:?}",
+                        self.id.shard,
+                        if greeted { "request" } else { "Hello" }
+                    );
+                    return;
+                }
             };
             let result = match header.kind {
                 Kind::Hello => self.on_hello(&mut conn, &header).await,
@@ -257,8 +285,23 @@ impl ShardStore {
             // `len` bytes; the pool stays mapped for the node's lifetime.
             .map(|&(ptr, len)| unsafe { std::slice::from_raw_parts(ptr, len) })
             .collect();
-        conn.send(&DataReadReply { status }, h.request_id, &bulk)
-            .await?;
+        let bytes: u64 = bulk.iter().map(|b| b.len() as u64).sum();
+        let bound = self.id.read_timeout(bytes);
+        let reply = DataReadReply { status };
+        let sent = glommio::timer::timeout(bound, async {
+            Ok(conn.send(&reply, h.request_id, &bulk).await)
+        })
+        .await;
+        match sent {
+            Ok(done) => done?,
+            Err(_) => {
+                ShardStats::bump(&self.stats.server_send_timeouts, 1);
+                return Err(WireError::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("the reader did not take a {bytes}-byte reply within {bound:?}"),
+                )));
+            }
+        }
         // Re-check after sending: the final word on each page.
         let (status, _) = self.check_slots(request.node, &locations);
         conn.send(&DataReadReply { status }, h.request_id, &[])

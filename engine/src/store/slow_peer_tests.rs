@@ -1,8 +1,14 @@
-//! A data node that answers reads late: two nodes in this process over TCP
-//! on 127.0.0.1, membership installed by hand, the data node's `DataRead`
-//! answers held back by a test hook. A large read that is slow but within
-//! its bound is a hit and leaves the peer usable; one past its bound is a
-//! miss and never writes into the caller's buffers afterwards.
+//! Slow and silent peers, on both sides of a read: two nodes in this
+//! process over TCP on 127.0.0.1, membership installed by hand.
+//!
+//! - A data node whose `DataRead` answers are held back by a test hook: a
+//!   large read that is slow but within its bound is a hit and leaves the
+//!   peer usable; one past its bound is a miss and never writes into the
+//!   caller's buffers afterwards.
+//! - Raw sockets playing a reader that never greets, or that asks for a
+//!   large reply and stops reading: the server closes such connections
+//!   within their bounds instead of holding them (and a blocked send)
+//!   forever, and keeps a greeted connection that merely sits idle.
 
 use super::*;
 use crate::net::deadline;
@@ -139,4 +145,121 @@ fn a_read_past_its_bound_is_a_miss_and_writes_nothing_late() {
     assert_eq!(stats.read_remote_hits, 0);
     assert!(stats.remote_failures > 0);
     drop(data);
+}
+
+/// A raw client connection to `node`'s only shard, speaking the protocol
+/// by hand (blocking socket).
+struct RawPeer {
+    stream: std::net::TcpStream,
+    meta: rkyv::util::AlignedVec,
+}
+
+impl RawPeer {
+    fn connect(node: &Node) -> RawPeer {
+        let stream = std::net::TcpStream::connect(node.endpoints()[0]).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        RawPeer {
+            stream,
+            meta: rkyv::util::AlignedVec::new(),
+        }
+    }
+
+    fn send<T: crate::wire::WireMessage>(&mut self, msg: &T, id: u64) {
+        use std::io::Write;
+        let mut frame = Vec::new();
+        crate::wire::encode_frame(msg, id, 0, &mut frame).unwrap();
+        self.stream.write_all(&frame).unwrap();
+    }
+
+    fn greet(&mut self) {
+        let hello = crate::wire::Hello {
+            protocol_version: crate::wire::PROTOCOL_VERSION,
+            node_id: "raw-peer".into(),
+            purpose: crate::wire::Purpose::Data,
+        };
+        self.send(&hello, 1);
+        let h = crate::wire::read_frame(&mut self.stream, &mut self.meta).unwrap();
+        assert_eq!(h.kind, crate::wire::Kind::HelloAck);
+    }
+
+    /// The entries `node`'s directory holds for `keys`.
+    fn dir_get(&mut self, node: &Node, keys: &[String]) -> Vec<crate::wire::DirEntry> {
+        let keys = keys
+            .iter()
+            .map(|k| node.namespace().hash(k).to_be_bytes())
+            .collect();
+        self.send(&crate::wire::DirGet { keys }, 2);
+        crate::wire::read_frame(&mut self.stream, &mut self.meta).unwrap();
+        let reply = crate::wire::decode_owned::<crate::wire::DirGetReply>(&self.meta).unwrap();
+        reply.entries.into_iter().map(Option::unwrap).collect()
+    }
+
+    /// Reads until the server closes: the bytes received, or None when the
+    /// connection was still open after the read timeout.
+    fn drain(&mut self) -> Option<usize> {
+        use std::io::Read;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0;
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => return Some(total),
+                Ok(n) => total += n,
+                Err(_) => return None,
+            }
+        }
+    }
+}
+
+#[test]
+fn a_connection_that_never_greets_is_closed_after_the_request_timeout() {
+    let a = node("silent-a", "16mb");
+    let mut raw = RawPeer::connect(&a);
+    let started = Instant::now();
+    assert_eq!(raw.drain(), Some(0), "closed, not left open");
+    // Bounded by the request timeout (100 ms), far below the read timeout.
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn a_greeted_connection_may_sit_idle_longer_than_the_request_timeout() {
+    let (data, _reader, keys) = data_node_and_reader("idle-data", "idle-reader");
+    let mut raw = RawPeer::connect(&data);
+    raw.greet();
+    std::thread::sleep(Duration::from_millis(5 * REQUEST_TIMEOUT_MS));
+    assert_eq!(raw.dir_get(&data, &keys[..3]).len(), 3);
+}
+
+#[test]
+fn a_reader_that_stops_reading_a_large_reply_is_cut_off_within_its_bound() {
+    let (data, _reader, keys) = data_node_and_reader("stuck-data", "stuck-reader");
+    let mut raw = RawPeer::connect(&data);
+    raw.greet();
+    let entries = raw.dir_get(&data, &keys);
+    let request = crate::wire::DataRead {
+        node: entries[0].node,
+        items: entries
+            .iter()
+            .map(|e| crate::wire::ReadItem {
+                offset: e.offset,
+                generation: e.generation,
+                len: e.len,
+            })
+            .collect(),
+    };
+    // 128 MiB asked for, far more than the sockets buffer; the reader
+    // takes nothing until well past the bound (100 ms + 1.34 s).
+    raw.send(&request, 3);
+    let bound = deadline::for_transfer(
+        Duration::from_millis(REQUEST_TIMEOUT_MS),
+        (PAGES * PAGE) as u64,
+    );
+    std::thread::sleep(bound + Duration::from_millis(700));
+    let received = raw.drain().expect("the server closed the connection");
+    assert!(
+        received < PAGES * PAGE,
+        "{received} bytes: the reply was cut off"
+    );
+    assert_eq!(data.stats().server_send_timeouts, 1);
 }
