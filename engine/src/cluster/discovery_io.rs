@@ -363,6 +363,9 @@ fn meta_server(bind: SocketAddr, ttl_ms: u64, retry: Duration, shared: Arc<Share
         return;
     }
     let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // A burst of connections past the cap (a large cluster's heartbeats, a
+    // peer that connects in a loop) logs once per interval, not per refusal.
+    let mut refusals = crate::logging::RateLimiter::new(Duration::from_secs(10));
     let mut last_expire = Instant::now();
     while !shared.stop.load(Ordering::SeqCst) {
         if last_expire.elapsed() >= Duration::from_millis(200) {
@@ -378,7 +381,11 @@ fn meta_server(bind: SocketAddr, ttl_ms: u64, retry: Duration, shared: Arc<Share
         match listener.accept() {
             Ok((stream, peer)) => {
                 if active.load(Ordering::SeqCst) >= MAX_META_CONNECTIONS {
-                    tracing::warn!("discovery: refusing {peer}: {MAX_META_CONNECTIONS} connections already open");
+                    if let Some(suppressed) = refusals.check(Instant::now()) {
+                        tracing::warn!(
+                            "discovery: refusing {peer}: {MAX_META_CONNECTIONS} connections already open ({suppressed} similar refusals not logged)"
+                        );
+                    }
                     continue;
                 }
                 active.fetch_add(1, Ordering::SeqCst);
