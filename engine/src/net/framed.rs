@@ -29,11 +29,6 @@ const READ_AHEAD_BYTES: usize = 4096;
 /// directory reply), times every channel of every peer.
 const KEPT_BUFFER_BYTES: usize = 64 << 10;
 
-/// A meta section is read in steps of at least this much, the buffer
-/// growing as its bytes arrive: a header that announces 16 MiB and sends
-/// ten bytes costs tens of KiB, not a 16 MiB allocation zero-filled up front.
-const META_STEP_BYTES: usize = 64 << 10;
-
 /// A connection carrying PeerCache frames.
 pub struct FramedConn<S> {
     stream: S,
@@ -154,7 +149,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> FramedConn<S> {
         let mut filled = Ok(());
         while meta.len() < meta_len && filled.is_ok() {
             let from = meta.len();
-            let to = meta_len.min(from.max(META_STEP_BYTES / 2) * 2);
+            let to = wire::meta_step_end(from, meta_len);
             meta.resize(to, 0);
             filled = self
                 .fill(&mut meta.as_mut_slice()[from..to], read_ahead)

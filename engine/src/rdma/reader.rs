@@ -14,9 +14,9 @@
 //! Every chain is bounded by the batch's timeout: the request timeout plus
 //! the time the batch's bytes take at the floor rate of
 //! [`crate::net::deadline`], so a large batch is not failed for its size. A
-//! chain that times out or
-//! fails has its channel discarded (destroying the QP stops any DMA it still
-//! had queued) and its unconfirmed pages are misses. Once bytes have landed,
+//! chain that times out or fails has its channel discarded (destroying the
+//! QP stops any DMA it still had queued) and its unconfirmed pages are
+//! misses. Once bytes have landed,
 //! each page's slot generation is checked again ([`GenerationCheck`]): a page
 //! evicted and reused while its READ was in flight is a miss, never wrong
 //! bytes.

@@ -172,15 +172,33 @@ pub fn read_frame<R: Read + ?Sized>(
     }
     let header = FrameHeader::parse(&bytes)?;
     meta.clear();
-    meta.resize(header.meta_len as usize, 0);
-    read_section(
-        reader,
-        meta.as_mut_slice(),
-        "meta",
-        0,
-        u64::from(header.meta_len),
-    )?;
+    let total = header.meta_len as usize;
+    while meta.len() < total {
+        let from = meta.len();
+        let to = meta_step_end(from, total);
+        meta.resize(to, 0);
+        read_section(
+            reader,
+            &mut meta.as_mut_slice()[from..to],
+            "meta",
+            from as u64,
+            total as u64,
+        )?;
+    }
     Ok(header)
+}
+
+/// First step, in bytes, of a meta buffer that grows as its bytes arrive.
+const META_STEP_BYTES: usize = 64 << 10;
+
+/// Where the next read of a meta section should end when `from` of its
+/// `total` bytes have arrived: the buffer doubles as bytes come, from 64 KiB.
+/// A header may announce up to 16 MiB of meta before a byte of it is sent;
+/// growing with what arrives keeps a peer that announces much and sends
+/// little from costing that allocation (a frame reader never resizes a meta
+/// buffer to the announced length up front).
+pub(crate) fn meta_step_end(from: usize, total: usize) -> usize {
+    total.min(from.max(META_STEP_BYTES / 2) * 2)
 }
 
 /// Fills `buf` from `reader`. `already` bytes of the `total`-byte section were

@@ -53,6 +53,7 @@ mod messages;
 mod tests;
 
 pub use bulk::{BulkDest, BulkPlan, BulkSegment};
+pub(crate) use codec::meta_step_end;
 pub use codec::{
     decode_meta, decode_owned, discard_bulk, encode_frame, read_frame, write_frame, WireMessage,
 };

@@ -467,6 +467,26 @@ fn oversized_header_is_refused_before_allocating() {
 }
 
 #[test]
+fn an_announced_meta_that_never_comes_is_not_allocated_up_front() {
+    // A valid header announcing 1 MiB of DirGet meta, then ten bytes.
+    let get = DirGet {
+        keys: vec![[9; 16]; 65_536],
+    };
+    let mut frame = Vec::new();
+    encode_frame(&get, 1, 0, &mut frame).unwrap();
+    let announced = frame.len() - HEADER_BYTES;
+    frame.truncate(HEADER_BYTES + 10);
+    let mut meta = AlignedVec::new();
+    let err = read_frame(&mut Cursor::new(&frame[..]), &mut meta).unwrap_err();
+    assert!(
+        matches!(err, WireError::Truncated { section: "meta", got_bytes: 10, expected_bytes }
+            if expected_bytes == announced as u64),
+        "{err}"
+    );
+    assert!(meta.capacity() <= 128 << 10, "{} bytes", meta.capacity());
+}
+
+#[test]
 fn truncated_input_is_reported_by_section() {
     let mut meta = AlignedVec::new();
     let err = read_frame(&mut Cursor::new(&[][..]), &mut meta).unwrap_err();
