@@ -94,11 +94,12 @@ pub trait ShardRdma {
     fn finish(&mut self, batch: u64, peer: &PeerShard, items: &[ReadItem]) -> Vec<bool>;
     /// Drops every channel to a peer that left.
     fn forget(&mut self, peer: &PeerShard);
-    /// Responder side: drops the QPs kept for reader nodes (processes, by
-    /// `NodeRef`) that `is_member` says are not in the cluster. A reader
-    /// that restarts comes back as another process, so without this the
-    /// QPs of every earlier one would stay until this node stops.
-    fn retain_readers(&mut self, is_member: &dyn Fn(u64) -> bool);
+    /// Responder side: keeps only the QPs of reader nodes (processes, by
+    /// `NodeRef`) that `keep` accepts. The shard drops those of each reader
+    /// that leaves the membership: a reader that restarts comes back as
+    /// another process, so without this the QPs of every earlier one would
+    /// stay until this node stops.
+    fn retain_readers(&mut self, keep: &dyn Fn(u64) -> bool);
     /// Destroys every QP and deregisters every MR (the shard is stopping).
     /// Afterwards the object has no rail and must not be used.
     fn close(&mut self);
@@ -377,8 +378,8 @@ impl<V: Verbs> ShardRdma for RdmaShard<V> {
         }
     }
 
-    fn retain_readers(&mut self, is_member: &dyn Fn(u64) -> bool) {
-        self.responders.retain(|&(node, _, _), _| is_member(node));
+    fn retain_readers(&mut self, keep: &dyn Fn(u64) -> bool) {
+        self.responders.retain(|&(node, _, _), _| keep(node));
     }
 
     fn close(&mut self) {

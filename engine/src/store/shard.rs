@@ -572,6 +572,15 @@ impl ShardStore {
                             rdma.borrow_mut().forget(ep);
                         }
                     }
+                    if let Some(rdma) = &this.rdma {
+                        // The responder QPs this shard kept for it as a
+                        // reader: a restarted reader is another process and
+                        // would never use them again. Only members that
+                        // left, so a reader whose first view reached it
+                        // before it reached us keeps its fresh QPs.
+                        let gone = member.node_ref.0;
+                        rdma.borrow_mut().retain_readers(&|node| node != gone);
+                    }
                     tracing::debug!(
                         "shard {}: {} left; dropped {dropped} directory entries",
                         this.id.shard,
@@ -579,12 +588,6 @@ impl ShardStore {
                     );
                 }
             }
-        }
-        if let Some(rdma) = &this.rdma {
-            // Responder QPs of readers that are not members (left, or an
-            // earlier process of a restarted one).
-            rdma.borrow_mut()
-                .retain_readers(&|node| view.route(NodeRef(node)).is_some());
         }
         let mut scratch = Vec::new();
         this.directory
