@@ -292,8 +292,9 @@ impl<K: Clone + Eq + Hash + std::fmt::Display, C> Channels<K, C> {
         self.unreachable.borrow_mut().remove(key);
     }
 
-    /// Endpoints with a pool or a skip mark (for tests).
-    pub fn tracked_peers(&self) -> usize {
+    /// Endpoints with a pool or a skip mark.
+    #[cfg(test)]
+    fn tracked_peers(&self) -> usize {
         let peers = self.peers.borrow();
         let marked = self.unreachable.borrow();
         peers.len() + marked.keys().filter(|k| !peers.contains_key(*k)).count()

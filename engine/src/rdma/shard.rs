@@ -94,12 +94,11 @@ pub trait ShardRdma {
     fn finish(&mut self, batch: u64, peer: &PeerShard, items: &[ReadItem]) -> Vec<bool>;
     /// Drops every channel to a peer that left.
     fn forget(&mut self, peer: &PeerShard);
-    /// Responder side: keeps only the QPs of reader nodes (processes, by
-    /// `NodeRef`) that `keep` accepts. The shard drops those of each reader
-    /// that leaves the membership: a reader that restarts comes back as
-    /// another process, so without this the QPs of every earlier one would
-    /// stay until this node stops.
-    fn retain_readers(&mut self, keep: &dyn Fn(u64) -> bool);
+    /// Responder side: drops every QP kept for reader node `node` (a
+    /// process, by `NodeRef`) that left the membership. A reader that
+    /// restarts comes back as another process, so without this the QPs of
+    /// every earlier one would stay until this node stops.
+    fn forget_reader(&mut self, node: u64);
     /// Destroys every QP and deregisters every MR (the shard is stopping).
     /// Afterwards the object has no rail and must not be used.
     fn close(&mut self);
@@ -378,8 +377,8 @@ impl<V: Verbs> ShardRdma for RdmaShard<V> {
         }
     }
 
-    fn retain_readers(&mut self, keep: &dyn Fn(u64) -> bool) {
-        self.responders.retain(|&(node, _, _), _| keep(node));
+    fn forget_reader(&mut self, node: u64) {
+        self.responders.retain(|&(reader, _, _), _| reader != node);
     }
 
     fn close(&mut self) {

@@ -1078,7 +1078,7 @@ fn a_responder_keeps_qps_only_for_the_readers_live_channels() {
         .unwrap();
     owner.accept((8, 0), 0, &[third[0].qp_num], &third).unwrap();
     assert_eq!(owner.responder_qps(), 3);
-    owner.retain_readers(&|node| node != 7);
+    owner.forget_reader(7);
     assert_eq!(owner.responder_qps(), 1);
 }
 

@@ -337,9 +337,8 @@ impl ShardStore {
             .map(|(ep, writes)| {
                 let this = Rc::clone(self);
                 glommio::spawn_local(async move {
-                    let timeout = this.id.request_timeout;
                     let ok = this
-                        .exchange(ep, timeout, async |conn| {
+                        .exchange(ep, this.id.request_timeout, async |conn| {
                             let (mut put_id, mut del_id) = (None, None);
                             if !writes.put.entries.is_empty() {
                                 let id = conn.next_id();
@@ -655,9 +654,8 @@ impl ShardStore {
             .map(|(ep, (request, index))| {
                 let this = Rc::clone(self);
                 glommio::spawn_local(async move {
-                    let timeout = this.id.request_timeout;
                     let reply = this
-                        .exchange(ep, timeout, async |conn| {
+                        .exchange(ep, this.id.request_timeout, async |conn| {
                             let id = conn.next_id();
                             conn.send(&request, id, &[]).await?;
                             expect_reply::<DataPromoteReply>(conn, id).await

@@ -578,8 +578,7 @@ impl ShardStore {
                         // would never use them again. Only members that
                         // left, so a reader whose first view reached it
                         // before it reached us keeps its fresh QPs.
-                        let gone = member.node_ref.0;
-                        rdma.borrow_mut().retain_readers(&|node| node != gone);
+                        rdma.borrow_mut().forget_reader(member.node_ref.0);
                     }
                     tracing::debug!(
                         "shard {}: {} left; dropped {dropped} directory entries",
