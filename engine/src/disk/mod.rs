@@ -35,12 +35,20 @@ use std::collections::{HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Pages waiting for their disk write, per shard. At 128 KiB pages this is
 /// 512 MiB of pool bytes behind the disk: past that the disk cannot keep up
 /// anyway, and a longer queue would only write pages already evicted.
 pub const WRITE_QUEUE_PAGES: usize = 4096;
+
+/// How long [`DiskTier::drain`] waits with no write finishing before it
+/// gives up on the rest (short in tests, which stall a disk on purpose).
+pub const DRAIN_STALL_LIMIT: Duration = if cfg!(test) {
+    Duration::from_secs(2)
+} else {
+    Duration::from_secs(30)
+};
 
 /// Concurrent writes per shard. Measured on a virtio disk with 128 KiB pages
 /// (docs/performance.md): 4 and 8 left the device idle between completions
@@ -317,6 +325,10 @@ impl DiskTier {
         len: usize,
         fill: impl FnOnce(&mut [u8]) -> bool,
     ) -> WriteOutcome {
+        #[cfg(test)]
+        if let Some(stall) = tests::write_stall_for(&self.path) {
+            glommio::timer::sleep(stall).await;
+        }
         let outcome = self.write_inner(key, len, fill).await;
         self.pending.borrow_mut().remove(&key);
         self.in_flight.set(self.in_flight.get() - 1);
@@ -511,20 +523,46 @@ impl DiskTier {
         Ok((read.expect("checked above"), len))
     }
 
-    /// Waits until every queued write has finished (bounded by the queue),
-    /// then makes them durable with fdatasync.
+    /// Waits until every queued write has finished, then makes them durable
+    /// with fdatasync. A disk that stops answering must not hold the caller
+    /// (`close()`, SGLang's exit): the wait gives up once no write has
+    /// finished for [`DRAIN_STALL_LIMIT`], and so does the fdatasync, with a
+    /// warning naming what was left unwritten. A slow disk that keeps
+    /// finishing writes is waited for.
     pub async fn drain(&self) {
-        while !self.queue.borrow().is_empty() || self.in_flight.get() > 0 {
+        let outstanding = || self.queue.borrow().len() + self.in_flight.get();
+        let mut left = outstanding();
+        let mut last_progress = Instant::now();
+        while left > 0 {
             glommio::timer::sleep(Duration::from_millis(1)).await;
+            let now_left = outstanding();
+            if now_left != left {
+                last_progress = Instant::now();
+                left = now_left;
+            } else if last_progress.elapsed() >= DRAIN_STALL_LIMIT {
+                tracing::warn!(
+                    "disk tier: shard {}: {left} page writes to {} made no progress for {:?}; not waiting for them (those pages are not on disk)",
+                    self.shard,
+                    self.path.display(),
+                    DRAIN_STALL_LIMIT
+                );
+                return;
+            }
         }
         if let Some(file) = self.file().await {
-            if let Err(e) = file.fdatasync().await {
-                tracing::warn!(
-                    "disk tier: shard {}: fdatasync of {} failed: {e}",
-                    self.shard,
-                    self.path.display()
-                );
-            }
+            let synced =
+                glommio::timer::timeout(DRAIN_STALL_LIMIT, async { Ok(file.fdatasync().await) })
+                    .await;
+            let failure = match synced {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("no answer within {DRAIN_STALL_LIMIT:?}"),
+            };
+            tracing::warn!(
+                "disk tier: shard {}: fdatasync of {} failed: {failure}",
+                self.shard,
+                self.path.display()
+            );
         }
     }
 

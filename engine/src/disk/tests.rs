@@ -21,6 +21,18 @@ pub(super) fn read_stall_for(path: &Path) -> Option<Duration> {
         .map(|&(_, stall)| stall)
 }
 
+/// Disk writes to slabs under these directories stall this long first.
+static STALLED_WRITE_DIRS: Mutex<Vec<(PathBuf, Duration)>> = Mutex::new(Vec::new());
+
+/// How long a write to the slab at `path` should stall (test hook of
+/// [`super::DiskTier::write`]).
+pub(super) fn write_stall_for(path: &Path) -> Option<Duration> {
+    let dirs = STALLED_WRITE_DIRS.lock().unwrap();
+    dirs.iter()
+        .find(|(dir, _)| path.starts_with(dir))
+        .map(|&(_, stall)| stall)
+}
+
 const PAGE: usize = 16 << 10;
 
 /// A scratch directory removed on drop.
@@ -499,4 +511,36 @@ fn a_stalled_disk_makes_misses_after_the_timeout_and_writes_nothing_late() {
     // The device answers again: the same pages come back byte-exact.
     STALLED_DIRS.lock().unwrap().clear();
     assert_eq!(get(&node, &on_disk), vec![true; 64]);
+}
+
+/// A disk whose writes stop finishing does not hold a flush (or the
+/// shutdown that flushes) past the drain's stall limit.
+#[test]
+fn a_flush_gives_up_on_writes_that_stop_finishing() {
+    let dir = Scratch::new("write-stall");
+    STALLED_WRITE_DIRS
+        .lock()
+        .unwrap()
+        .push((dir.0.clone(), Duration::from_secs(600)));
+    let node = std::sync::Arc::new(node(&dir.0, "64mb", true));
+    let ks = keys(32);
+    let pages: Vec<Vec<u8>> = ks.iter().map(|k| page(k)).collect();
+    let refs: Vec<&[u8]> = pages.iter().map(|p| p.as_slice()).collect();
+    assert!(node
+        .batch_set_pages(&ks, &refs)
+        .unwrap()
+        .iter()
+        .all(|&ok| ok));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let n = std::sync::Arc::clone(&node);
+    std::thread::spawn(move || {
+        n.flush_disk();
+        drop(n);
+        let _ = tx.send(());
+    });
+    // Bounded only to tell "gave up" from "waits for the stalled writes".
+    let returned = rx.recv_timeout(super::DRAIN_STALL_LIMIT * 10).is_ok();
+    STALLED_WRITE_DIRS.lock().unwrap().clear();
+    assert!(returned, "the flush waited for writes that never finish");
+    assert_eq!(node.stats().disk_writes, 0, "no write finished");
 }

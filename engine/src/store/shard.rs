@@ -651,31 +651,31 @@ impl ShardService for ShardStore {
             StoreJob::Clear(done) => {
                 this.pool.borrow_mut().clear(Instant::now());
                 this.publish_pool_gauges();
-                match this.disk.clone() {
-                    Some(disk) => {
-                        let this = Rc::clone(this);
-                        let done = SendPtr(done);
-                        glommio::spawn_local(async move {
-                            disk.clear().await;
-                            this.publish_pool_gauges();
-                            // SAFETY: the caller waits on `done`.
-                            unsafe { (*done.0).part_done() };
-                        })
-                        .detach();
-                    }
-                    // SAFETY: the caller waits on `done`.
-                    None => unsafe { (*done).part_done() },
+                let answer = AnswerOnDrop(done);
+                if let Some(disk) = this.disk.clone() {
+                    let this = Rc::clone(this);
+                    glommio::spawn_local(async move {
+                        let _answer = answer;
+                        #[cfg(test)]
+                        maintenance_test_hooks::maybe_panic(&this.id.node_id).await;
+                        disk.clear().await;
+                        this.publish_pool_gauges();
+                    })
+                    .detach();
                 }
             }
             StoreJob::DiskFlush(done) => {
+                let answer = AnswerOnDrop(done);
                 let disk = this.disk.clone();
-                let done = SendPtr(done);
+                #[cfg(test)]
+                let node_id = this.id.node_id.clone();
                 glommio::spawn_local(async move {
+                    let _answer = answer;
+                    #[cfg(test)]
+                    maintenance_test_hooks::maybe_panic(&node_id).await;
                     if let Some(disk) = disk {
                         disk.drain().await;
                     }
-                    // SAFETY: the caller waits on `done`.
-                    unsafe { (*done.0).part_done() };
                 })
                 .detach();
             }
@@ -761,8 +761,48 @@ impl ShardService for ShardStore {
     }
 }
 
-/// A completion pointer moved into a task on the shard that received it.
-struct SendPtr(*const BatchCompletion);
+/// Answers a node-wide job's completion (clear, disk flush) when dropped:
+/// when its task finishes, and also when the task is dropped unfinished
+/// because the shard stopped after a panic. Either way the caller waiting
+/// in `Node::clear` / `Node::flush_disk` is released, never left waiting on
+/// a shard that no longer runs.
+struct AnswerOnDrop(*const BatchCompletion);
+
+impl Drop for AnswerOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: the caller waits on the completion until every part of it
+        // is answered, which only this drop does for this shard's part.
+        unsafe { (*self.0).part_done() };
+    }
+}
+
+/// Test hook: the next clear or disk-flush task of one node's shards
+/// panics, as an internal error would.
+#[cfg(test)]
+pub(super) mod maintenance_test_hooks {
+    use std::sync::Mutex;
+
+    /// The node_id whose next clear or disk-flush task panics (taken by the
+    /// first such task to run). Keyed by node so tests running in parallel,
+    /// whose nodes flush at shutdown, are never hit.
+    pub static PANIC_NEXT: Mutex<Option<String>> = Mutex::new(None);
+
+    pub async fn maybe_panic(node_id: &str) {
+        let hit = {
+            let mut armed = PANIC_NEXT.lock().unwrap();
+            let hit = armed.as_deref() == Some(node_id);
+            if hit {
+                *armed = None;
+            }
+            hit
+        };
+        if hit {
+            // Suspended once first, as a real drain is.
+            glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+            panic!("test: a clear or disk-flush task panicked");
+        }
+    }
+}
 
 /// A part on a node with no peers: local pool only, no await.
 fn run_local_only(this: &Rc<ShardStore>, part: BatchPart) {

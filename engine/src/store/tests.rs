@@ -226,3 +226,55 @@ fn require_rdma_without_a_usable_rdma_path_fails_start_with_the_reason() {
     let node = Node::start(config(r#","protocol":"tcp""#)).unwrap();
     assert_eq!(node.transport(), &crate::rdma::Transport::Tcp);
 }
+
+/// A shard that panics while a clear or disk flush waits on it releases the
+/// caller (the task's drop answers it): `close()` flushes, so a hang here
+/// would hang SGLang's exit and every call queued behind it.
+#[test]
+fn a_shard_panicking_in_a_flush_or_clear_releases_the_caller() {
+    use super::shard::maintenance_test_hooks::PANIC_NEXT;
+    for (what, node_id) in [("flush", "panics-in-flush"), ("clear", "panics-in-clear")] {
+        // With the disk tier, as a real flush or clear awaits its disk.
+        let disk = std::env::temp_dir().join(format!("peercache-{node_id}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&disk);
+        let mut c = config(&format!(r#","node_id":"{node_id}","disk_size":"8mb""#));
+        c.disk_enabled = true;
+        c.disk_path = disk.clone();
+        let node = Arc::new(Node::start(c).unwrap());
+        *PANIC_NEXT.lock().unwrap() = Some(node_id.to_owned());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let n = Arc::clone(&node);
+        std::thread::spawn(move || {
+            if what == "flush" {
+                n.flush_disk();
+            } else {
+                n.clear();
+            }
+            drop(n);
+            let _ = tx.send(());
+        });
+        // Generous: the bound only tells "returned" from "waits forever".
+        rx.recv_timeout(std::time::Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("{what}: the caller was never released"));
+        assert!(
+            PANIC_NEXT.lock().unwrap().is_none(),
+            "{what}: the hook fired"
+        );
+        // The node still answers (the other shard serves its keys; the
+        // stopped shard's are misses), and its shutdown does not hang.
+        let keys: Vec<String> = (0..16).map(|i| format!("after-{what}-{i}")).collect();
+        let pages: Vec<Vec<u8>> = (0..16).map(|i| page(i, 4096)).collect();
+        let refs: Vec<&[u8]> = pages.iter().map(|p| p.as_slice()).collect();
+        let stored = node.batch_set_pages(&keys, &refs).unwrap();
+        assert!(
+            stored.contains(&true) && stored.contains(&false),
+            "{what}: {stored:?}"
+        );
+        drop(
+            Arc::try_unwrap(node)
+                .ok()
+                .expect("the helper thread is done"),
+        );
+        let _ = std::fs::remove_dir_all(&disk);
+    }
+}
