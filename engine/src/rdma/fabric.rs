@@ -265,6 +265,11 @@ impl Fabric {
         self.lock().qps.len()
     }
 
+    /// Memory regions registered now, on every device.
+    pub fn live_mrs(&self) -> usize {
+        self.lock().mrs.len()
+    }
+
     /// Current logical tick.
     pub fn tick(&self) -> u64 {
         self.lock().tick

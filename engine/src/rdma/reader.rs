@@ -23,6 +23,7 @@
 
 use super::channel::{Channel, QpExchange};
 use super::rail::{Rails, RemotePool};
+use super::registration::LazyRegions;
 use super::verbs::{
     Completion, CompletionQueue, Opcode, QueuePair, Sge, Verbs, WcStatus, WorkRequest,
 };
@@ -109,6 +110,10 @@ pub struct Batch<V: Verbs> {
     /// The batch's bound, and when it runs out (reader clock).
     timeout_us: u64,
     deadline_us: u64,
+    /// Per rail, the destinations registered on demand for this batch.
+    /// Declared after `chains` so they are deregistered only once the
+    /// chains' QPs are idle or destroyed.
+    lazy: Vec<LazyRegions<V>>,
 }
 
 impl<V: Verbs> Debug for Batch<V> {
@@ -117,6 +122,10 @@ impl<V: Verbs> Debug for Batch<V> {
             .field("serial", &self.serial)
             .field("len", &self.len)
             .field("chains", &self.chains.len())
+            .field(
+                "lazy_mrs",
+                &self.lazy.iter().map(LazyRegions::len).sum::<usize>(),
+            )
             .finish()
     }
 }
@@ -186,9 +195,9 @@ impl Reader {
     ///
     /// # Safety
     /// Every `dst` must be valid for writes of its length until the batch is
-    /// finished (or dropped: that destroys its QPs, which stops their DMA),
-    /// and must stay mapped for the life of the rails if it is not in a
-    /// registered buffer (it then gets a lazy registration).
+    /// finished (or dropped: that destroys its QPs, which stops their DMA).
+    /// A destination outside every registered buffer gets an on-demand
+    /// registration that the batch holds until then.
     pub unsafe fn post<V: Verbs, P: Clone + Eq + Hash + Debug>(
         &mut self,
         rails: &mut Rails<V, P>,
@@ -211,8 +220,11 @@ impl Reader {
                 chains,
                 timeout_us: 0,
                 deadline_us: 0,
+                lazy: Vec::new(),
             };
         }
+        let mut lazy: Vec<LazyRegions<V>> =
+            (0..rail_count).map(|_| LazyRegions::default()).collect();
         for (r, pool) in remote.iter().enumerate().take(rail_count) {
             let rail = rails.rail_mut(r);
             let depth = rail.channels.sizes().max_send_wr.max(1) as usize;
@@ -223,7 +235,12 @@ impl Reader {
                 for &i in chunk {
                     let item = &items[i];
                     let len = u64::from(item.location.len);
-                    let lkey = match rail.registry.lkey_for(&rail.device, item.dst as u64, len) {
+                    let lkey = match rail.registry.lkey_for(
+                        &rail.device,
+                        item.dst as u64,
+                        len,
+                        &mut lazy[r],
+                    ) {
                         Ok(k) => k,
                         Err(e) => {
                             self.warn(format_args!("rail {r}: destination not registered: {e}"));
@@ -281,6 +298,7 @@ impl Reader {
             chains,
             timeout_us,
             deadline_us: clock.now_us().saturating_add(timeout_us),
+            lazy,
         }
     }
 

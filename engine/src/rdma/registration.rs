@@ -5,14 +5,20 @@
 //! - SGLang's host buffer (the destination of READs) is registered with
 //!   LOCAL_WRITE only, so no peer can ever read or write it.
 //! - A destination outside every registered region (a caller that passed a
-//!   buffer PeerCache was never told about) is registered on demand, rounded
-//!   out to whole 4 KiB pages, and cached, so the next READ into the same
-//!   buffer finds it. Each such miss is counted (`rdma_local_reg_misses`) and
-//!   the cache size is a gauge (`rdma_lazy_local_mrs`): a growing value means
-//!   the host pool was not registered up front. The cache is bounded; past the
-//!   bound the page is a miss rather than an unbounded pile of pinned memory.
-//!   Lazy MRs are never deregistered while the rail lives, because a READ
-//!   still in flight may target them.
+//!   buffer PeerCache was never told about, e.g. SGLang's per-page dummy
+//!   tensors with `interface_v1` off) is registered on demand, rounded out
+//!   to whole 4 KiB pages, for the one READ batch that needs it, and
+//!   deregistered when that batch is finished (its QPs idle or destroyed).
+//!   It is never cached across batches: such a buffer may be freed after the
+//!   call and its addresses reused by new memory, while an MR keeps pinning
+//!   the physical pages it was registered on. A cached MR found by address
+//!   would then land a later READ in the old pages, and the call would report
+//!   a hit for a destination that never got the bytes. Each on-demand
+//!   registration is counted (`rdma_local_reg_misses`); the gauge
+//!   `rdma_lazy_local_mrs` is how many are alive now (held by batches in
+//!   flight). A growing miss count means the host pool was not registered up
+//!   front. A batch may hold at most [`MAX_LAZY_MRS`] of them; past that its
+//!   pages are misses rather than an unbounded pile of pinned memory.
 //! - GPU memory is registered through `ibv_reg_dmabuf_mr` when the buffer
 //!   exposes a dmabuf fd, else as a plain MR of the device address (which
 //!   needs nvidia-peermem); a failure names the GPUDirect prerequisite.
@@ -25,8 +31,8 @@ use std::sync::Arc;
 /// Granularity of lazy registrations.
 const LAZY_ALIGN_BYTES: u64 = 4096;
 
-/// Most lazily registered MRs per rail, merged-away ones included (each pins
-/// memory and uses a NIC translation entry).
+/// Most on-demand MRs one READ batch may hold, merged-away ones included
+/// (each pins memory and uses a NIC translation entry).
 pub const MAX_LAZY_MRS: usize = 1024;
 
 /// A registration failed.
@@ -45,9 +51,9 @@ pub enum RegistrationError {
         /// The verbs error.
         source: VerbsError,
     },
-    /// The lazy cache is full.
-    #[error("{MAX_LAZY_MRS} destinations were already registered on demand on this rail; register the host KV pool up front (register_mem_pool_host)")]
-    LazyCacheFull,
+    /// One batch needed more on-demand registrations than allowed.
+    #[error("{MAX_LAZY_MRS} destinations of one batch were already registered on demand; register the host KV pool up front (register_mem_pool_host)")]
+    TooManyLazy,
 }
 
 /// A GPU buffer to register as a READ destination.
@@ -61,15 +67,11 @@ pub struct GpuBuffer {
     pub dmabuf: Option<(i32, u64)>,
 }
 
-/// The MRs of one rail.
+/// The MRs of one rail registered up front.
 pub struct Registry<V: Verbs> {
     pool: Option<V::Mr>,
     /// Host and GPU buffers registered up front, by start address.
     local: BTreeMap<u64, V::Mr>,
-    /// Lazily registered destinations, by start address.
-    lazy: BTreeMap<u64, V::Mr>,
-    /// Lazy MRs replaced by a merged one; alive until the rail closes.
-    retired: Vec<V::Mr>,
     stats: Arc<ShardStats>,
 }
 
@@ -77,8 +79,51 @@ impl<V: Verbs> std::fmt::Debug for Registry<V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Registry")
             .field("local", &self.local.len())
-            .field("lazy", &self.lazy.len())
             .finish()
+    }
+}
+
+/// The on-demand registrations of one READ batch, deregistered when it is
+/// dropped. The batch drops it after its chains (declared after them), so
+/// no READ still posted uses one of these MRs.
+pub struct LazyRegions<V: Verbs> {
+    /// Registered destinations, by start address (never overlapping).
+    map: BTreeMap<u64, V::Mr>,
+    /// MRs replaced by a merged one; a READ already posted may use them.
+    retired: Vec<V::Mr>,
+    /// The rail's stats, whose `rdma_lazy_local_mrs` counts these while alive.
+    stats: Option<Arc<ShardStats>>,
+}
+
+impl<V: Verbs> Default for LazyRegions<V> {
+    fn default() -> Self {
+        Self {
+            map: BTreeMap::new(),
+            retired: Vec::new(),
+            stats: None,
+        }
+    }
+}
+
+impl<V: Verbs> LazyRegions<V> {
+    /// MRs held now (merged-away ones included).
+    pub fn len(&self) -> usize {
+        self.map.len() + self.retired.len()
+    }
+
+    /// Whether none is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<V: Verbs> Drop for LazyRegions<V> {
+    fn drop(&mut self) {
+        if let Some(stats) = &self.stats {
+            let gauge = &stats.rdma_lazy_local_mrs;
+            let now = gauge.load(std::sync::atomic::Ordering::Relaxed);
+            ShardStats::set(gauge, now.saturating_sub(self.len() as u64));
+        }
     }
 }
 
@@ -99,8 +144,6 @@ impl<V: Verbs> Registry<V> {
         Self {
             pool: None,
             local: BTreeMap::new(),
-            lazy: BTreeMap::new(),
-            retired: Vec::new(),
             stats,
         }
     }
@@ -171,38 +214,37 @@ impl<V: Verbs> Registry<V> {
         Ok(keys)
     }
 
-    /// The lkey for a READ into `[addr, addr + len)`: a registered buffer, or
-    /// a lazy registration (counted, cached).
+    /// The lkey for a READ into `[addr, addr + len)`: a buffer registered
+    /// up front, or an on-demand registration held by `lazy` (the READ
+    /// batch's own; counted).
     ///
     /// # Safety
-    /// The destination must be mapped memory that stays mapped for the life
-    /// of the registry (the caller's batch contract, plus SGLang keeping its
-    /// host pool for the process lifetime).
+    /// The destination must be mapped memory that stays mapped while `lazy`
+    /// lives (the caller's batch contract).
     pub unsafe fn lkey_for(
         &mut self,
         dev: &V,
         addr: u64,
         len: u64,
+        lazy: &mut LazyRegions<V>,
     ) -> Result<u32, RegistrationError> {
-        if let Some(k) =
-            covering(&self.local, addr, len).or_else(|| covering(&self.lazy, addr, len))
+        if let Some(k) = covering(&self.local, addr, len).or_else(|| covering(&lazy.map, addr, len))
         {
             return Ok(k.lkey);
         }
         ShardStats::bump(&self.stats.rdma_local_reg_misses, 1);
-        if self.lazy.len() + self.retired.len() >= MAX_LAZY_MRS {
-            return Err(RegistrationError::LazyCacheFull);
+        if lazy.len() >= MAX_LAZY_MRS {
+            return Err(RegistrationError::TooManyLazy);
         }
         let start = addr / LAZY_ALIGN_BYTES * LAZY_ALIGN_BYTES;
         let end = (addr + len).div_ceil(LAZY_ALIGN_BYTES) * LAZY_ALIGN_BYTES;
-        // Merge with lazy regions this one overlaps or touches, so the map
+        // Merge with regions of this batch it overlaps or touches, so the map
         // keeps non-overlapping regions (one lookup suffices) and a stray
-        // buffer read page by page ends up as one MR. The old MRs are
-        // kept alive (not deregistered) until the new one exists, and then
-        // dropped: a READ in flight into them holds the same pages, which the
-        // new MR pins too.
-        let overlapping: Vec<u64> = self
-            .lazy
+        // buffer read page by page ends up as one MR. The old MRs stay
+        // registered until the batch is dropped: a READ already posted with
+        // one of their lkeys may still be in flight.
+        let overlapping: Vec<u64> = lazy
+            .map
             .range(..=end)
             .filter(|(_, mr)| {
                 let k = mr.keys();
@@ -212,26 +254,18 @@ impl<V: Verbs> Registry<V> {
             .collect();
         let (mut lo, mut hi) = (start, end);
         for a in &overlapping {
-            let k = self.lazy[a].keys();
+            let k = lazy.map[a].keys();
             lo = lo.min(k.addr);
             hi = hi.max(k.addr + k.len as u64);
         }
         let mr = dev.register(lo as *mut u8, (hi - lo) as usize, Access::LOCAL_WRITE)?;
         let lkey = mr.keys().lkey;
-        let mut retired = Vec::with_capacity(overlapping.len());
         for a in overlapping {
-            retired.extend(self.lazy.remove(&a));
+            lazy.retired.extend(lazy.map.remove(&a));
         }
-        self.lazy.insert(lo, mr);
-        // Retired MRs are kept until the registry drops: deregistering one
-        // could fail a READ already posted with its lkey.
-        self.retired.extend(retired);
-        ShardStats::set(&self.stats.rdma_lazy_local_mrs, self.lazy.len() as u64);
+        lazy.map.insert(lo, mr);
+        let stats = lazy.stats.get_or_insert_with(|| Arc::clone(&self.stats));
+        ShardStats::bump(&stats.rdma_lazy_local_mrs, 1);
         Ok(lkey)
-    }
-
-    /// Lazily registered regions now.
-    pub fn lazy_count(&self) -> usize {
-        self.lazy.len()
     }
 }

@@ -5,7 +5,7 @@ use super::channel::{ChannelPool, ChannelSizes, LeaseError, QpExchange};
 use super::fabric::{Fabric, FabricCq, FabricDevice, FabricOptions, FabricQp, FaultPlan};
 use super::rail::{Rails, RemotePool};
 use super::reader::{GenerationCheck, ReadItem, Reader};
-use super::registration::{GpuBuffer, RegistrationError, Registry};
+use super::registration::{GpuBuffer, LazyRegions, RegistrationError, Registry};
 use super::verbs::*;
 use super::*;
 use crate::keys::KeyHash;
@@ -176,20 +176,7 @@ impl Setup {
         dst: &mut Buf,
         check: &mut dyn GenerationCheck,
     ) -> Vec<bool> {
-        let base = dst.ptr();
-        let items: Vec<ReadItem> = pages
-            .iter()
-            .enumerate()
-            .map(|(j, &p)| ReadItem {
-                location: Location {
-                    offset: (p * PAGE) as u64,
-                    generation: 0,
-                    len: PAGE as u32,
-                },
-                // SAFETY: dst holds pages.len() pages.
-                dst: unsafe { base.add(j * PAGE) },
-            })
-            .collect();
+        let items = items(pages, dst);
         let clock = self.fabric.clock();
         // SAFETY: dst is alive and unaliased for the call.
         unsafe {
@@ -228,6 +215,24 @@ fn assert_delivered(setup: &Setup, pages: &[usize], dst: &Buf, ok: &[bool]) {
             );
         }
     }
+}
+
+/// Read items for pool pages `pages`, page j of the batch into slot j of `dst`.
+fn items(pages: &[usize], dst: &mut Buf) -> Vec<ReadItem> {
+    let base = dst.ptr();
+    pages
+        .iter()
+        .enumerate()
+        .map(|(j, &p)| ReadItem {
+            location: Location {
+                offset: (p * PAGE) as u64,
+                generation: 0,
+                len: PAGE as u32,
+            },
+            // SAFETY: dst holds pages.len() pages.
+            dst: unsafe { base.add(j * PAGE) },
+        })
+        .collect()
 }
 
 fn dst_for(pages: usize) -> Buf {
@@ -636,8 +641,13 @@ fn random_faults_never_deliver_wrong_bytes() {
     assert!([10, 12].contains(&snap.rdma_last_wc_status));
 }
 
+/// A destination outside every registered buffer is registered for the
+/// batch that reads into it and deregistered with it. Never cached: SGLang's
+/// per-page dummy tensors are freed after the call and their addresses
+/// reused by new memory, and an MR found by address would still pin the old
+/// physical pages, so a later READ would land there and report a hit.
 #[test]
-fn unregistered_destinations_are_registered_lazily_and_cached() {
+fn unregistered_destinations_are_registered_for_their_batch_only() {
     let mut s = setup(FabricOptions::default(), 1, 4, ChannelSizes::default());
     let mut reader = s.reader();
     // Registered up front: no miss.
@@ -646,30 +656,61 @@ fn unregistered_destinations_are_registered_lazily_and_cached() {
     let pages: Vec<usize> = (0..8).collect();
     assert!(s.read(&mut reader, &pages, &mut host).iter().all(|&x| x));
     assert_eq!(s.stats.snapshot().rdma_local_reg_misses, 0);
-    // A buffer PeerCache was never told about: each page is a miss the first
-    // time (pages are read in batch order, each extends the lazy region) and
-    // the reads still succeed.
+    let registered = s.fabric.live_mrs();
+    // A buffer PeerCache was never told about: each page is a miss (pages
+    // are read in batch order, each extends the batch's region) and the
+    // reads still succeed.
     let mut stray = dst_for(8);
     let ok = s.read(&mut reader, &pages, &mut stray);
     assert!(ok.iter().all(|&x| x));
     assert_delivered(&s, &pages, &stray, &ok);
-    let snap = s.stats.snapshot();
-    assert_eq!(snap.rdma_local_reg_misses, 8);
-    assert_eq!(
-        snap.rdma_lazy_local_mrs, 1,
-        "adjacent lazy regions merge into one"
-    );
-    // Cached: reading into it again registers nothing.
-    assert!(s.read(&mut reader, &pages, &mut stray).iter().all(|&x| x));
     assert_eq!(s.stats.snapshot().rdma_local_reg_misses, 8);
-    // A second, separate buffer is a second lazy MR.
-    let mut other = dst_for(2);
-    assert!(s
-        .read(&mut reader, &pages[..2], &mut other)
-        .iter()
-        .all(|&x| x));
-    assert_eq!(s.stats.snapshot().rdma_lazy_local_mrs, 2);
-    assert_eq!(s.rails.rail(0).registry.lazy_count(), 2);
+    // Once the batch is finished its registrations are gone.
+    assert_eq!(s.fabric.live_mrs(), registered, "no MR outlives its batch");
+    assert_eq!(s.stats.snapshot().rdma_lazy_local_mrs, 0);
+    // Reading into the same addresses again registers them again.
+    let ok = s.read(&mut reader, &pages, &mut stray);
+    assert!(ok.iter().all(|&x| x));
+    assert_delivered(&s, &pages, &stray, &ok);
+    assert_eq!(s.stats.snapshot().rdma_local_reg_misses, 16);
+    assert_eq!(s.fabric.live_mrs(), registered);
+}
+
+/// While a batch is in flight its on-demand registrations are alive (and
+/// counted), adjacent destinations sharing one MR; finishing it drops them.
+#[test]
+fn a_batch_holds_its_on_demand_registrations_until_finished() {
+    let mut s = setup(FabricOptions::default(), 1, 4, ChannelSizes::default());
+    let mut reader = s.reader();
+    let registered = s.fabric.live_mrs();
+    let pages: Vec<usize> = (0..8).collect();
+    let mut stray = dst_for(8);
+    let items = items(&pages, &mut stray);
+    let clock = s.fabric.clock();
+    // SAFETY: `stray` outlives the batch.
+    let mut batch = unsafe {
+        reader.post(
+            &mut s.rails,
+            &PEER,
+            &s.remote,
+            &items,
+            &mut s.responder,
+            &clock,
+        )
+    };
+    let snap = s.stats.snapshot();
+    assert!(snap.rdma_lazy_local_mrs >= 1, "held while posted");
+    // Adjacent pages merged: one live region (the merged-away ones stay
+    // registered for READs already posted with their keys).
+    assert_eq!(
+        s.fabric.live_mrs() - registered,
+        snap.rdma_lazy_local_mrs as usize
+    );
+    while !reader.poll(&mut batch, &PEER, &clock) {}
+    let ok = reader.finish(&mut s.rails, &PEER, batch, &items, &mut NoEviction);
+    assert!(ok.iter().all(|&x| x));
+    assert_eq!(s.fabric.live_mrs(), registered);
+    assert_eq!(s.stats.snapshot().rdma_lazy_local_mrs, 0);
 }
 
 #[test]
@@ -921,8 +962,10 @@ fn gpu_registration_names_the_gpudirect_prerequisite() {
     assert_eq!(keys.addr, gpu.addr);
     // A READ into the GPU buffer now needs no lazy registration.
     // SAFETY: gpu_mem is alive.
-    let lkey = unsafe { reg.lkey_for(&dev, gpu.addr, PAGE as u64) }.unwrap();
+    let mut lazy = LazyRegions::default();
+    let lkey = unsafe { reg.lkey_for(&dev, gpu.addr, PAGE as u64, &mut lazy) }.unwrap();
     assert_eq!(lkey, keys.lkey);
+    assert!(lazy.is_empty());
     assert_eq!(stats.snapshot().rdma_local_reg_misses, 0);
 }
 

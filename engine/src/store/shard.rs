@@ -776,6 +776,30 @@ impl Drop for AnswerOnDrop {
     }
 }
 
+/// A part on a node with no peers: local pool only, no await.
+fn run_local_only(this: &Rc<ShardStore>, part: BatchPart) {
+    match part.op {
+        Op::Set => {
+            // Alone there is nobody to tell: peers that join later learn these
+            // pages when this shard re-publishes on the membership change.
+            let _ = this.set_local(&part);
+        }
+        Op::Get => {
+            let missing = this.get_local(&part);
+            ShardStats::bump(&this.stats.read_misses, missing.len() as u64);
+        }
+        Op::Exists => {
+            let missing = this.exists_local(&part);
+            ShardStats::bump(
+                &this.stats.exists_pages_found,
+                (part.count - missing.len()) as u64,
+            );
+        }
+    }
+    this.publish_pool_gauges();
+    part.complete();
+}
+
 /// Test hook: the next clear or disk-flush task of one node's shards
 /// panics, as an internal error would.
 #[cfg(test)]
@@ -802,28 +826,4 @@ pub(super) mod maintenance_test_hooks {
             panic!("test: a clear or disk-flush task panicked");
         }
     }
-}
-
-/// A part on a node with no peers: local pool only, no await.
-fn run_local_only(this: &Rc<ShardStore>, part: BatchPart) {
-    match part.op {
-        Op::Set => {
-            // Alone there is nobody to tell: peers that join later learn these
-            // pages when this shard re-publishes on the membership change.
-            let _ = this.set_local(&part);
-        }
-        Op::Get => {
-            let missing = this.get_local(&part);
-            ShardStats::bump(&this.stats.read_misses, missing.len() as u64);
-        }
-        Op::Exists => {
-            let missing = this.exists_local(&part);
-            ShardStats::bump(
-                &this.stats.exists_pages_found,
-                (part.count - missing.len()) as u64,
-            );
-        }
-    }
-    this.publish_pool_gauges();
-    part.complete();
 }
