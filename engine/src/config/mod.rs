@@ -424,6 +424,23 @@ impl Config {
         }
     }
 
+    /// The configured `node_id` of this process: with several TP or PP
+    /// ranks, `-tp<tp_rank>` (when `tp_size` > 1) and `-pp<pp_rank>` (when
+    /// `pp_size` > 1) are appended. SGLang gives every rank the same
+    /// extra_config, so the ranks of one server would otherwise all claim
+    /// one identity (discovery keeps only the newest, and the disk tier's
+    /// directory would be shared). `None` when the id is to be generated.
+    pub fn rank_node_id(&self) -> Option<String> {
+        let mut id = self.node_id.clone()?;
+        if self.tp_size > 1 {
+            id.push_str(&format!("-tp{}", self.tp_rank));
+        }
+        if self.pp_size > 1 {
+            id.push_str(&format!("-pp{}", self.pp_rank));
+        }
+        Some(id)
+    }
+
     /// The effective local rank: `local_rank` if given, else `tp_rank`.
     pub fn local_rank(&self) -> usize {
         self.local_rank.unwrap_or(self.tp_rank)

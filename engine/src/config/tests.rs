@@ -886,3 +886,30 @@ fn docs_list_every_key() {
         );
     }
 }
+
+/// A configured node_id is made unique per TP / PP rank (every rank of an
+/// SGLang server gets the same extra_config); a generated one is left to
+/// the node.
+#[test]
+fn a_configured_node_id_gets_the_rank_of_its_process() {
+    let id = |extra: &str| {
+        Config::from_json(&format!(r#"{{"discovery_addr":"10.0.0.1:31998"{extra}}}"#))
+            .unwrap()
+            .rank_node_id()
+    };
+    assert_eq!(id(""), None);
+    assert_eq!(id(r#","node_id":"auto","tp_rank":3,"tp_size":8"#), None);
+    assert_eq!(id(r#","node_id":"n1""#).as_deref(), Some("n1"));
+    assert_eq!(
+        id(r#","node_id":"n1","tp_rank":3,"tp_size":8"#).as_deref(),
+        Some("n1-tp3")
+    );
+    assert_eq!(
+        id(r#","node_id":"n1","pp_rank":1,"pp_size":2"#).as_deref(),
+        Some("n1-pp1")
+    );
+    assert_eq!(
+        id(r#","node_id":"n1","tp_rank":0,"tp_size":2,"pp_rank":1,"pp_size":2"#).as_deref(),
+        Some("n1-tp0-pp1")
+    );
+}

@@ -7,13 +7,15 @@
 //! every restart of an SGLang rank would leave one more behind until the
 //! disk is full.
 //!
-//! How: a node with a generated id holds an exclusive `flock` on
-//! `<dir>/lock` for its whole life and only then writes the `GENERATED`
+//! How: every node holds an exclusive `flock` on `<dir>/lock` for its
+//! whole life. A node with a generated id only then writes the `GENERATED`
 //! marker. At start, every node removes the directories under `disk_path`
 //! that carry the marker and whose lock it can take: their node is gone
 //! (a crash releases the lock too) and their pages are unreachable.
 //! Directories of a configured `node_id` carry no marker and are never
-//! touched: a restart with that id finds their pages again.
+//! removed: a restart with that id finds their pages again. Their lock stops
+//! a second running node of the same id (two ranks given one `node_id`)
+//! from writing the same slab files: that node does not start.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -64,6 +66,12 @@ pub fn claim_generated(dir: &Path) -> std::io::Result<DirClaim> {
         b"node_id was generated: removed once its node is gone\n",
     )?;
     Ok(claim)
+}
+
+/// Claims `dir` (already created) for a node with a configured id;
+/// `Ok(None)` when another running node holds it.
+pub fn claim_named(dir: &Path) -> std::io::Result<Option<DirClaim>> {
+    try_lock(dir)
 }
 
 /// Removes the directories under `disk_path` left by nodes with a generated

@@ -64,17 +64,31 @@ pub struct NodeDisk {
     pub dir: PathBuf,
     /// Geometry of every shard's slab.
     pub geometry: Geometry,
-    /// The directory's lock, for a node with a generated `node_id`; the
-    /// node keeps a clone until it stops.
+    /// The directory's lock; the node keeps a clone until it stops.
     pub claim: Option<Arc<claim::DirClaim>>,
 }
 
-/// Sets up `disk_path/<node_id>` for `shards` shards. Returns None, after
-/// one log line, when `disk_enabled` is false (no line), the directory
-/// cannot be created or written, or `disk_size` is too small to split.
-pub fn prepare_node_dir(config: &Config, node_id: &str, shards: usize) -> Option<NodeDisk> {
+/// Another running node holds `disk_path/<node_id>`: two live processes
+/// were given the same `node_id`.
+#[derive(Debug)]
+pub struct DirInUse {
+    /// The locked directory.
+    pub dir: PathBuf,
+}
+
+/// Sets up `disk_path/<node_id>` for `shards` shards. Returns `Ok(None)`,
+/// after one log line, when `disk_enabled` is false (no line), the directory
+/// cannot be created, written or locked, or `disk_size` is too small to
+/// split; `Err` when another running node holds the directory of this
+/// configured `node_id` (the node must not start: both would write the same
+/// slab files).
+pub fn prepare_node_dir(
+    config: &Config,
+    node_id: &str,
+    shards: usize,
+) -> Result<Option<NodeDisk>, DirInUse> {
     if !config.disk_enabled {
-        return None;
+        return Ok(None);
     }
     let dir = config.disk_path.join(node_id);
     let budget = config.disk_size / shards.max(1) as u64;
@@ -84,7 +98,7 @@ pub fn prepare_node_dir(config: &Config, node_id: &str, shards: usize) -> Option
             config.disk_size,
             layout::MIN_SHARD_BUDGET / 1024
         );
-        return None;
+        return Ok(None);
     };
     for gone in claim::reclaim_abandoned(&config.disk_path) {
         tracing::info!(
@@ -97,30 +111,35 @@ pub fn prepare_node_dir(config: &Config, node_id: &str, shards: usize) -> Option
             "disk tier disabled: cannot use {}: {e}; serving from memory only (fix disk_path or set \"disk_enabled\": false)",
             dir.display()
         );
-        return None;
+        return Ok(None);
     }
-    let mut dir_claim = None;
-    if config.node_id.is_none() {
-        match claim::claim_generated(&dir) {
-            Ok(c) => dir_claim = Some(Arc::new(c)),
-            Err(e) => {
-                tracing::warn!(
-                    "disk tier disabled: cannot lock {}: {e}; serving from memory only",
-                    dir.display()
-                );
-                return None;
-            }
+    let claimed = if config.node_id.is_none() {
+        claim::claim_generated(&dir).map(Some)
+    } else {
+        claim::claim_named(&dir)
+    };
+    let dir_claim = match claimed {
+        Ok(Some(c)) => Some(Arc::new(c)),
+        Ok(None) => return Err(DirInUse { dir }),
+        Err(e) => {
+            tracing::warn!(
+                "disk tier disabled: cannot lock {}: {e}; serving from memory only",
+                dir.display()
+            );
+            return Ok(None);
         }
+    };
+    if config.node_id.is_none() {
         tracing::info!(
             "disk tier: node_id is generated, so {} will not be found again after a restart (it is removed by the next node started on this disk_path once this one is gone); set node_id to keep disk pages across restarts",
             dir.display()
         );
     }
-    Some(NodeDisk {
+    Ok(Some(NodeDisk {
         dir,
         geometry,
         claim: dir_claim,
-    })
+    }))
 }
 
 /// Creates the directory and writes a small description file: proves the

@@ -544,3 +544,79 @@ fn a_flush_gives_up_on_writes_that_stop_finishing() {
     assert!(returned, "the flush waited for writes that never finish");
     assert_eq!(node.stats().disk_writes, 0, "no write finished");
 }
+
+/// Two running nodes given the same node_id on one disk_path would write
+/// the same slab files: the second does not start, and says why; once the
+/// first is gone the id is free again.
+#[test]
+fn a_node_id_in_use_by_a_running_node_is_refused() {
+    let dir = Scratch::new("id-in-use");
+    let first = node(&dir.0, "64mb", true);
+    let text = format!(
+        r#"{{"discovery_addr":"127.0.0.1:31998","global_segment_size":"8mb","shards":2,
+            "node_id":"disk-test","metrics_enabled":false,
+            "disk_enabled":true,"disk_path":"{}","disk_size":"64mb"}}"#,
+        dir.0.display()
+    );
+    let second = Node::start(Config::from_json(&text).unwrap());
+    let err = second
+        .expect_err("a second node of the same id must not start")
+        .to_string();
+    assert!(
+        err.contains("node_id \"disk-test\"") && err.contains("locked"),
+        "{err}"
+    );
+    drop(first);
+    drop(Node::start(Config::from_json(&text).unwrap()).expect("free once the first stopped"));
+}
+
+/// A shard that panics while other tasks of it wait (here a flush held by a
+/// disk whose writes stopped) answers those tasks' callers too: glommio
+/// never drops a pending task of a dead executor, so without the shard's
+/// own record of what it owes, the flush would wait forever.
+#[test]
+fn a_panic_on_a_shard_answers_the_callers_its_other_tasks_hold() {
+    use crate::store::shard::maintenance_test_hooks::PANIC_NEXT;
+    let dir = Scratch::new("panic-while-flushing");
+    STALLED_WRITE_DIRS
+        .lock()
+        .unwrap()
+        .push((dir.0.clone(), Duration::from_secs(600)));
+    let text = format!(
+        r#"{{"discovery_addr":"127.0.0.1:31998","global_segment_size":"8mb","shards":2,
+            "node_id":"panics-while-flushing","metrics_enabled":false,
+            "disk_enabled":true,"disk_path":"{}","disk_size":"64mb"}}"#,
+        dir.0.display()
+    );
+    let node = std::sync::Arc::new(Node::start(Config::from_json(&text).unwrap()).unwrap());
+    let ks = keys(32);
+    let pages: Vec<Vec<u8>> = ks.iter().map(|k| page(k)).collect();
+    let refs: Vec<&[u8]> = pages.iter().map(|p| p.as_slice()).collect();
+    assert!(node
+        .batch_set_pages(&ks, &refs)
+        .unwrap()
+        .iter()
+        .all(|&ok| ok));
+    // A flush now waits on both shards for writes that never finish.
+    let (tx, flushed) = std::sync::mpsc::channel();
+    let n = std::sync::Arc::clone(&node);
+    std::thread::spawn(move || {
+        n.flush_disk();
+        drop(n);
+        let _ = tx.send(());
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    // While it waits, a task of one shard panics.
+    *PANIC_NEXT.lock().unwrap() = Some("panics-while-flushing".to_owned());
+    node.clear();
+    assert!(PANIC_NEXT.lock().unwrap().is_none(), "the panic happened");
+    // Bounded only to tell "answered" from "waits forever"; the live shard's
+    // part gives up after the drain's stall limit.
+    let returned = flushed.recv_timeout(super::DRAIN_STALL_LIMIT * 10).is_ok();
+    STALLED_WRITE_DIRS.lock().unwrap().clear();
+    assert!(
+        returned,
+        "the flush waiting on the panicked shard was never answered"
+    );
+    drop(std::sync::Arc::try_unwrap(node).expect("the flushing thread is done"));
+}

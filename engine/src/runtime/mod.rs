@@ -47,6 +47,15 @@ pub trait ShardService: 'static {
         let _ = this;
     }
 
+    /// Called once on the shard thread after a panic stopped it, off the
+    /// executor (`stop` does not run then). glommio never drops the pending
+    /// tasks of a dead executor, so whatever they owe waiting callers must
+    /// be answered here, after stopping anything that could still write into
+    /// a caller's memory once it is released (RDMA READs those tasks posted).
+    fn halt(this: &Rc<Self>) {
+        let _ = this;
+    }
+
     /// Answers a job that will never run because its shard stopped after an
     /// internal error (a panic): whoever waits on it must be released. Called
     /// off the shard's executor, on the dead shard's thread.
@@ -315,10 +324,14 @@ fn shard_main<S, F>(
         }
     };
     let inbox_of_thread = Arc::clone(&inbox);
+    // The service, for `halt` after a panic unwound out of the executor.
+    let built: Rc<std::cell::OnceCell<Rc<S>>> = Rc::default();
+    let built_in_executor = Rc::clone(&built);
     // A panic in a job or a task must not leave callers waiting forever on a
     // shard that no longer runs: it is caught here, the shard stops taking
-    // jobs, and every job it will never run is answered (a batch part as
-    // misses). The node keeps serving from its other shards.
+    // jobs, the service answers what its tasks owed (`halt`), and every job
+    // it will never run is answered (a batch part as misses). The node keeps
+    // serving from its other shards.
     let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         executor.run(async move {
             let service = match make(&context) {
@@ -328,6 +341,7 @@ fn shard_main<S, F>(
                     return;
                 }
             };
+            let _ = built_in_executor.set(Rc::clone(&service));
             S::start(&service);
             let _ = ready.send(Ok(context));
             loop {
@@ -359,8 +373,13 @@ fn shard_main<S, F>(
             "shard {index} ({name}) stopped after an internal error (the panic is logged above); \
              its pages are misses from now on"
         );
-        // Tasks still alive (each may hold a batch part) are dropped with
-        // the executor, which answers their callers.
+        if let Some(service) = built.get() {
+            S::halt(service);
+        }
+        drop(built);
+        // Tasks that were ready may be dropped with the executor (a part
+        // answers when dropped); pending ones are not, and `halt` answered
+        // those.
         drop(executor);
         abandon_queue::<S>(&inbox_of_thread);
     }
@@ -611,5 +630,77 @@ mod tests {
             assert!(answered(&runtime, 1, None), "{how}");
             runtime.shutdown();
         }
+    }
+
+    /// A job whose drop records whether its shard was halted by then.
+    struct Watched {
+        halted: Arc<std::sync::atomic::AtomicBool>,
+        dropped_after_halt: Arc<std::sync::atomic::AtomicBool>,
+        done: *const BatchCompletion,
+    }
+    unsafe impl Send for Watched {}
+    impl Drop for Watched {
+        fn drop(&mut self) {
+            let halted = self.halted.load(Ordering::SeqCst);
+            self.dropped_after_halt.store(halted, Ordering::SeqCst);
+            unsafe { (*self.done).part_done() };
+        }
+    }
+
+    /// Keeps its jobs itself (as a store keeps what it owes), since glommio
+    /// never drops the pending tasks of a dead executor.
+    struct Halting {
+        halted: Arc<std::sync::atomic::AtomicBool>,
+        held: std::cell::RefCell<Vec<Watched>>,
+    }
+    impl ShardService for Halting {
+        type Job = Watched;
+        fn handle(this: &Rc<Self>, job: Watched) {
+            this.held.borrow_mut().push(job);
+            // A task waits forever; another panics meanwhile.
+            glommio::spawn_local(glommio::timer::sleep(Duration::from_secs(3600))).detach();
+            glommio::spawn_local(async {
+                glommio::timer::sleep(Duration::from_millis(5)).await;
+                panic!("test: another task panicked");
+            })
+            .detach();
+        }
+        fn halt(this: &Rc<Self>) {
+            this.halted.store(true, Ordering::SeqCst);
+            this.held.borrow_mut().clear();
+        }
+    }
+
+    /// After a panic the service is halted, on its thread: the place where a
+    /// store stops its RDMA READs and then answers what its tasks owed.
+    #[test]
+    fn a_panicked_shard_is_halted_and_answers_what_it_holds() {
+        let halted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let h = Arc::clone(&halted);
+        let runtime = Runtime::start(sites(1), RuntimeOptions::default(), move |_| {
+            Ok(Halting {
+                halted: Arc::clone(&h),
+                held: Default::default(),
+            })
+        })
+        .unwrap();
+        let done = BatchCompletion::new(1);
+        let dropped_after_halt = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let job = Watched {
+            halted: Arc::clone(&halted),
+            dropped_after_halt: Arc::clone(&dropped_after_halt),
+            done: &done,
+        };
+        assert!(runtime.submit(0, job, Duration::from_secs(5)).is_ok());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !done.is_done() {
+            assert!(Instant::now() < deadline, "the job was never answered");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(
+            dropped_after_halt.load(Ordering::SeqCst),
+            "answered by the halt"
+        );
+        runtime.shutdown();
     }
 }

@@ -7,6 +7,7 @@
 //! the whole batch. Pages of one shard never take a lock another shard uses.
 
 mod lookups;
+mod owed;
 mod rdma_read;
 mod remote;
 mod server;
@@ -74,6 +75,14 @@ pub enum NodeError {
     /// `require_rdma` is set and RDMA cannot be used (the reason says why).
     #[error("RDMA transport unavailable ({0}) and require_rdma is true; fix the RDMA set-up (device_name / device_names, ib_port, gid_index, rdma-core) or set require_rdma to false to allow the TCP fallback")]
     RdmaRequired(String),
+    /// Another running node on this host has the same `node_id`.
+    #[error("node_id {node_id:?} is already used by another running node on this host ({dir} is locked by it); give every process its own node_id (PeerCacheStore appends -tp<rank> / -pp<rank> to a configured node_id when tp_size or pp_size > 1), or leave node_id unset to have one generated")]
+    NodeIdInUse {
+        /// The node id, rank suffixes included.
+        node_id: String,
+        /// Its disk directory.
+        dir: String,
+    },
     /// A shard could not listen for peers.
     #[error("cannot listen on {host}:{port} for peer requests: {reason}; check control_bind_host / control_port")]
     Listen {
@@ -221,15 +230,20 @@ impl Node {
 
         let host = crate::cluster::advertised_host(&config);
         let node_id = config
-            .node_id
-            .clone()
+            .rank_node_id()
             .unwrap_or_else(|| format!("{host}-{:04x}", crate::cluster::random_u64() & 0xffff));
         // This process's incarnation: discovery keeps the newest per node id,
         // and directory entries name (node id, incarnation), so nothing a
         // previous process of this id published can be read from this one.
         let incarnation = next_incarnation();
         let node_ref = NodeRef::of(&node_id, incarnation);
-        let node_disk = crate::disk::prepare_node_dir(&config, &node_id, shard_count);
+        let node_disk =
+            crate::disk::prepare_node_dir(&config, &node_id, shard_count).map_err(|in_use| {
+                NodeError::NodeIdInUse {
+                    node_id: node_id.clone(),
+                    dir: in_use.dir.display().to_string(),
+                }
+            })?;
         let disk_claim = node_disk.as_ref().and_then(|nd| nd.claim.clone());
         let bound_ports: Arc<Mutex<Vec<u16>>> = Arc::new(Mutex::new(vec![0; shard_count]));
         let base_addr = region.base() as usize;
@@ -867,6 +881,7 @@ impl Node {
                 results: results.as_mut_ptr(),
                 remote: remote_flags.wrapping_add(shard),
                 done: &done,
+                owed: None,
             };
             if let Err((e, job)) = self
                 .runtime

@@ -15,6 +15,7 @@
 //! as a glommio task on the shard (see `remote.rs` and `server.rs`).
 
 use super::lookups::LookupQueues;
+use super::owed::{Answers, Owed};
 use super::stats::ShardStats;
 use crate::cluster::ClusterView;
 use crate::directory::{
@@ -71,10 +72,16 @@ pub struct BatchPart {
     pub remote: *mut bool,
     /// Counted down once this part is done.
     pub done: *const BatchCompletion,
+    /// Set on the shard when the part runs as a task: the shard's record of
+    /// the answer, which a halt after a panic gives if the task never ends
+    /// (`owed.rs`). `None` when the part is submitted.
+    pub owed: Option<Owed>,
 }
 
 // SAFETY: the pointers name the caller's arrays, which stay alive and unmoved
 // until `done` reaches zero, and each position is written by one shard only.
+// `owed` (which holds an `Rc`) is only ever set on the shard thread, after
+// the part arrived there, and the part never leaves that thread again.
 unsafe impl Send for BatchPart {}
 
 impl BatchPart {
@@ -110,6 +117,12 @@ impl BatchPart {
         unsafe { *self.remote = true };
     }
 
+    /// Hands the answer of this part to `answers` (see `owed`).
+    pub(super) fn owe_to(&mut self, answers: &Rc<Answers>) {
+        // SAFETY: the caller waits on `done` until this part is answered.
+        self.owed = Some(unsafe { answers.owe(self.done) });
+    }
+
     /// Marks this part done (its results are final). Dropping a part does
     /// the same, so a part its shard could not finish (the shard stopped,
     /// or its task was dropped) still answers its caller, with misses for
@@ -119,9 +132,14 @@ impl BatchPart {
 
 impl Drop for BatchPart {
     fn drop(&mut self) {
-        // SAFETY: the completion outlives every part (the caller waits on it
-        // until every part has been dropped), and a part is dropped once.
-        unsafe { (*self.done).part_done() };
+        match self.owed.take() {
+            // Answers unless a halt already did.
+            Some(owed) => drop(owed),
+            // SAFETY: the completion outlives every part (the caller waits
+            // on it until every part has been dropped), and a part is
+            // dropped once.
+            None => unsafe { (*self.done).part_done() },
+        }
     }
 }
 
@@ -193,6 +211,8 @@ pub struct ShardStore {
     pub(super) channels: Channels<SocketAddr, FramedConn<TcpStream>>,
     /// Directory lookups per owner shard, merged across concurrent batches.
     pub(super) lookups: LookupQueues,
+    /// Answers owed to callers by this shard's running tasks (`owed.rs`).
+    answers: Rc<Answers>,
     pub(super) stats: Arc<ShardStats>,
     listener: RefCell<Option<ShardListener>>,
     /// The listening socket while the accept loop owns it, so `stop` can
@@ -298,6 +318,7 @@ impl ShardStore {
                 id.unreachable_skip,
             ),
             lookups: LookupQueues::default(),
+            answers: Rc::default(),
             cache: RefCell::new(LocationCache::new(
                 HANDOFF_TTL,
                 id.read_cache_ttl,
@@ -637,10 +658,11 @@ impl ShardService for ShardStore {
 
     fn handle(this: &Rc<Self>, job: StoreJob) {
         match job {
-            StoreJob::Batch(part) => {
+            StoreJob::Batch(mut part) => {
                 let needs_network = this.view.borrow().as_ref().is_some_and(|v| v.len() > 1);
                 // The disk tier awaits I/O (promotion), so its parts run as tasks too.
                 if needs_network || this.disk.is_some() {
+                    part.owe_to(&this.answers);
                     glommio::spawn_local(Rc::clone(this).run_part(part)).detach();
                 } else {
                     // Alone (or before discovery): everything is local and
@@ -651,7 +673,8 @@ impl ShardService for ShardStore {
             StoreJob::Clear(done) => {
                 this.pool.borrow_mut().clear(Instant::now());
                 this.publish_pool_gauges();
-                let answer = AnswerOnDrop(done);
+                // SAFETY: the caller waits on `done` until it is answered.
+                let answer = unsafe { this.answers.owe(done) };
                 if let Some(disk) = this.disk.clone() {
                     let this = Rc::clone(this);
                     glommio::spawn_local(async move {
@@ -665,7 +688,8 @@ impl ShardService for ShardStore {
                 }
             }
             StoreJob::DiskFlush(done) => {
-                let answer = AnswerOnDrop(done);
+                // SAFETY: the caller waits on `done` until it is answered.
+                let answer = unsafe { this.answers.owe(done) };
                 let disk = this.disk.clone();
                 #[cfg(test)]
                 let node_id = this.id.node_id.clone();
@@ -747,6 +771,26 @@ impl ShardService for ShardStore {
         }
     }
 
+    fn halt(this: &Rc<Self>) {
+        // READs posted by the tasks must not land in their callers' buffers
+        // once those callers are released below: destroy the QPs (and with
+        // them every posted READ) first. A borrow left held by the panic is
+        // skipped rather than panicking again.
+        if let Some(rdma) = &this.rdma {
+            match rdma.try_borrow_mut() {
+                Ok(mut rdma) => rdma.close(),
+                Err(_) => tracing::error!(
+                    "shard {}: RDMA state still borrowed after the panic; its queue pairs are closed with the shard",
+                    this.id.shard
+                ),
+            }
+        }
+        // The tasks are never polled again, and glommio does not drop the
+        // pending ones: answer their callers now (each with the results it
+        // has, misses for the rest).
+        this.answers.answer_all();
+    }
+
     fn start(this: &Rc<Self>) {
         if let Some(ShardListener { listener, fd }) = this.listener.borrow_mut().take() {
             this.listening_fd.set(Some(fd));
@@ -758,21 +802,6 @@ impl ShardService for ShardStore {
                 this.spawn_owned(Rc::clone(this).disk_writer());
             }
         }
-    }
-}
-
-/// Answers a node-wide job's completion (clear, disk flush) when dropped:
-/// when its task finishes, and also when the task is dropped unfinished
-/// because the shard stopped after a panic. Either way the caller waiting
-/// in `Node::clear` / `Node::flush_disk` is released, never left waiting on
-/// a shard that no longer runs.
-struct AnswerOnDrop(*const BatchCompletion);
-
-impl Drop for AnswerOnDrop {
-    fn drop(&mut self) {
-        // SAFETY: the caller waits on the completion until every part of it
-        // is answered, which only this drop does for this shard's part.
-        unsafe { (*self.0).part_done() };
     }
 }
 
@@ -803,7 +832,7 @@ fn run_local_only(this: &Rc<ShardStore>, part: BatchPart) {
 /// Test hook: the next clear or disk-flush task of one node's shards
 /// panics, as an internal error would.
 #[cfg(test)]
-pub(super) mod maintenance_test_hooks {
+pub(crate) mod maintenance_test_hooks {
     use std::sync::Mutex;
 
     /// The node_id whose next clear or disk-flush task panics (taken by the
