@@ -46,6 +46,25 @@ pub enum LayoutError {
     },
     #[error("host index {index} of page {page} is outside the host pool (0..={max})")]
     IndexRange { index: i64, page: usize, max: u64 },
+    #[error("host index {index} of page {page} is not the start of a host page (a multiple of page_size {page_size})")]
+    IndexAlignment {
+        index: i64,
+        page: usize,
+        page_size: usize,
+    },
+    #[error("the host indices of page {page} are not one run of consecutive tokens: token {token} is {found}, expected {expected}")]
+    IndexGap {
+        page: usize,
+        token: usize,
+        found: i64,
+        expected: i64,
+    },
+    #[error("host page at index {index} appears twice in one batch (pages {first} and {second})")]
+    IndexRepeated {
+        index: i64,
+        first: usize,
+        second: usize,
+    },
     #[error("{ptrs} pointers and {sizes} sizes for {keys} keys x {entries} entries per page")]
     MetaCount {
         ptrs: usize,
@@ -187,8 +206,12 @@ impl PageLayout {
 
     /// Names and buffer addresses of a batch from its host indices (SGLang's
     /// `host_indices`: `page_size` token indices per key, the first of each
-    /// page locating it). Every index is checked against the pool's size, so
-    /// no computed pointer leaves the host buffer the layout was probed on.
+    /// page locating it). The addresses are computed from the first index
+    /// alone, which is right only for what SGLang's host pools hand out: a
+    /// page-aligned run of consecutive tokens inside the pool, each page once
+    /// per batch. All of that is checked, so no computed pointer leaves the
+    /// host buffer the layout was probed on, straddles two host pages, or is
+    /// written by two pages of one get at once.
     pub fn resolve<K: AsRef<str>>(
         &self,
         keys: &[K],
@@ -205,8 +228,9 @@ impl PageLayout {
         let total = keys.len() * self.entries();
         let mut addrs = Vec::with_capacity(total);
         let mut lens = Vec::with_capacity(total);
-        for page in 0..keys.len() {
-            let index = indices[page * self.page_size];
+        let mut starts: Vec<(i64, usize)> = Vec::with_capacity(keys.len());
+        for (page, tokens) in indices.chunks_exact(self.page_size).enumerate() {
+            let index = tokens[0];
             if index < 0 || index as u64 > self.max_index {
                 return Err(LayoutError::IndexRange {
                     index,
@@ -214,10 +238,38 @@ impl PageLayout {
                     max: self.max_index,
                 });
             }
+            if !(index as u64).is_multiple_of(self.page_size as u64) {
+                return Err(LayoutError::IndexAlignment {
+                    index,
+                    page,
+                    page_size: self.page_size,
+                });
+            }
+            for (token, &found) in tokens.iter().enumerate().skip(1) {
+                let expected = index + token as i64;
+                if found != expected {
+                    return Err(LayoutError::IndexGap {
+                        page,
+                        token,
+                        found,
+                        expected,
+                    });
+                }
+            }
+            starts.push((index, page));
             for e in 0..self.entries() {
                 addrs.push((self.bases[e] + index as u64 * self.strides[e]) as usize);
                 lens.push(self.sizes[e]);
             }
+        }
+        starts.sort_unstable();
+        if let Some(w) = starts.windows(2).find(|w| w[0].0 == w[1].0) {
+            let (first, second) = (w[0].1.min(w[1].1), w[0].1.max(w[1].1));
+            return Err(LayoutError::IndexRepeated {
+                index: w[0].0,
+                first,
+                second,
+            });
         }
         Ok(ResolvedBatch {
             names: self.names(keys),
@@ -340,15 +392,45 @@ mod tests {
             Err(LayoutError::IndexCount { .. })
         ));
         // The last page may start at 12 (16 tokens, pages of 4); 13 would run off the end.
-        assert!(l.resolve(&["a"], &[12, 0, 0, 0]).is_ok());
+        assert!(l.resolve(&["a"], &[12, 13, 14, 15]).is_ok());
         assert!(matches!(
-            l.resolve(&["a"], &[13, 0, 0, 0]),
+            l.resolve(&["a"], &[13, 14, 15, 16]),
             Err(LayoutError::IndexRange { .. })
         ));
         assert!(matches!(
-            l.resolve(&["a"], &[-4, 0, 0, 0]),
+            l.resolve(&["a"], &[-4, -3, -2, -1]),
             Err(LayoutError::IndexRange { .. })
         ));
+        // Inside the pool but not a host page: it would straddle two pages.
+        assert_eq!(
+            l.resolve(&["a"], &[2, 3, 4, 5]).unwrap_err(),
+            LayoutError::IndexAlignment {
+                index: 2,
+                page: 0,
+                page_size: 4
+            }
+        );
+        // The page's tokens are not where its first one says.
+        assert_eq!(
+            l.resolve(&["a", "b"], &[0, 1, 2, 3, 8, 9, 2, 11])
+                .unwrap_err(),
+            LayoutError::IndexGap {
+                page: 1,
+                token: 2,
+                found: 2,
+                expected: 10
+            }
+        );
+        // Two pages of one batch on one host page.
+        assert_eq!(
+            l.resolve(&["a", "b", "c"], &[4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7])
+                .unwrap_err(),
+            LayoutError::IndexRepeated {
+                index: 4,
+                first: 0,
+                second: 2
+            }
+        );
         assert_eq!(
             PageLayout::new(vec![0, 0, 0], vec![1; 3], vec![1; 3], 1, 4, mha(0), None).unwrap_err(),
             LayoutError::Components {

@@ -16,7 +16,7 @@ use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -155,9 +155,17 @@ impl PyPageLayout {
 #[pyclass(module = "peercache._native", name = "Node", frozen)]
 pub struct PyNode {
     /// Batch calls hold the read lock for the engine call; `close` takes the
-    /// write lock, so it waits for calls in flight and later calls see `Closed`.
-    /// Both are only ever taken with the GIL released.
+    /// write lock only to take the node out, so it waits for calls in flight
+    /// and later calls see `Closed`; the node's shutdown runs after, with no
+    /// lock held. Both are only ever taken with the GIL released.
     state: RwLock<State>,
+    /// Set first thing by `close`: calls made from then on are misses at
+    /// once instead of queueing behind the write lock for the shutdown.
+    closing: AtomicBool,
+    /// The process that started the node. After a `fork` the child has the
+    /// node's memory but none of its threads: every call there is a miss
+    /// with a message saying so, and `close` only forgets the node.
+    pid: u32,
     shards: usize,
     pool_bytes: usize,
     node_id: String,
@@ -180,9 +188,57 @@ pub struct PyNode {
     call_log: Mutex<CallLog>,
 }
 
+impl Drop for PyNode {
+    fn drop(&mut self) {
+        // Dropped in a forked child (its garbage collector, its exit): the
+        // engine node's own drop would join the parent's threads.
+        if self.forked().is_some() {
+            self.forget_in_fork();
+        }
+    }
+}
+
 impl PyNode {
     fn read(&self) -> RwLockReadGuard<'_, State> {
         self.state.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// In a forked child: marks the node closed and leaks it. Shutting it
+    /// down would join threads that do not exist here and flush through
+    /// queues nobody serves; its memory goes with the child.
+    fn forget_in_fork(&self) {
+        self.closing.store(true, Ordering::Release);
+        // try_write: a thread of the parent may have held the lock at fork.
+        if let Ok(mut state) = self.state.try_write() {
+            let stats = Box::new(NodeStats::default());
+            if let State::Open(node) = std::mem::replace(&mut *state, State::Closed(stats)) {
+                std::mem::forget(node);
+            }
+        }
+    }
+
+    /// Why this process cannot use the node, if it is a forked child of the
+    /// one that started it.
+    fn forked(&self) -> Option<String> {
+        let here = std::process::id();
+        (here != self.pid).then(|| {
+            format!(
+                "this PeerCache node was started by process {}, and process {here} is a fork of it, where the node's threads do not exist; create the PeerCacheStore after forking (or use the spawn start method)",
+                self.pid
+            )
+        })
+    }
+
+    /// The node to run a call on, or why there is none: checked before any
+    /// lock is taken (a forked child may have inherited it locked).
+    fn usable(&self) -> Result<(), String> {
+        if let Some(why) = self.forked() {
+            return Err(why);
+        }
+        if self.closing.load(Ordering::Acquire) {
+            return Err("the PeerCache node is closed".to_owned());
+        }
+        Ok(())
     }
 
     /// Runs `f` on the open node with the GIL released (once), records how
@@ -198,9 +254,12 @@ impl PyNode {
     ) -> T {
         let (out, span) = py.detach(|| {
             let t0 = SystemTime::now();
-            let outcome = catch_unwind(AssertUnwindSafe(|| match &*self.read() {
-                State::Open(node) => f(node),
-                State::Closed(_) => Err("the PeerCache node is closed".to_owned()),
+            let outcome = catch_unwind(AssertUnwindSafe(|| {
+                self.usable()?;
+                match &*self.read() {
+                    State::Open(node) => f(node),
+                    State::Closed(_) => Err("the PeerCache node is closed".to_owned()),
+                }
             }));
             let out = match outcome {
                 Ok(Ok(out)) => out,
@@ -331,6 +390,8 @@ impl PyNode {
             node_id: node.node_id().to_owned(),
             endpoints: node.endpoints().iter().map(|a| a.to_string()).collect(),
             state: RwLock::new(State::Open(Box::new(node))),
+            closing: AtomicBool::new(false),
+            pid: std::process::id(),
             last_detached_start_ns: AtomicU64::new(0),
             last_detached_end_ns: AtomicU64::new(0),
             failure_log: Mutex::new(RateLimiter::new(Duration::from_secs(1))),
@@ -496,9 +557,14 @@ impl PyNode {
 
     /// Counters summed over every shard, by name (the final values once closed).
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let stats = py.detach(|| match &*self.read() {
-            State::Open(node) => node.stats(),
-            State::Closed(stats) => **stats,
+        let stats = py.detach(|| {
+            if self.forked().is_some() {
+                return NodeStats::default();
+            }
+            match &*self.read() {
+                State::Open(node) => node.stats(),
+                State::Closed(stats) => **stats,
+            }
         });
         let dict = PyDict::new(py);
         for (name, value) in stats.fields() {
@@ -526,24 +592,51 @@ impl PyNode {
     /// Live cluster members this node sees (itself included; 1 standalone, 0 once closed).
     #[getter]
     fn members(&self, py: Python<'_>) -> usize {
-        py.detach(|| match &*self.read() {
-            State::Open(node) => node.members(),
-            State::Closed(_) => 0,
+        py.detach(|| {
+            if self.usable().is_err() {
+                return 0;
+            }
+            match &*self.read() {
+                State::Open(node) => node.members(),
+                State::Closed(_) => 0,
+            }
         })
     }
 
     /// Leaves the cluster (deregisters from discovery first), stops the
     /// shards and unmaps the pool. Idempotent; afterwards the data methods
-    /// return all-`False` / `0` and `stats()` the final counters.
+    /// return all-`False` / `0` and `stats()` the final counters. Calls made
+    /// while it runs are misses at once; it waits only for calls already in
+    /// flight. In a forked child it only forgets the node (see `pid`).
     fn close(&self, py: Python<'_>) {
         py.detach(|| {
-            let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
-            if let State::Open(node) = &mut *state {
+            if self.forked().is_some() {
+                self.forget_in_fork();
+                return;
+            }
+            self.closing.store(true, Ordering::Release);
+            // Take the node out under the write lock (waiting for calls in
+            // flight); no call can reach it afterwards, so it is shut down
+            // and dropped (its pool unmapped) with no lock held.
+            let node = {
+                let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
+                match &*state {
+                    State::Open(node) => {
+                        let last = Box::new(node.stats());
+                        match std::mem::replace(&mut *state, State::Closed(last)) {
+                            State::Open(node) => Some(node),
+                            State::Closed(_) => None,
+                        }
+                    }
+                    State::Closed(_) => None,
+                }
+            };
+            if let Some(mut node) = node {
                 node.shutdown();
                 let stats = node.stats();
-                // Drops the node: its pool is unmapped here, with the lock held,
-                // so no batch call can still be using it.
-                *state = State::Closed(Box::new(stats));
+                drop(node);
+                *self.state.write().unwrap_or_else(PoisonError::into_inner) =
+                    State::Closed(Box::new(stats));
                 tracing::info!("PeerCache node {} closed", self.node_id);
             }
         });
@@ -557,8 +650,8 @@ impl PyNode {
 
     /// Whether `close()` has been called.
     #[getter]
-    fn closed(&self, py: Python<'_>) -> bool {
-        py.detach(|| matches!(&*self.read(), State::Closed(_)))
+    fn closed(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
     }
 
     /// Number of shards.
@@ -596,13 +689,13 @@ impl PyNode {
         )
     }
 
-    fn __repr__(&self, py: Python<'_>) -> String {
+    fn __repr__(&self) -> String {
         format!(
             "Node(node_id={:?}, shards={}, pool_bytes={}, closed={})",
             self.node_id,
             self.shards,
             self.pool_bytes,
-            if self.closed(py) { "True" } else { "False" }
+            if self.closed() { "True" } else { "False" }
         )
     }
 }

@@ -339,6 +339,10 @@ def members(state):
     return state["store"].node.members
 
 
+def node_id(state):
+    return state["store"].node.node_id
+
+
 def storage_metrics(state):
     m = state["store"].get_stats()
     return type(m).__name__, list(m.prefetch_pgs), list(m.backup_pgs), len(m.prefetch_bandwidth), len(m.backup_bandwidth)
@@ -397,7 +401,7 @@ COMMANDS = {
     for f in [
         ready, use, drop, register, register_extra, fill, page_contents, zero, set_v1, get_v1,
         get_v1_raw_indices, exists, exists_one, set_v2, get_v2, exists_v2, generic_set,
-        generic_get, generic_batch, generic_batch_get, stats, members, storage_metrics,
+        generic_get, generic_batch, generic_batch_get, stats, members, node_id, storage_metrics,
         clear, close, odd_calls,
     ]
 }

@@ -314,6 +314,53 @@ def test_close_while_other_threads_run_batches(make_node):
     assert outcomes.count([False] * 16) == 3
 
 
+def test_a_forked_child_gets_misses_and_never_hangs(make_node):
+    """After fork() the child has the node's memory but none of its threads:
+    its calls are misses at once, close() returns, and the parent's node is
+    untouched."""
+    import signal
+    import warnings
+
+    node = make_node()
+    names = keys("fork", 4)
+    src = random_pages(4, 4 * KIB)
+    assert node.batch_set(names, src.ptrs, src.lens) == [True] * 4
+    with warnings.catch_warnings():
+        # Python 3.12+ warns about forking a process that runs threads:
+        # exactly the case under test.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            dst = Pages.filled(4, 4 * KIB)
+            ok = (
+                node.batch_get(names, dst.ptrs, dst.lens) == [False] * 4
+                and node.batch_exists(names) == 0
+                and node.members == 0
+                and node.stats()["read_requests"] == 0
+            )
+            node.close()
+            code = 0 if ok and node.closed else 3
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 60
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("a call in the forked child never returned")
+        time.sleep(0.05)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+    dst = Pages.filled(4, 4 * KIB)
+    assert node.batch_get(names, dst.ptrs, dst.lens) == [True] * 4
+    assert dst.contents() == src.contents()
+    assert node.closed is False
+
+
 # --- stats -------------------------------------------------------------------
 
 

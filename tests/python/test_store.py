@@ -301,6 +301,63 @@ def test_mha_ranks_and_models_are_kept_apart():
             w.close()
 
 
+def test_tp_ranks_given_one_node_id_each_get_their_own(tmp_path):
+    """SGLang hands every rank the same extra_config: a configured node_id
+    becomes one identity per rank, and their disk directories stay apart."""
+    port = free_port()
+    config = cluster_config(
+        port, node_id="host-a", disk_enabled=True, disk_path=str(tmp_path), disk_size="8mb"
+    )
+    ranks = [StoreWorker(config, rank={"tp_rank": r, "tp_size": 2}) for r in (0, 1)]
+    try:
+        # Both are members: neither replaced the other in discovery.
+        wait_members(ranks, 2)
+        assert [w.call("node_id") for w in ranks] == ["host-a-tp0", "host-a-tp1"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["host-a-tp0", "host-a-tp1"]
+    finally:
+        for w in reversed(ranks):
+            w.close()
+
+
+def test_a_store_that_exits_without_close_leaves_the_cluster_at_once():
+    """SGLang's processes may exit without calling close(): the store's
+    finalizer deregisters at interpreter exit, so peers drop it now, not a
+    member_ttl later."""
+    import json
+    import subprocess
+    import sys
+
+    port = free_port()
+    config = cluster_config(port, member_ttl=120.0)
+    head = StoreWorker(config)
+    script = (
+        "import json, sys, time\n"
+        "from peercache.store import PeerCacheStore\n"
+        "store = PeerCacheStore(None, json.loads(sys.argv[1]))\n"
+        "deadline = time.monotonic() + 20\n"
+        "while store.node.members < 2 and time.monotonic() < deadline:\n"
+        "    time.sleep(0.05)\n"
+        "print(store.node.members, flush=True)\n"
+        # As SGLang's prefetch and backup threads do: a daemon thread holds
+        # the store, so exiting never frees it.
+        "import threading\n"
+        "held = threading.Thread(target=lambda s=store: time.sleep(3600), daemon=True)\n"
+        "held.start()\n"
+        "del store\n"
+    )
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", script, json.dumps(config)],
+            capture_output=True, text=True, timeout=120,
+        )
+        assert out.returncode == 0 and out.stdout.strip() == "2", out
+        # Gone within a few heartbeats; without deregistration it would stay
+        # for member_ttl (120 s).
+        wait_members([head], 1, timeout=30.0, exact=True)
+    finally:
+        head.close()
+
+
 def test_data_path_failures_are_misses_and_close_is_idempotent():
     port = free_port()
     a = StoreWorker(cluster_config(port, interface_v1=1))

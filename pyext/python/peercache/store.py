@@ -47,6 +47,7 @@ import logging
 import sys
 import threading
 import time
+import weakref
 from array import array as _array
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
@@ -399,6 +400,12 @@ class PeerCacheStore(_Base):
         # ValueError for a bad key or value (naming the fix), RuntimeError
         # when the node cannot start.
         self._node = Node(json.dumps(config), cluster=True)
+        # SGLang's processes may exit (or drop the store) without close():
+        # close the node then anyway, so it deregisters from discovery (peers
+        # drop it at once instead of a member_ttl later) and flushes its disk
+        # writes. Holds the node, not the store. Runs at most once; close()
+        # is idempotent, and in a forked child it only forgets the node.
+        weakref.finalize(self, self._node.close)
         # Give discovery a moment to list this node (so the first calls see
         # the cluster), without ever blocking SGLang's start-up for long: a
         # node started before its head keeps retrying in the background.
