@@ -61,13 +61,48 @@ impl Drop for Scratch {
 /// A node with an 8 MiB pool (4 MiB and 256 pages of 16 KiB per shard) and
 /// a disk tier in `dir`.
 fn node(dir: &Path, disk_size: &str, disk_enabled: bool) -> Node {
+    Node::start(config("disk-test", dir, disk_size, disk_enabled)).unwrap()
+}
+
+/// The config of [`node`], under another `node_id`.
+fn config(node_id: &str, dir: &Path, disk_size: &str, disk_enabled: bool) -> Config {
     let text = format!(
         r#"{{"discovery_addr":"127.0.0.1:31998","global_segment_size":"8mb","shards":2,
-            "node_id":"disk-test","metrics_enabled":false,"pool_quarantine_ms":0,
+            "node_id":"{node_id}","metrics_enabled":false,"pool_quarantine_ms":0,
             "disk_enabled":{disk_enabled},"disk_path":"{}","disk_size":"{disk_size}"}}"#,
         dir.display()
     );
-    Node::start(Config::from_json(&text).unwrap()).unwrap()
+    Config::from_json(&text).unwrap()
+}
+
+/// A node `node_id` in `dir` whose disk writes never finish, holding 32
+/// pages, with a flush of it running on another thread; the receiver hears
+/// when that flush returns.
+fn flushing_behind_stalled_writes(
+    dir: &Scratch,
+    node_id: &str,
+) -> (std::sync::Arc<Node>, std::sync::mpsc::Receiver<()>) {
+    STALLED_WRITE_DIRS
+        .lock()
+        .unwrap()
+        .push((dir.0.clone(), Duration::from_secs(600)));
+    let node = std::sync::Arc::new(Node::start(config(node_id, &dir.0, "64mb", true)).unwrap());
+    let ks = keys(32);
+    let pages: Vec<Vec<u8>> = ks.iter().map(|k| page(k)).collect();
+    let refs: Vec<&[u8]> = pages.iter().map(|p| p.as_slice()).collect();
+    assert!(node
+        .batch_set_pages(&ks, &refs)
+        .unwrap()
+        .iter()
+        .all(|&ok| ok));
+    let (tx, flushed) = std::sync::mpsc::channel();
+    let n = std::sync::Arc::clone(&node);
+    std::thread::spawn(move || {
+        n.flush_disk();
+        drop(n);
+        let _ = tx.send(());
+    });
+    (node, flushed)
 }
 
 /// Page content: splitmix64 words seeded by the key's hash, so no two keys
@@ -518,29 +553,13 @@ fn a_stalled_disk_makes_misses_after_the_timeout_and_writes_nothing_late() {
 #[test]
 fn a_flush_gives_up_on_writes_that_stop_finishing() {
     let dir = Scratch::new("write-stall");
+    let (node, rx) = flushing_behind_stalled_writes(&dir, "disk-test");
+    // Bounded only to tell "gave up" from "waits for the stalled writes".
+    let returned = rx.recv_timeout(super::DRAIN_STALL_LIMIT * 10).is_ok();
     STALLED_WRITE_DIRS
         .lock()
         .unwrap()
-        .push((dir.0.clone(), Duration::from_secs(600)));
-    let node = std::sync::Arc::new(node(&dir.0, "64mb", true));
-    let ks = keys(32);
-    let pages: Vec<Vec<u8>> = ks.iter().map(|k| page(k)).collect();
-    let refs: Vec<&[u8]> = pages.iter().map(|p| p.as_slice()).collect();
-    assert!(node
-        .batch_set_pages(&ks, &refs)
-        .unwrap()
-        .iter()
-        .all(|&ok| ok));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let n = std::sync::Arc::clone(&node);
-    std::thread::spawn(move || {
-        n.flush_disk();
-        drop(n);
-        let _ = tx.send(());
-    });
-    // Bounded only to tell "gave up" from "waits for the stalled writes".
-    let returned = rx.recv_timeout(super::DRAIN_STALL_LIMIT * 10).is_ok();
-    STALLED_WRITE_DIRS.lock().unwrap().clear();
+        .retain(|(d, _)| d != &dir.0);
     assert!(returned, "the flush waited for writes that never finish");
     assert_eq!(node.stats().disk_writes, 0, "no write finished");
 }
@@ -552,13 +571,7 @@ fn a_flush_gives_up_on_writes_that_stop_finishing() {
 fn a_node_id_in_use_by_a_running_node_is_refused() {
     let dir = Scratch::new("id-in-use");
     let first = node(&dir.0, "64mb", true);
-    let text = format!(
-        r#"{{"discovery_addr":"127.0.0.1:31998","global_segment_size":"8mb","shards":2,
-            "node_id":"disk-test","metrics_enabled":false,
-            "disk_enabled":true,"disk_path":"{}","disk_size":"64mb"}}"#,
-        dir.0.display()
-    );
-    let second = Node::start(Config::from_json(&text).unwrap());
+    let second = Node::start(config("disk-test", &dir.0, "64mb", true));
     let err = second
         .expect_err("a second node of the same id must not start")
         .to_string();
@@ -567,7 +580,7 @@ fn a_node_id_in_use_by_a_running_node_is_refused() {
         "{err}"
     );
     drop(first);
-    drop(Node::start(Config::from_json(&text).unwrap()).expect("free once the first stopped"));
+    drop(node(&dir.0, "64mb", true));
 }
 
 /// A shard that panics while other tasks of it wait (here a flush held by a
@@ -578,33 +591,8 @@ fn a_node_id_in_use_by_a_running_node_is_refused() {
 fn a_panic_on_a_shard_answers_the_callers_its_other_tasks_hold() {
     use crate::store::shard::maintenance_test_hooks::PANIC_NEXT;
     let dir = Scratch::new("panic-while-flushing");
-    STALLED_WRITE_DIRS
-        .lock()
-        .unwrap()
-        .push((dir.0.clone(), Duration::from_secs(600)));
-    let text = format!(
-        r#"{{"discovery_addr":"127.0.0.1:31998","global_segment_size":"8mb","shards":2,
-            "node_id":"panics-while-flushing","metrics_enabled":false,
-            "disk_enabled":true,"disk_path":"{}","disk_size":"64mb"}}"#,
-        dir.0.display()
-    );
-    let node = std::sync::Arc::new(Node::start(Config::from_json(&text).unwrap()).unwrap());
-    let ks = keys(32);
-    let pages: Vec<Vec<u8>> = ks.iter().map(|k| page(k)).collect();
-    let refs: Vec<&[u8]> = pages.iter().map(|p| p.as_slice()).collect();
-    assert!(node
-        .batch_set_pages(&ks, &refs)
-        .unwrap()
-        .iter()
-        .all(|&ok| ok));
-    // A flush now waits on both shards for writes that never finish.
-    let (tx, flushed) = std::sync::mpsc::channel();
-    let n = std::sync::Arc::clone(&node);
-    std::thread::spawn(move || {
-        n.flush_disk();
-        drop(n);
-        let _ = tx.send(());
-    });
+    // The flush waits on both shards for writes that never finish.
+    let (node, flushed) = flushing_behind_stalled_writes(&dir, "panics-while-flushing");
     std::thread::sleep(Duration::from_millis(200));
     // While it waits, a task of one shard panics.
     *PANIC_NEXT.lock().unwrap() = Some("panics-while-flushing".to_owned());
@@ -613,7 +601,10 @@ fn a_panic_on_a_shard_answers_the_callers_its_other_tasks_hold() {
     // Bounded only to tell "answered" from "waits forever"; the live shard's
     // part gives up after the drain's stall limit.
     let returned = flushed.recv_timeout(super::DRAIN_STALL_LIMIT * 10).is_ok();
-    STALLED_WRITE_DIRS.lock().unwrap().clear();
+    STALLED_WRITE_DIRS
+        .lock()
+        .unwrap()
+        .retain(|(d, _)| d != &dir.0);
     assert!(
         returned,
         "the flush waiting on the panicked shard was never answered"
