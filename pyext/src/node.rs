@@ -162,6 +162,9 @@ pub struct PyNode {
     /// Set first thing by `close`: calls made from then on are misses at
     /// once instead of queueing behind the write lock for the shutdown.
     closing: AtomicBool,
+    /// Held for the whole of `close`, so a second `close` (SGLang's and the
+    /// exit finalizer) returns only once the node is really down.
+    close_lock: Mutex<()>,
     /// The process that started the node. After a `fork` the child has the
     /// node's memory but none of its threads: every call there is a miss
     /// with a message saying so, and `close` only forgets the node.
@@ -191,9 +194,14 @@ pub struct PyNode {
 impl Drop for PyNode {
     fn drop(&mut self) {
         // Dropped in a forked child (its garbage collector, its exit): the
-        // engine node's own drop would join the parent's threads.
+        // engine node's own drop would join the parent's threads. `get_mut`
+        // ignores the lock, which a parent thread may have held at the fork.
         if self.forked().is_some() {
-            self.forget_in_fork();
+            let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
+            let stats = Box::new(NodeStats::default());
+            if let State::Open(node) = std::mem::replace(state, State::Closed(stats)) {
+                node.forget_in_fork();
+            }
         }
     }
 }
@@ -203,16 +211,17 @@ impl PyNode {
         self.state.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// In a forked child: marks the node closed and leaks it. Shutting it
-    /// down would join threads that do not exist here and flush through
-    /// queues nobody serves; its memory goes with the child.
+    /// In a forked child: marks the node closed and leaks it
+    /// (`EngineNode::forget_in_fork`). Shutting it down would join threads
+    /// that do not exist here and flush through queues nobody serves; its
+    /// memory goes with the child. If a parent thread held the state lock
+    /// at the fork, the node is left for `Drop`, which ignores the lock.
     fn forget_in_fork(&self) {
         self.closing.store(true, Ordering::Release);
-        // try_write: a thread of the parent may have held the lock at fork.
         if let Ok(mut state) = self.state.try_write() {
             let stats = Box::new(NodeStats::default());
             if let State::Open(node) = std::mem::replace(&mut *state, State::Closed(stats)) {
-                std::mem::forget(node);
+                node.forget_in_fork();
             }
         }
     }
@@ -391,6 +400,7 @@ impl PyNode {
             endpoints: node.endpoints().iter().map(|a| a.to_string()).collect(),
             state: RwLock::new(State::Open(Box::new(node))),
             closing: AtomicBool::new(false),
+            close_lock: Mutex::new(()),
             pid: std::process::id(),
             last_detached_start_ns: AtomicU64::new(0),
             last_detached_end_ns: AtomicU64::new(0),
@@ -614,10 +624,14 @@ impl PyNode {
                 self.forget_in_fork();
                 return;
             }
+            let _one_close_at_a_time = self
+                .close_lock
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             self.closing.store(true, Ordering::Release);
             // Take the node out under the write lock (waiting for calls in
             // flight); no call can reach it afterwards, so it is shut down
-            // and dropped (its pool unmapped) with no lock held.
+            // and dropped (its pool unmapped) with no state lock held.
             let node = {
                 let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
                 match &*state {

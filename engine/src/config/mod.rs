@@ -21,6 +21,7 @@ mod value;
 #[cfg(test)]
 mod tests;
 
+use crate::discovery::MAX_NODE_ID_CHARS;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -1012,6 +1013,19 @@ impl<'a> Reader<'a> {
                 ),
             });
         }
+        if let Some(id) = c.rank_node_id() {
+            let chars = id.chars().count();
+            if chars > MAX_NODE_ID_CHARS {
+                return Err(ConfigError::Conflict {
+                    key: "node_id".to_owned(),
+                    other: "tp_rank".to_owned(),
+                    problem: format!(
+                        "with its rank suffix the node id is {id:?}, {chars} characters; \
+                         at most {MAX_NODE_ID_CHARS} are allowed, so shorten node_id"
+                    ),
+                });
+            }
+        }
         if c.pool_bytes_per_rank() == 0 {
             return Err(ConfigError::Conflict {
                 key: "global_segment_size".to_owned(),
@@ -1148,8 +1162,10 @@ fn check_node_id(id: &str) -> Result<(), String> {
     if id == "." || id == ".." || id.contains('/') || id.contains('\0') {
         return Err("a node id usable as a directory name: no '/', not \".\" or \"..\"".to_owned());
     }
-    if id.chars().count() > 128 {
-        return Err("a node id of at most 128 characters".to_owned());
+    if id.chars().count() > MAX_NODE_ID_CHARS {
+        return Err(format!(
+            "a node id of at most {MAX_NODE_ID_CHARS} characters"
+        ));
     }
     if id.chars().any(char::is_whitespace) {
         return Err("a node id without spaces".to_owned());

@@ -912,4 +912,15 @@ fn a_configured_node_id_gets_the_rank_of_its_process() {
         id(r#","node_id":"n1","tp_rank":0,"tp_size":2,"pp_rank":1,"pp_size":2"#).as_deref(),
         Some("n1-tp0-pp1")
     );
+    // The suffix must still fit discovery's limit on ids.
+    let long = "n".repeat(126);
+    let err = Config::from_json(&format!(
+        r#"{{"discovery_addr":"10.0.0.1:31998","node_id":"{long}","tp_rank":3,"tp_size":8}}"#
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("node_id") && err.contains("shorten node_id"),
+        "{err}"
+    );
 }

@@ -32,6 +32,18 @@ pub struct DirClaim {
     _lock: File,
 }
 
+impl DirClaim {
+    /// Closes this process's descriptor of the lock without dropping the
+    /// claim: for a forked child that leaks its node (see
+    /// `Node::forget_in_fork`), whose copy of the descriptor would otherwise
+    /// hold the lock for as long as the child lives.
+    pub fn close_in_fork(&self) {
+        // SAFETY: the claim is leaked right after (never dropped), so the
+        // descriptor is not closed twice, and nothing else uses it.
+        unsafe { libc::close(self._lock.as_raw_fd()) };
+    }
+}
+
 /// Takes `dir`'s lock without waiting; `Ok(None)` when another node (in this
 /// process or another) holds it.
 fn try_lock(dir: &Path) -> std::io::Result<Option<DirClaim>> {

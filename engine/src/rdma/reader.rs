@@ -229,18 +229,27 @@ impl Reader {
             let rail = rails.rail_mut(r);
             let depth = rail.channels.sizes().max_send_wr.max(1) as usize;
             let positions: Vec<usize> = (r..n).step_by(rail_count).collect();
+            let ranges: Vec<(u64, u64)> = positions
+                .iter()
+                .map(|&i| (items[i].dst as u64, u64::from(items[i].location.len)))
+                .collect();
+            // SAFETY: the destinations stay mapped until the batch is
+            // finished or dropped (this function's contract), and `lazy[r]`
+            // goes with the batch.
+            let registered = unsafe {
+                rail.registry
+                    .register_destinations(&rail.device, &ranges, &mut lazy[r])
+            };
+            if let Err(e) = registered {
+                self.warn(format_args!("rail {r}: registering destinations: {e}"));
+            }
             for chunk in positions.chunks(depth) {
                 let mut wrs = Vec::with_capacity(chunk.len());
                 let mut posted_items = Vec::with_capacity(chunk.len());
                 for &i in chunk {
                     let item = &items[i];
                     let len = u64::from(item.location.len);
-                    let lkey = match rail.registry.lkey_for(
-                        &rail.device,
-                        item.dst as u64,
-                        len,
-                        &mut lazy[r],
-                    ) {
+                    let lkey = match rail.registry.lkey_for(item.dst as u64, len, &lazy[r]) {
                         Ok(k) => k,
                         Err(e) => {
                             self.warn(format_args!("rail {r}: destination not registered: {e}"));

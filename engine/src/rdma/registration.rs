@@ -31,8 +31,8 @@ use std::sync::Arc;
 /// Granularity of lazy registrations.
 const LAZY_ALIGN_BYTES: u64 = 4096;
 
-/// Most on-demand MRs one READ batch may hold, merged-away ones included
-/// (each pins memory and uses a NIC translation entry).
+/// Most on-demand MRs one READ batch may hold (each pins memory and uses a
+/// NIC translation entry).
 pub const MAX_LAZY_MRS: usize = 1024;
 
 /// A registration failed.
@@ -51,6 +51,11 @@ pub enum RegistrationError {
         /// The verbs error.
         source: VerbsError,
     },
+    /// A destination has no registration (its on-demand one failed).
+    #[error(
+        "the destination is in no registered buffer and could not be registered for this batch"
+    )]
+    NotRegistered,
     /// One batch needed more on-demand registrations than allowed.
     #[error("{MAX_LAZY_MRS} destinations of one batch were already registered on demand; register the host KV pool up front (register_mem_pool_host)")]
     TooManyLazy,
@@ -89,8 +94,6 @@ impl<V: Verbs> std::fmt::Debug for Registry<V> {
 pub struct LazyRegions<V: Verbs> {
     /// Registered destinations, by start address (never overlapping).
     map: BTreeMap<u64, V::Mr>,
-    /// MRs replaced by a merged one; a READ already posted may use them.
-    retired: Vec<V::Mr>,
     /// The rail's stats, whose `rdma_lazy_local_mrs` counts these while alive.
     stats: Option<Arc<ShardStats>>,
 }
@@ -99,16 +102,15 @@ impl<V: Verbs> Default for LazyRegions<V> {
     fn default() -> Self {
         Self {
             map: BTreeMap::new(),
-            retired: Vec::new(),
             stats: None,
         }
     }
 }
 
 impl<V: Verbs> LazyRegions<V> {
-    /// MRs held now (merged-away ones included).
+    /// MRs held now.
     pub fn len(&self) -> usize {
-        self.map.len() + self.retired.len()
+        self.map.len()
     }
 
     /// Whether none is held.
@@ -129,10 +131,11 @@ impl<V: Verbs> Drop for LazyRegions<V> {
 
 /// The MR in `map` covering `[addr, addr + len)`, if any.
 fn covering<M: MemoryRegion>(map: &BTreeMap<u64, M>, addr: u64, len: u64) -> Option<MrKeys> {
-    // Only the region starting last at or below `addr` is looked at. Lazy
-    // regions never overlap (they are merged); if a caller registers
-    // overlapping buffers, a lookup may miss one and register lazily, which
-    // costs an MR but is never wrong.
+    // Only the region starting last at or below `addr` is looked at. A
+    // batch's on-demand regions never overlap (they are merged before they
+    // are registered); if a caller registers overlapping buffers up front, a
+    // lookup may miss one and register on demand, which costs an MR but is
+    // never wrong.
     let (_, mr) = map.range(..=addr).next_back()?;
     let k = mr.keys();
     (addr + len <= k.addr + k.len as u64).then_some(k)
@@ -214,58 +217,79 @@ impl<V: Verbs> Registry<V> {
         Ok(keys)
     }
 
-    /// The lkey for a READ into `[addr, addr + len)`: a buffer registered
-    /// up front, or an on-demand registration held by `lazy` (the READ
-    /// batch's own; counted).
+    /// Registers, for one READ batch, the destinations among `ranges`
+    /// (address, length) that no buffer registered up front covers: rounded
+    /// out to whole 4 KiB pages, overlapping or touching ones merged, each
+    /// merged region registered once and held by `lazy`. Each such
+    /// destination counts in `rdma_local_reg_misses`. Returns the first
+    /// failure; the destinations it left unregistered get no lkey (misses).
     ///
     /// # Safety
-    /// The destination must be mapped memory that stays mapped while `lazy`
-    /// lives (the caller's batch contract).
-    pub unsafe fn lkey_for(
+    /// Each destination must be mapped memory that stays mapped while
+    /// `lazy` lives (the caller's batch contract).
+    pub unsafe fn register_destinations(
         &mut self,
         dev: &V,
+        ranges: &[(u64, u64)],
+        lazy: &mut LazyRegions<V>,
+    ) -> Result<(), RegistrationError> {
+        let mut wanted: Vec<(u64, u64)> = Vec::new();
+        for &(addr, len) in ranges {
+            if covering(&self.local, addr, len).is_some()
+                || covering(&lazy.map, addr, len).is_some()
+            {
+                continue;
+            }
+            ShardStats::bump(&self.stats.rdma_local_reg_misses, 1);
+            let start = addr / LAZY_ALIGN_BYTES * LAZY_ALIGN_BYTES;
+            let end = (addr + len).div_ceil(LAZY_ALIGN_BYTES) * LAZY_ALIGN_BYTES;
+            wanted.push((start, end));
+        }
+        // One MR per run of overlapping or touching destinations: a stray
+        // buffer read page by page costs one registration per batch.
+        wanted.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(wanted.len());
+        for (start, end) in wanted {
+            match merged.last_mut() {
+                Some(last) if start <= last.1 => last.1 = last.1.max(end),
+                _ => merged.push((start, end)),
+            }
+        }
+        let mut first_error = None;
+        for (start, end) in merged {
+            if lazy.len() >= MAX_LAZY_MRS {
+                first_error.get_or_insert(RegistrationError::TooManyLazy);
+                break;
+            }
+            match dev.register(
+                start as *mut u8,
+                (end - start) as usize,
+                Access::LOCAL_WRITE,
+            ) {
+                Ok(mr) => {
+                    lazy.map.insert(start, mr);
+                    let stats = lazy.stats.get_or_insert_with(|| Arc::clone(&self.stats));
+                    ShardStats::bump(&stats.rdma_lazy_local_mrs, 1);
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e.into());
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// The lkey for a READ into `[addr, addr + len)`: a buffer registered up
+    /// front, or one `lazy` holds (see [`Registry::register_destinations`]).
+    pub fn lkey_for(
+        &self,
         addr: u64,
         len: u64,
-        lazy: &mut LazyRegions<V>,
+        lazy: &LazyRegions<V>,
     ) -> Result<u32, RegistrationError> {
-        if let Some(k) = covering(&self.local, addr, len).or_else(|| covering(&lazy.map, addr, len))
-        {
-            return Ok(k.lkey);
-        }
-        ShardStats::bump(&self.stats.rdma_local_reg_misses, 1);
-        if lazy.len() >= MAX_LAZY_MRS {
-            return Err(RegistrationError::TooManyLazy);
-        }
-        let start = addr / LAZY_ALIGN_BYTES * LAZY_ALIGN_BYTES;
-        let end = (addr + len).div_ceil(LAZY_ALIGN_BYTES) * LAZY_ALIGN_BYTES;
-        // Merge with regions of this batch it overlaps or touches, so the map
-        // keeps non-overlapping regions (one lookup suffices) and a stray
-        // buffer read page by page ends up as one MR. The old MRs stay
-        // registered until the batch is dropped: a READ already posted with
-        // one of their lkeys may still be in flight.
-        let overlapping: Vec<u64> = lazy
-            .map
-            .range(..=end)
-            .filter(|(_, mr)| {
-                let k = mr.keys();
-                k.addr + k.len as u64 >= start
-            })
-            .map(|(&a, _)| a)
-            .collect();
-        let (mut lo, mut hi) = (start, end);
-        for a in &overlapping {
-            let k = lazy.map[a].keys();
-            lo = lo.min(k.addr);
-            hi = hi.max(k.addr + k.len as u64);
-        }
-        let mr = dev.register(lo as *mut u8, (hi - lo) as usize, Access::LOCAL_WRITE)?;
-        let lkey = mr.keys().lkey;
-        for a in overlapping {
-            lazy.retired.extend(lazy.map.remove(&a));
-        }
-        lazy.map.insert(lo, mr);
-        let stats = lazy.stats.get_or_insert_with(|| Arc::clone(&self.stats));
-        ShardStats::bump(&stats.rdma_lazy_local_mrs, 1);
-        Ok(lkey)
+        covering(&self.local, addr, len)
+            .or_else(|| covering(&lazy.map, addr, len))
+            .map(|k| k.lkey)
+            .ok_or(RegistrationError::NotRegistered)
     }
 }

@@ -140,9 +140,9 @@ pub struct Node {
     metrics: Option<MetricsServer>,
     /// `shutdown` ran (it is idempotent; the disk flush runs once).
     shut_down: bool,
-    /// The lock on this node's disk directory (generated `node_id` only),
-    /// released after every shard stopped (field order): until then no
-    /// other node may remove the directory.
+    /// The lock on this node's disk directory, released after every shard
+    /// stopped (field order): until then no other node may remove the
+    /// directory or start under the same `node_id`.
     _disk_claim: Option<Arc<crate::disk::claim::DirClaim>>,
     // Keeps the pool mapped for as long as any shard can touch it; dropped
     // after `runtime` (field order), i.e. after every shard thread joined.
@@ -797,6 +797,19 @@ impl Node {
     /// Counters of each shard.
     pub fn shard_stats(&self) -> Vec<NodeStats> {
         self.stats.iter().map(|s| s.snapshot()).collect()
+    }
+
+    /// For a child forked (without exec) from this node's process, where the
+    /// node's threads do not exist, so it can be neither used nor shut down:
+    /// leaks the node, after closing the child's copy of the disk
+    /// directory's lock (flock belongs to the open file, so the copy would
+    /// keep the directory locked after the parent is gone, and a restart
+    /// under this `node_id` would be refused while the child lives).
+    pub fn forget_in_fork(self) {
+        if let Some(claim) = &self._disk_claim {
+            claim.close_in_fork();
+        }
+        std::mem::forget(self);
     }
 
     /// Leaves the cluster (deregisters from discovery), then stops every

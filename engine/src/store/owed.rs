@@ -13,7 +13,9 @@
 //! when a panic halts it, [`Answers::answer_all`] answers them all (after the
 //! shard stopped its RDMA READs, so nothing lands in a caller's buffer
 //! afterwards). Whichever comes first, the drop of the [`Owed`] or
-//! `answer_all`, answers; the other finds nothing left to do.
+//! `answer_all`, answers; the other finds nothing left to do. A drop during
+//! the panic's own unwinding leaves the answer to `answer_all`, which comes
+//! after the READs are stopped.
 
 use crate::runtime::BatchCompletion;
 use std::cell::{Cell, RefCell};
@@ -77,6 +79,13 @@ pub struct Owed {
 
 impl Drop for Owed {
     fn drop(&mut self) {
+        // Dropped by a panic unwinding through its task: the shard is about
+        // to be halted, and other tasks of the same call may still have RDMA
+        // READs posted into the caller's buffers. `answer_all` answers after
+        // the halt has stopped them.
+        if std::thread::panicking() {
+            return;
+        }
         let done = self.answers.owed.borrow_mut().remove(&self.id);
         if let Some(done) = done {
             // SAFETY: still owed, so its caller is still waiting (`owe`).
@@ -106,5 +115,21 @@ mod tests {
         // would trip the completion's "completed twice" assertion).
         drop(b);
         drop(c);
+    }
+
+    #[test]
+    fn a_drop_while_panicking_leaves_the_answer_to_the_halt() {
+        let answers = Rc::new(Answers::default());
+        let done = BatchCompletion::new(1);
+        // SAFETY: `done` outlives the answer.
+        let owed = unsafe { answers.owe(&done) };
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let _owed = owed;
+            panic!("test: a task panicked");
+        }));
+        assert!(unwound.is_err());
+        assert!(!done.is_done(), "not answered during the unwinding");
+        answers.answer_all();
+        assert!(done.is_done());
     }
 }

@@ -671,10 +671,11 @@ impl ShardService for ShardStore {
                 }
             }
             StoreJob::Clear(done) => {
-                this.pool.borrow_mut().clear(Instant::now());
-                this.publish_pool_gauges();
+                // Owed first, so a panic below still answers (from `halt`).
                 // SAFETY: the caller waits on `done` until it is answered.
                 let answer = unsafe { this.answers.owe(done) };
+                this.pool.borrow_mut().clear(Instant::now());
+                this.publish_pool_gauges();
                 if let Some(disk) = this.disk.clone() {
                     let this = Rc::clone(this);
                     glommio::spawn_local(async move {
@@ -789,6 +790,13 @@ impl ShardService for ShardStore {
         // pending ones: answer their callers now (each with the results it
         // has, misses for the rest).
         this.answers.answer_all();
+        // Out of LISTEN now, as `stop` does: peers stop connecting, and the
+        // port can be bound again (the accept loop's task is never dropped).
+        if let Some(fd) = this.listening_fd.take() {
+            // SAFETY: the listener's task is never polled or dropped again,
+            // so nothing else uses or closes this descriptor now.
+            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+        }
     }
 
     fn start(this: &Rc<Self>) {
