@@ -8,29 +8,30 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Disk reads of slabs under these directories stall this long first: a
+/// Slab directories whose disk reads (or writes) stall this long first: a
 /// device that stops answering, for one test's node only.
-static STALLED_DIRS: Mutex<Vec<(PathBuf, Duration)>> = Mutex::new(Vec::new());
+type Stalls = Mutex<Vec<(PathBuf, Duration)>>;
+static STALLED_DIRS: Stalls = Mutex::new(Vec::new());
+static STALLED_WRITE_DIRS: Stalls = Mutex::new(Vec::new());
 
-/// How long a read of the slab at `path` should stall (test hook of
-/// [`super::DiskTier::read`]).
-pub(super) fn read_stall_for(path: &Path) -> Option<Duration> {
-    let dirs = STALLED_DIRS.lock().unwrap();
+/// How long an operation on the slab at `path` should stall, per `stalls`.
+fn stall_for(stalls: &Stalls, path: &Path) -> Option<Duration> {
+    let dirs = stalls.lock().unwrap();
     dirs.iter()
         .find(|(dir, _)| path.starts_with(dir))
         .map(|&(_, stall)| stall)
 }
 
-/// Disk writes to slabs under these directories stall this long first.
-static STALLED_WRITE_DIRS: Mutex<Vec<(PathBuf, Duration)>> = Mutex::new(Vec::new());
+/// How long a read of the slab at `path` should stall (test hook of
+/// [`super::DiskTier::read`]).
+pub(super) fn read_stall_for(path: &Path) -> Option<Duration> {
+    stall_for(&STALLED_DIRS, path)
+}
 
 /// How long a write to the slab at `path` should stall (test hook of
 /// [`super::DiskTier::write`]).
 pub(super) fn write_stall_for(path: &Path) -> Option<Duration> {
-    let dirs = STALLED_WRITE_DIRS.lock().unwrap();
-    dirs.iter()
-        .find(|(dir, _)| path.starts_with(dir))
-        .map(|&(_, stall)| stall)
+    stall_for(&STALLED_WRITE_DIRS, path)
 }
 
 const PAGE: usize = 16 << 10;
