@@ -26,6 +26,24 @@ enum State {
     Closed(Box<NodeStats>),
 }
 
+impl State {
+    /// Takes the node out, leaving `Closed` with the counters `last` reads
+    /// from it; `None` when already closed.
+    fn take_open(
+        &mut self,
+        last: impl FnOnce(&EngineNode) -> NodeStats,
+    ) -> Option<Box<EngineNode>> {
+        let State::Open(node) = self else {
+            return None;
+        };
+        let stats = Box::new(last(node));
+        match std::mem::replace(self, State::Closed(stats)) {
+            State::Open(node) => Some(node),
+            State::Closed(_) => None,
+        }
+    }
+}
+
 /// What a batch call does with its pages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum PageOp {
@@ -198,8 +216,7 @@ impl Drop for PyNode {
         // ignores the lock, which a parent thread may have held at the fork.
         if self.forked().is_some() {
             let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
-            let stats = Box::new(NodeStats::default());
-            if let State::Open(node) = std::mem::replace(state, State::Closed(stats)) {
+            if let Some(node) = state.take_open(|_| NodeStats::default()) {
                 node.forget_in_fork();
             }
         }
@@ -219,8 +236,7 @@ impl PyNode {
     fn forget_in_fork(&self) {
         self.closing.store(true, Ordering::Release);
         if let Ok(mut state) = self.state.try_write() {
-            let stats = Box::new(NodeStats::default());
-            if let State::Open(node) = std::mem::replace(&mut *state, State::Closed(stats)) {
+            if let Some(node) = state.take_open(|_| NodeStats::default()) {
                 node.forget_in_fork();
             }
         }
@@ -632,19 +648,11 @@ impl PyNode {
             // Take the node out under the write lock (waiting for calls in
             // flight); no call can reach it afterwards, so it is shut down
             // and dropped (its pool unmapped) with no state lock held.
-            let node = {
-                let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
-                match &*state {
-                    State::Open(node) => {
-                        let last = Box::new(node.stats());
-                        match std::mem::replace(&mut *state, State::Closed(last)) {
-                            State::Open(node) => Some(node),
-                            State::Closed(_) => None,
-                        }
-                    }
-                    State::Closed(_) => None,
-                }
-            };
+            let node = self
+                .state
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take_open(|node| node.stats());
             if let Some(mut node) = node {
                 node.shutdown();
                 let stats = node.stats();
