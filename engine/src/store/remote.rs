@@ -17,7 +17,7 @@ use crate::pool::Location;
 use crate::wire::{
     self, BulkDest, BulkPlan, BulkSegment, DataPromote, DataPromoteReply, DataRead, DataReadReply,
     DirDelete, DirDeleteAck, DirEntry, DirPut, DirPutAck, ErrorReply, Hello, HelloAck, Kind,
-    Purpose, ReadItem, ReadStatus, WireError, WireMessage, PROTOCOL_VERSION,
+    Purpose, ReadItem, ReadStatus, WireError, WireMessage, MAX_BULK_BYTES, PROTOCOL_VERSION,
 };
 use glommio::net::TcpStream;
 use std::collections::HashMap;
@@ -73,6 +73,14 @@ pub(super) async fn expect_reply<T: WireMessage>(
         return Err(peer_error(&wire::decode_owned::<ErrorReply>(conn.meta())?));
     }
     header.expect_kind(T::KIND)?;
+    // Every reply read here ends its exchange: bulk announced after it
+    // would stay unread on the channel and garble the next exchange on it.
+    if header.bulk_len != 0 {
+        return Err(WireError::UnexpectedBulk {
+            kind: header.kind,
+            len_bytes: header.bulk_len,
+        });
+    }
     if header.request_id != id {
         return Err(WireError::Io(std::io::Error::other(format!(
             "reply to request {} arrived where {id} was expected",
@@ -148,6 +156,62 @@ pub(super) struct DataReads {
     /// Destination (address, length), batch position and resolved location
     /// of each item.
     pub(super) targets: Vec<(usize, usize, usize, DirLocation)>,
+}
+
+/// The `DataRead`s of one batch: one per data shard, split where a reply
+/// would pass `max_bytes` of pages.
+struct ReadGroups {
+    max_bytes: u64,
+    /// Per data shard, the read being filled and its bytes so far.
+    open: HashMap<(NodeRef, u16), (DataReads, u64)>,
+    full: Vec<DataReads>,
+}
+
+impl ReadGroups {
+    fn new(max_bytes: u64) -> Self {
+        ReadGroups {
+            max_bytes,
+            open: HashMap::new(),
+            full: Vec::new(),
+        }
+    }
+
+    /// Adds the read of `target` (destination address, length, batch
+    /// position, location) from the shard at `endpoint`.
+    fn push(&mut self, endpoint: SocketAddr, target: (usize, usize, usize, DirLocation)) {
+        let (_, len, _, loc) = target;
+        let new_reads = || DataReads {
+            endpoint,
+            request: DataRead {
+                node: loc.node.0,
+                items: Vec::new(),
+            },
+            targets: Vec::new(),
+        };
+        let (reads, bytes) = self
+            .open
+            .entry((loc.node, loc.shard))
+            .or_insert_with(|| (new_reads(), 0));
+        // A server frames at most MAX_BULK_BYTES in one reply and drops the
+        // connection when asked for more (so the reader would take it for a
+        // dead peer): larger shares of a batch travel as several reads.
+        if *bytes + len as u64 > self.max_bytes && !reads.targets.is_empty() {
+            self.full.push(std::mem::replace(reads, new_reads()));
+            *bytes = 0;
+        }
+        *bytes += len as u64;
+        reads
+            .request
+            .items
+            .push(ReadItem::from(loc.pool_location()));
+        reads.targets.push(target);
+    }
+
+    fn into_reads(self) -> impl Iterator<Item = DataReads> {
+        self.full
+            .into_iter()
+            .chain(self.open.into_values().map(|(reads, _)| reads))
+    }
 }
 
 impl ShardStore {
@@ -444,18 +508,18 @@ impl ShardStore {
                     let this = Rc::clone(self);
                     glommio::spawn_local(async move {
                         let (outcome, range) = this.dir_get(ep, &keys).await;
-                        (index, outcome, range)
+                        (index, keys, outcome, range)
                     })
                 })
                 .collect();
             for task in tasks {
-                let (index, outcome, range) = task.await;
+                let (index, keys, outcome, range) = task.await;
                 let Ok(reply) = &*outcome else { continue };
                 let Some(entries) = reply.entries.get(range) else {
                     continue; // a reply shorter than its request: all unresolved
                 };
-                for (j, entry) in index.into_iter().zip(entries) {
-                    found[j] = entry.as_ref().map(to_location).and_then(usable);
+                for ((j, key), entry) in index.into_iter().zip(&keys).zip(entries) {
+                    found[j] = entry_for(entry, key).map(to_location).and_then(usable);
                 }
             }
             pending.retain(|&j| found[j].is_none());
@@ -571,7 +635,7 @@ impl ShardStore {
         part: &BatchPart,
         resolved: &[(usize, DirLocation)],
     ) -> (u64, u64, Vec<(usize, DirLocation)>) {
-        let mut groups: HashMap<(NodeRef, u16), DataReads> = HashMap::new();
+        let mut groups = ReadGroups::new(u64::from(MAX_BULK_BYTES));
         for &(i, loc) in resolved {
             let len = part.len(i);
             if loc.len as usize != len {
@@ -583,21 +647,10 @@ impl ShardStore {
             else {
                 continue;
             };
-            let g = groups
-                .entry((loc.node, loc.shard))
-                .or_insert_with(|| DataReads {
-                    endpoint,
-                    request: DataRead {
-                        node: loc.node.0,
-                        items: Vec::new(),
-                    },
-                    targets: Vec::new(),
-                });
-            g.request.items.push(ReadItem::from(loc.pool_location()));
-            g.targets.push((part.addr(i), len, i, loc));
+            groups.push(endpoint, (part.addr(i), len, i, loc));
         }
         let tasks: Vec<_> = groups
-            .into_values()
+            .into_reads()
             .map(|reads| {
                 let this = Rc::clone(self);
                 glommio::spawn_local(async move {
@@ -660,7 +713,8 @@ impl ShardStore {
                             conn.send(&request, id, &[]).await?;
                             expect_reply::<DataPromoteReply>(conn, id).await
                         })
-                        .await;
+                        .await
+                        .map(|reply| (request.keys, reply));
                     (index, reply)
                 })
             })
@@ -668,9 +722,12 @@ impl ShardStore {
         let mut fresh = Vec::new();
         for task in tasks {
             let (index, reply) = task.await;
-            let Ok(reply) = reply else { continue };
-            for (i, entry) in index.into_iter().zip(reply.entries) {
-                if let Some(loc) = entry.map(|e| to_location(&e)).filter(|l| l.resident) {
+            let Ok((keys, reply)) = reply else { continue };
+            for ((i, key), entry) in index.into_iter().zip(&keys).zip(&reply.entries) {
+                if let Some(loc) = entry_for(entry, key)
+                    .map(to_location)
+                    .filter(|l| l.resident)
+                {
                     fresh.push((i, loc));
                 }
             }
@@ -776,7 +833,84 @@ impl ShardStore {
     }
 }
 
+/// The entry a reply holds for the key asked for at its position, if it is
+/// one for that key. Replies answer by position; an entry naming another
+/// key (a buggy or confused peer) would send the read to another page of
+/// the same size, and its bytes would count as a hit for this key.
+fn entry_for<'a>(entry: &'a Option<DirEntry>, key: &[u8; 16]) -> Option<&'a DirEntry> {
+    entry.as_ref().filter(|e| e.key == *key)
+}
+
 /// A wire directory entry as a location.
 pub(super) fn to_location(e: &DirEntry) -> DirLocation {
     DirLocation::from_pool(NodeRef(e.node), e.shard, e.location(), e.resident)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: usize = 1 << 20;
+
+    fn location(node: u64, shard: u16, page: u64) -> DirLocation {
+        let at = Location {
+            offset: page * MIB as u64,
+            generation: 1,
+            len: MIB as u32,
+        };
+        DirLocation::from_pool(NodeRef(node), shard, at, true)
+    }
+
+    fn endpoint(shard: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 7000 + shard))
+    }
+
+    /// Reads as (shard, batch positions), sorted.
+    fn summary(groups: ReadGroups) -> Vec<(u16, Vec<usize>)> {
+        let mut reads: Vec<(u16, Vec<usize>)> = groups
+            .into_reads()
+            .map(|r| {
+                assert_eq!(r.request.items.len(), r.targets.len());
+                let shard = r.targets[0].3.shard;
+                assert!(r.targets.iter().all(|t| t.3.shard == shard));
+                (shard, r.targets.iter().map(|t| t.2).collect())
+            })
+            .collect();
+        reads.sort();
+        reads
+    }
+
+    #[test]
+    fn a_shards_share_of_a_batch_is_split_where_a_reply_would_pass_the_limit() {
+        let mut groups = ReadGroups::new(3 * MIB as u64);
+        for i in 0..10 {
+            let shard = (i % 2 == 1) as u16;
+            groups.push(
+                endpoint(shard),
+                (i * MIB, MIB, i, location(9, shard, i as u64)),
+            );
+        }
+        // Five 1 MiB pages per shard, at most 3 MiB per read.
+        assert_eq!(
+            summary(groups),
+            vec![
+                (0, vec![0, 2, 4]),
+                (0, vec![6, 8]),
+                (1, vec![1, 3, 5]),
+                (1, vec![7, 9])
+            ]
+        );
+    }
+
+    #[test]
+    fn a_page_as_large_as_the_limit_goes_alone_and_nothing_is_dropped() {
+        let mut groups = ReadGroups::new(MIB as u64);
+        for i in 0..3 {
+            groups.push(endpoint(0), (i * MIB, MIB, i, location(9, 0, i as u64)));
+        }
+        assert_eq!(
+            summary(groups),
+            vec![(0, vec![0]), (0, vec![1]), (0, vec![2])]
+        );
+    }
 }

@@ -33,7 +33,7 @@ use crate::wire::{
     self, DataPromote, DataPromoteReply, DataRead, DataReadReply, DataValidate, DataValidateReply,
     DirDelete, DirDeleteAck, DirEntry, DirGet, DirGetReply, DirPut, DirPutAck, ErrorReply,
     FrameHeader, Hello, HelloAck, Kind, RdmaConnect, RdmaConnectReply, ReadItem, ReadStatus,
-    WireError,
+    WireError, WireMessage,
 };
 use glommio::net::TcpStream;
 use std::rc::Rc;
@@ -144,7 +144,7 @@ impl ShardStore {
                 code: wire::error_code::BAD_REQUEST,
                 message: why,
             };
-            let _ = conn.send(&reply, header.request_id, &[]).await;
+            let _ = self.reply(conn, &reply, header.request_id).await;
         }
     }
 
@@ -167,8 +167,31 @@ impl ShardStore {
                 code: e.code(),
                 message: e.to_string(),
             };
-            let _ = conn.send(&reply, request_id, &[]).await;
+            let _ = self.reply(conn, &reply, request_id).await;
         }
+    }
+
+    /// Sends `msg` (no bulk) in answer to `request_id`, bounded by the
+    /// request timeout. A peer that stopped reading with its socket buffers
+    /// full would otherwise keep this task, its socket and the reply here
+    /// until the process exits; on timeout the connection is dropped.
+    async fn reply<T: WireMessage>(
+        &self,
+        conn: &mut FramedConn<TcpStream>,
+        msg: &T,
+        request_id: u64,
+    ) -> Result<(), WireError> {
+        let bound = self.id.request_timeout;
+        let sent =
+            glommio::timer::timeout(bound, async { Ok(conn.send(msg, request_id, &[]).await) })
+                .await;
+        sent.unwrap_or_else(|_| {
+            ShardStats::bump(&self.stats.server_send_timeouts, 1);
+            Err(WireError::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the peer did not take a {} reply within {bound:?}", T::KIND),
+            )))
+        })
     }
 
     async fn on_hello(
@@ -185,7 +208,7 @@ impl ShardStore {
         let ack = HelloAck {
             node_id: self.id.node_id.clone(),
         };
-        conn.send(&ack, h.request_id, &[]).await
+        self.reply(conn, &ack, h.request_id).await
     }
 
     async fn on_dir_put(
@@ -207,7 +230,7 @@ impl ShardStore {
             &self.stats.directory_entries,
             self.directory.borrow().len() as u64,
         );
-        conn.send(&DirPutAck { stored }, h.request_id, &[]).await
+        self.reply(conn, &DirPutAck { stored }, h.request_id).await
     }
 
     async fn on_dir_get(
@@ -239,7 +262,8 @@ impl ShardStore {
                 })
                 .collect()
         };
-        conn.send(&DirGetReply { entries }, h.request_id, &[]).await
+        self.reply(conn, &DirGetReply { entries }, h.request_id)
+            .await
     }
 
     async fn on_dir_delete(
@@ -257,14 +281,10 @@ impl ShardStore {
             .directory
             .borrow_mut()
             .remove_many_if_node(&keys, crate::directory::NodeRef(request.node));
-        conn.send(
-            &DirDeleteAck {
-                deleted: deleted as u32,
-            },
-            h.request_id,
-            &[],
-        )
-        .await
+        let ack = DirDeleteAck {
+            deleted: deleted as u32,
+        };
+        self.reply(conn, &ack, h.request_id).await
     }
 
     async fn on_data_read(
@@ -288,6 +308,7 @@ impl ShardStore {
         let bytes: u64 = bulk.iter().map(|b| b.len() as u64).sum();
         let bound = self.id.read_timeout(bytes);
         let reply = DataReadReply { status };
+        // The same bound as `reply`'s, scaled to the bytes.
         let sent = glommio::timer::timeout(bound, async {
             Ok(conn.send(&reply, h.request_id, &bulk).await)
         })
@@ -304,7 +325,7 @@ impl ShardStore {
         }
         // Re-check after sending: the final word on each page.
         let (status, _) = self.check_slots(request.node, &locations);
-        conn.send(&DataReadReply { status }, h.request_id, &[])
+        self.reply(conn, &DataReadReply { status }, h.request_id)
             .await?;
         Ok(())
     }
@@ -339,14 +360,14 @@ impl ShardStore {
             }
         };
         match reply {
-            Ok(reply) => conn.send(&reply, h.request_id, &[]).await,
+            Ok(reply) => self.reply(conn, &reply, h.request_id).await,
             // The request was well formed: say why and keep the connection.
             Err(e) => {
                 let reply = ErrorReply {
                     code: wire::error_code::UNAVAILABLE,
                     message: format!("RDMA connect: {e}"),
                 };
-                conn.send(&reply, h.request_id, &[]).await
+                self.reply(conn, &reply, h.request_id).await
             }
         }
     }
@@ -361,7 +382,7 @@ impl ShardStore {
         let request = wire::decode_owned::<DataValidate>(conn.meta())?;
         let locations: Vec<Location> = request.items.iter().map(to_pool_location).collect();
         let (status, _) = self.check_slots(request.node, &locations);
-        conn.send(&DataValidateReply { status }, h.request_id, &[])
+        self.reply(conn, &DataValidateReply { status }, h.request_id)
             .await
     }
 
@@ -385,7 +406,7 @@ impl ShardStore {
             .map(|(&key, l)| l.map(|l| DirEntry::new(key, self.node_ref.0, self.id.shard, l, true)))
             .collect();
         self.publish_pool_gauges();
-        conn.send(&DataPromoteReply { entries }, h.request_id, &[])
+        self.reply(conn, &DataPromoteReply { entries }, h.request_id)
             .await
     }
 

@@ -8,7 +8,12 @@
 //! - Raw sockets playing a reader that never greets, or that asks for a
 //!   large reply and stops reading: the server closes such connections
 //!   within their bounds instead of holding them (and a blocked send)
-//!   forever, and keeps a greeted connection that merely sits idle.
+//!   forever, and keeps a greeted connection that merely sits idle. The
+//!   same holds for a peer that pipelines directory requests and never
+//!   reads the answers.
+//! - A directory owner whose answers name other keys than the ones asked
+//!   for: the reader ignores them and asks the next owner, so no other
+//!   page's bytes are ever reported as a hit.
 
 use super::*;
 use crate::net::deadline;
@@ -200,15 +205,17 @@ impl RawPeer {
     }
 
     /// Reads until the server closes: the bytes received, or None when the
-    /// connection was still open after the read timeout.
+    /// connection was still open after the read timeout. A server that
+    /// closed with requests of ours unread resets the connection instead.
     fn drain(&mut self) -> Option<usize> {
-        use std::io::Read;
+        use std::io::{ErrorKind, Read};
         let mut buf = vec![0u8; 1 << 20];
         let mut total = 0;
         loop {
             match self.stream.read(&mut buf) {
                 Ok(0) => return Some(total),
                 Ok(n) => total += n,
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => return Some(total),
                 Err(_) => return None,
             }
         }
@@ -266,4 +273,135 @@ fn a_reader_that_stops_reading_a_large_reply_is_cut_off_within_its_bound() {
         "{received} bytes: the reply was cut off"
     );
     assert_eq!(data.stats().server_send_timeouts, 1);
+}
+
+#[test]
+fn a_peer_that_pipelines_directory_requests_and_never_reads_is_cut_off() {
+    use std::io::Write;
+    let a = node("unread-a", "16mb");
+    let mut raw = RawPeer::connect(&a);
+    raw.greet();
+    // Each answer is ~3.7 MiB (65,536 entries of 56 bytes): a few of them
+    // fill both sockets' buffers, and the server's send of the next one
+    // blocks. The requests past that point may block this side too.
+    raw.stream
+        .set_write_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    let keys: Vec<[u8; 16]> = (0..crate::wire::MAX_BATCH_ITEMS as u128)
+        .map(|k| k.to_be_bytes())
+        .collect();
+    let mut frame = Vec::new();
+    crate::wire::encode_frame(&crate::wire::DirGet { keys }, 2, 0, &mut frame).unwrap();
+    for _ in 0..8 {
+        if raw.stream.write_all(&frame).is_err() {
+            break;
+        }
+    }
+    // Well past the request timeout (250 ms): had the server's send not
+    // been bounded, it would still be waiting, then answer everything
+    // once drained and keep the connection open (idle for 300 s).
+    std::thread::sleep(Duration::from_millis(REQUEST_TIMEOUT_MS) + Duration::from_secs(2));
+    let received = raw.drain().expect("the server closed the connection");
+    assert!(
+        received < 8 * 56 * crate::wire::MAX_BATCH_ITEMS,
+        "{received} bytes"
+    );
+    assert_eq!(a.stats().server_send_timeouts, 1);
+}
+
+/// A directory owner on raw sockets that answers each `DirGet` with the
+/// entries of `entries` for the keys asked, in reverse order: replies whose
+/// entries name other keys than their positions. Returns its route and a
+/// count of the keys it was asked about.
+fn confused_owner(
+    entries: std::collections::HashMap<[u8; 16], crate::wire::DirEntry>,
+) -> (MemberRoute, Arc<AtomicUsize>) {
+    use crate::wire::{DirGet, DirGetReply, HelloAck, Kind};
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let route = MemberRoute {
+        node_id: "confused-owner".into(),
+        node_ref: NodeRef(0xC0FFEE),
+        shard_endpoints: vec![listener.local_addr().unwrap()],
+    };
+    let asked = Arc::new(AtomicUsize::new(0));
+    let entries = Arc::new(entries);
+    let counter = Arc::clone(&asked);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let (asked, entries) = (Arc::clone(&counter), Arc::clone(&entries));
+            std::thread::spawn(move || {
+                let mut meta = rkyv::util::AlignedVec::new();
+                while let Ok(h) = crate::wire::read_frame(&mut stream, &mut meta) {
+                    let mut frame = Vec::new();
+                    let encoded = match h.kind {
+                        Kind::Hello => {
+                            let ack = HelloAck {
+                                node_id: "confused-owner".into(),
+                            };
+                            crate::wire::encode_frame(&ack, h.request_id, 0, &mut frame)
+                        }
+                        Kind::DirGet => {
+                            let request = crate::wire::decode_owned::<DirGet>(&meta).unwrap();
+                            asked.fetch_add(request.keys.len(), Ordering::SeqCst);
+                            let mut found: Vec<_> = request
+                                .keys
+                                .iter()
+                                .map(|k| entries.get(k).copied())
+                                .collect();
+                            found.reverse();
+                            let reply = DirGetReply { entries: found };
+                            crate::wire::encode_frame(&reply, h.request_id, 0, &mut frame)
+                        }
+                        _ => return,
+                    };
+                    if encoded.is_err() || stream.write_all(&frame).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (route, asked)
+}
+
+#[test]
+fn directory_answers_naming_other_keys_are_ignored_and_the_next_owner_asked() {
+    let (data, reader, keys) = data_node_and_reader("confused-data", "confused-reader");
+    let mut raw = RawPeer::connect(&data);
+    raw.greet();
+    let entries = raw
+        .dir_get(&data, &keys)
+        .into_iter()
+        .map(|e| (e.key, e))
+        .collect();
+    let (owner, asked) = confused_owner(entries);
+    // Only the reader sees the confused owner: it is now the first owner
+    // of some keys the reader no longer holds a replica of.
+    reader.set_membership(2, vec![data.route(), reader.route(), owner]);
+    let mut out = vec![vec![0u8; PAGE]; PAGES];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ok = get(&reader, &keys, &mut out);
+        // Every page reported a hit holds its own bytes, whichever owner
+        // answered.
+        for (i, bytes) in out.iter().enumerate() {
+            assert!(
+                !ok[i] || *bytes == page(i),
+                "page {i}: a hit with another page's bytes"
+            );
+        }
+        if asked.load(Ordering::SeqCst) > 1 && ok.iter().all(|&hit| hit) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "asked {} keys, {} of {PAGES} hits",
+            asked.load(Ordering::SeqCst),
+            ok.iter().filter(|&&hit| hit).count()
+        );
+        out.iter_mut().for_each(|bytes| bytes.fill(0));
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -142,9 +142,10 @@ stats! {
     Gauge directory_entries,
     /// Malformed or unexpected frames received (connection closed).
     Counter protocol_errors,
-    /// `DataRead` replies a reader did not take within the bound of a read
-    /// of their size: the connection was closed (a reader that stopped
-    /// reading, or a link far below 10^8 bytes/s).
+    /// Replies a peer did not take in time (a `DataRead` reply within the
+    /// bound of a read of its size, any other within the request timeout):
+    /// the connection was closed (a peer that stopped reading, or a link
+    /// far below 10^8 bytes/s).
     Counter server_send_timeouts,
     /// Pages peers asked this node for under a location a previous process
     /// of its node id published (a restart): refused, a miss for the peer.
