@@ -226,6 +226,74 @@ fn evicted_pages_are_misses_never_other_bytes() {
     );
 }
 
+/// Nodes a and b both store the same pages, b last, so each page's
+/// directory entry (one per key, the newest put wins) names b; then b's
+/// pool fills with other pages and evicts them, and b's delete removes the
+/// entries although a still holds every page. c is the node that looks.
+fn pages_held_by_a_after_the_later_writer_evicted_them(
+    prefix: &str,
+    extra: &str,
+) -> (Node, Node, Node, Vec<String>) {
+    // directory_replicas 1: one entry per key in the cluster, as with
+    // any number of replicas that all receive the same delete.
+    let extra = format!(r#","directory_replicas":1{extra}"#);
+    let a = node(&format!("{prefix}-a"), &extra);
+    let b = node(
+        &format!("{prefix}-b"),
+        &format!(r#"{extra},"global_segment_size":"4mb""#),
+    );
+    let c = node(&format!("{prefix}-c"), &extra);
+    join(&[&a, &b, &c], 1);
+    // The same keys in every cluster of these tests, so each sees the same
+    // placement over shards and owners.
+    let shared = keys("held-twice", 8);
+    assert!(set_all(&a, &shared, 64 << 10).iter().all(|&x| x));
+    assert!(set_all(&b, &shared, 64 << 10).iter().all(|&x| x));
+    // A 4 MiB pool holds 64 pages of 64 KiB: 96 more evict the 8, the
+    // least recently used.
+    for round in 0..4 {
+        set_all(&b, &keys(&format!("{prefix}-flood{round}"), 24), 64 << 10);
+    }
+    let held = b.stats().pool_keys;
+    assert!(held <= 64 && b.stats().evictions >= 104 - held);
+    (a, b, c, shared)
+}
+
+/// How many of `keys` `node` finds, each asked on its own.
+fn found_one_by_one(node: &Node, keys: &[String]) -> usize {
+    keys.iter()
+        .map(|k| node.batch_exists(std::slice::from_ref(k)).unwrap())
+        .sum()
+}
+
+#[test]
+fn without_refreshes_a_page_the_later_writer_evicted_cannot_be_found() {
+    let (_a, _b, c, shared) = pages_held_by_a_after_the_later_writer_evicted_them(
+        "norefresh",
+        r#","directory_refresh_interval":0"#,
+    );
+    // The loss the refresh exists for: a still holds all 8 pages.
+    eventually("b's deletes to remove every entry", || {
+        found_one_by_one(&c, &shared) == 0
+    });
+}
+
+#[test]
+fn a_refresh_brings_back_the_entries_of_pages_another_writer_evicted() {
+    let (_a, _b, c, shared) = pages_held_by_a_after_the_later_writer_evicted_them(
+        "refresh",
+        r#","directory_refresh_interval":0.5"#,
+    );
+    eventually("a's refresh to bring back every entry", || {
+        found_one_by_one(&c, &shared) == shared.len()
+    });
+    let (ok, out) = get_all(&c, &shared, 64 << 10);
+    assert_eq!(ok, vec![true; shared.len()]);
+    for (k, got) in shared.iter().zip(&out) {
+        assert_eq!(got, &page(k, 64 << 10), "page {k} differs");
+    }
+}
+
 #[test]
 fn garbage_and_oversized_frames_close_only_that_connection() {
     let a = node("garbage-a", "");

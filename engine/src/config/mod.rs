@@ -93,6 +93,7 @@ pub const PEERCACHE_KEYS: &[&str] = &[
     "shard_io_memory",
     "batch_wait_spin_us",
     "request_timeout_ms",
+    "directory_refresh_interval",
 ];
 
 /// Keys SGLang itself reads from the same `extra_config` object. They are
@@ -335,6 +336,13 @@ pub struct Config {
     /// at a floor rate on top (see [`crate::net::deadline`]). A peer that
     /// does not answer within it is skipped for `member_ttl`.
     pub request_timeout_ms: u64,
+    /// `directory_refresh_interval` (default 60, 0 = off), seconds: how
+    /// often each shard re-sends the directory entries of the pages it
+    /// holds, besides on every membership change. Entries can be lost in
+    /// ways no change announces (a put that raced two views on its owner,
+    /// another node's eviction deleting the entry of a page both nodes
+    /// hold); this bounds how long such a page stays unfindable.
+    pub directory_refresh_interval: f64,
 
     // --- Bookkeeping ---
     /// The [`SGLANG_KEYS`] present in the object, as given.
@@ -400,6 +408,11 @@ impl Config {
     /// `request_timeout_ms` as a [`Duration`].
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
+    }
+
+    /// `directory_refresh_interval` as a [`Duration`] (zero = off).
+    pub fn directory_refresh_interval(&self) -> Duration {
+        Duration::from_secs_f64(self.directory_refresh_interval)
     }
 
     /// `directory_read_cache_ttl` as a [`Duration`] (zero = cache off).
@@ -864,6 +877,7 @@ impl<'a> Reader<'a> {
         let shard_io_memory = self.size("shard_io_memory", size::MIB)?;
         let batch_wait_spin_us = self.int("batch_wait_spin_us", 0u64, 0, 10_000)?;
         let request_timeout_ms = self.int("request_timeout_ms", 2000u64, 10, 600_000)?;
+        let directory_refresh_interval = self.seconds("directory_refresh_interval", 60.0, true)?;
 
         let sglang_passthrough = self
             .map
@@ -921,6 +935,7 @@ impl<'a> Reader<'a> {
             prefault_pool,
             batch_wait_spin_us,
             request_timeout_ms,
+            directory_refresh_interval,
             shard_io_memory,
             sglang_passthrough,
             warnings: Vec::new(),

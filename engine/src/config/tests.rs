@@ -162,6 +162,7 @@ fn every_key_with_a_non_default_value() {
             "pool_quarantine_ms": 50,
             "batch_wait_spin_us": 80,
             "request_timeout_ms": 500,
+            "directory_refresh_interval": 2.5,
             "prefault_pool": "off",
             "shard_io_memory": "4mb"
         }"#,
@@ -217,6 +218,7 @@ fn every_key_with_a_non_default_value() {
     assert_eq!(c.pool_quarantine_ms, 50);
     assert_eq!(c.batch_wait_spin_us, 80);
     assert_eq!(c.request_timeout_ms, 500);
+    assert_eq!(c.directory_refresh_interval(), Duration::from_millis(2500));
     assert!(!c.prefault_pool);
     assert_eq!(c.shard_io_memory, 4 << 20);
     // Parsed, and each named as having no effect in this build.
@@ -627,6 +629,10 @@ fn bad_bools_strings_and_hosts() {
     assert_rejected(json!({"batch_wait_spin_us": 10_001}), "batch_wait_spin_us");
     assert_rejected(json!({"request_timeout_ms": 5}), "request_timeout_ms");
     assert_rejected(json!({"request_timeout_ms": 600_001}), "request_timeout_ms");
+    assert_rejected(
+        json!({"directory_refresh_interval": -1}),
+        "directory_refresh_interval",
+    );
     assert_rejected(json!({"is_mla_model": "t"}), "is_mla_model");
     assert_rejected(json!({"require_rdma": "sure"}), "require_rdma");
     assert_rejected(json!({"model_name": 7}), "model_name");

@@ -261,6 +261,7 @@ impl Node {
             request_timeout: config.request_timeout(),
             unreachable_skip: config.member_ttl(),
             read_cache_ttl: config.directory_read_cache_ttl(),
+            directory_refresh: config.directory_refresh_interval(),
         };
         let make = move |ctx: &crate::runtime::ShardContext| {
             // A fixed control_port gives shard i the port control_port + i.

@@ -794,7 +794,8 @@ impl ShardStore {
         result.unwrap_or_else(|_| vec![false; n])
     }
 
-    /// Sends every resident page of this shard to its (new) directory owners.
+    /// Sends every page of this shard to its (new) directory owners: on a
+    /// membership change, and every `directory_refresh_interval`.
     pub(super) async fn republish(self: Rc<Self>, view: Arc<ClusterView>) {
         if view.len() <= 1 {
             return;
@@ -805,10 +806,20 @@ impl ShardStore {
             if self.epoch.get() != view.epoch() {
                 return; // a newer membership started its own re-publish
             }
-            let stored: Vec<(usize, KeyHash, Location)> =
-                chunk.iter().map(|&(k, l)| (0, k, l)).collect();
+            // Only what is still there: a page evicted while earlier chunks
+            // were out had its delete sent, and a put sent after it would
+            // bring back an entry naming a freed slot (the newest put wins
+            // on its owner, so it could replace another node's good entry).
+            let stored: Vec<(usize, KeyHash, Location)> = {
+                let pool = self.pool.borrow();
+                chunk
+                    .iter()
+                    .filter(|&&(k, l)| pool.location(k) == Some(l))
+                    .map(|&(k, l)| (0, k, l))
+                    .collect()
+            };
             self.publish(&view, &stored, &[]).await;
-            ShardStats::bump(&self.stats.directory_republishes, chunk.len() as u64);
+            ShardStats::bump(&self.stats.directory_republishes, stored.len() as u64);
         }
         // Pages only on disk (e.g. after a restart) get non-resident entries.
         let disk_keys: Vec<KeyHash> = match &self.disk {
@@ -826,10 +837,41 @@ impl ShardStore {
             if self.epoch.get() != view.epoch() {
                 return;
             }
-            self.publish(&view, &[], chunk).await;
+            // Promoted back meanwhile: its resident entry was published.
+            let chunk: Vec<KeyHash> = {
+                let pool = self.pool.borrow();
+                chunk
+                    .iter()
+                    .copied()
+                    .filter(|&k| !pool.contains(k))
+                    .collect()
+            };
+            self.publish(&view, &[], &chunk).await;
             ShardStats::bump(&self.stats.directory_republishes, chunk.len() as u64);
         }
         self.publish_pool_gauges();
+    }
+
+    /// Re-publishes this shard's pages every `directory_refresh_interval`
+    /// (each wait drawn from 0.75 to 1.25 of it, so a cluster's shards do
+    /// not all send at once). An entry can be lost with no membership
+    /// change to announce it: a put that reached its owner just before the
+    /// owner applied a view it no longer owned the key in, or a delete from
+    /// another node that held the same page and evicted it (the owner keeps
+    /// one location per key). Such a page comes back within one interval.
+    pub(super) async fn refresh_directory(self: Rc<Self>) {
+        let every = self.id.directory_refresh;
+        let seed = self.node_ref.0 ^ u64::from(self.id.shard);
+        for round in 0u64.. {
+            // A spread that differs per node, shard and round is all this
+            // needs; a hash gives it without a random number generator.
+            let draw = xxhash_rust::xxh3::xxh3_64_with_seed(&round.to_le_bytes(), seed);
+            let spread = 0.75 + 0.5 * (draw >> 11) as f64 / (1u64 << 53) as f64;
+            glommio::timer::sleep(every.mul_f64(spread)).await;
+            if let Some(view) = self.network_view() {
+                Rc::clone(&self).republish(view).await;
+            }
+        }
     }
 }
 

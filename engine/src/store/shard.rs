@@ -191,6 +191,9 @@ pub struct ShardIdentity {
     pub unreachable_skip: Duration,
     /// `directory_read_cache_ttl`.
     pub read_cache_ttl: Duration,
+    /// `directory_refresh_interval` (zero: re-publish on membership
+    /// changes only).
+    pub directory_refresh: Duration,
 }
 
 impl ShardIdentity {
@@ -803,6 +806,9 @@ impl ShardService for ShardStore {
         if let Some(ShardListener { listener, fd }) = this.listener.borrow_mut().take() {
             this.listening_fd.set(Some(fd));
             this.spawn_owned(Rc::clone(this).accept_loop(listener));
+        }
+        if !this.id.directory_refresh.is_zero() {
+            this.spawn_owned(Rc::clone(this).refresh_directory());
         }
         if let Some(disk) = this.disk.clone() {
             glommio::spawn_local(async move { disk.open_io().await }).detach();

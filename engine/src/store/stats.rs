@@ -116,7 +116,8 @@ stats! {
     /// Pages `batch_set` stored locally but no directory owner accepted (so no
     /// other node can find them; reported as failed).
     Counter directory_put_failures,
-    /// Directory entries re-published after a membership change.
+    /// Directory entries re-published after a membership change or by the
+    /// periodic refresh.
     Counter directory_republishes,
     /// Directory lookups a get skipped thanks to a location resolved by the
     /// preceding exists (or the read cache).
