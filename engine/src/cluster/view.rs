@@ -52,14 +52,17 @@ pub struct ClusterView {
 impl ClusterView {
     /// Builds the view of `members` (which should include this node) at
     /// `epoch`, with `vnodes` ring points per member and `replicas` directory
-    /// owners per key.
+    /// owners per key. Members without a single endpoint are left out: on
+    /// the ring they would own keys nobody can ask them about, and with
+    /// one replica those keys could not be found at all.
     pub fn new(
         epoch: u64,
         self_node_id: &str,
-        members: Vec<MemberRoute>,
+        mut members: Vec<MemberRoute>,
         vnodes: u32,
         replicas: usize,
     ) -> Self {
+        members.retain(|m| !m.shard_endpoints.is_empty());
         let ring = Ring::new(members.iter().map(|m| m.node_id.as_str()), vnodes);
         let mut by_id: HashMap<String, MemberRoute> = members
             .into_iter()
@@ -159,6 +162,21 @@ mod tests {
             shard_endpoints: (0..shards)
                 .map(|s| format!("127.0.0.{}:{}", i + 1, 4000 + s).parse().unwrap())
                 .collect(),
+        }
+    }
+
+    #[test]
+    fn a_member_without_endpoints_owns_no_keys() {
+        let mut members: Vec<MemberRoute> = (0..3).map(|i| member(i, 2)).collect();
+        members.push(member(3, 0));
+        let view = ClusterView::new(1, "node-0", members, 160, 1);
+        assert_eq!(view.len(), 3);
+        assert!(view.members().iter().all(|m| m.node_id != "node-3"));
+        let mut owners = Vec::new();
+        for k in 0..2000u128 {
+            let key = KeyHash(k.wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835));
+            view.owners_into(key, &mut owners);
+            assert!(view.route_at(owners[0]).endpoint_for(key).is_some());
         }
     }
 

@@ -175,6 +175,9 @@ struct Peer {
     registered: bool,
     /// Last member list pulled from this master.
     list: Option<(RegistryVersion, Vec<Member>)>,
+    /// When `list` was last known to be the master's current list (pulled,
+    /// or a heartbeat's ack carried its version).
+    list_confirmed_ms: u64,
     /// When it (re)entered this agent's master set.
     master_since_ms: Option<u64>,
     /// A master for at least `member_ttl`: every live member has had time to
@@ -406,7 +409,9 @@ impl MemberAgent {
                 if is_master {
                     peer.registered = true;
                     let current = peer.list.as_ref().is_some_and(|(v, _)| *v == version);
-                    if !current {
+                    if current {
+                        peer.list_confirmed_ms = now_ms;
+                    } else {
                         self.send(from.clone(), Request::Members, now_ms, &mut out);
                     }
                     if self.phase == Phase::Bootstrapping {
@@ -442,6 +447,7 @@ impl MemberAgent {
                         });
                         if !older {
                             peer.list = Some((version, members));
+                            peer.list_confirmed_ms = now_ms;
                         }
                     } else {
                         self.hint = members;
@@ -861,30 +867,42 @@ impl MemberAgent {
     }
 
     /// Forgets departures learned more than `member_ttl` ago that no list
-    /// held still names (with that incarnation or an older one). The masters
-    /// keep a tombstone for `member_ttl` and prune the departed node by then
-    /// anyway, so no fresh list names it again; only a list held from
-    /// before (a silent master's) could, and it keeps the departure alive.
+    /// held from before still names (with that incarnation or an older
+    /// one). The masters keep a tombstone for `member_ttl` and prune the
+    /// departed node by then anyway, so only a list held from before (a
+    /// silent master's) could name the departed process again, and it keeps
+    /// the departure alive. A list confirmed current two `member_ttl` after
+    /// the departure was learned does not: its master had dropped that
+    /// process by then, so a process of this id it lists is a newer one,
+    /// even with a lower incarnation (its clock stepped back), and hiding it
+    /// would hide it for good.
     fn forget_departures(&mut self, now_ms: u64) {
         if self.departed.is_empty() {
             return;
         }
         let ttl = self.config.member_ttl_ms;
-        let mut oldest_listed: BTreeMap<&str, u64> = BTreeMap::new();
-        for (_, list) in self.peers.values().filter_map(|p| p.list.as_ref()) {
+        // Per node id, the incarnation each held list names, with when that
+        // list was last confirmed current.
+        let mut listed: BTreeMap<&str, Vec<(u64, u64)>> = BTreeMap::new();
+        for peer in self.peers.values() {
+            let Some((_, list)) = &peer.list else {
+                continue;
+            };
             for member in list {
-                oldest_listed
+                listed
                     .entry(member.node_id.as_str())
-                    .and_modify(|inc| *inc = (*inc).min(member.incarnation))
-                    .or_insert(member.incarnation);
+                    .or_default()
+                    .push((member.incarnation, peer.list_confirmed_ms));
             }
         }
         self.departed.retain(|node_id, d| {
             let recent = now_ms.saturating_sub(d.learned_ms) <= ttl;
-            let listed = oldest_listed
-                .get(node_id.as_str())
-                .is_some_and(|inc| *inc <= d.incarnation);
-            recent || listed
+            let from_before = d.learned_ms.saturating_add(2 * ttl);
+            let still_listed = listed.get(node_id.as_str()).is_some_and(|seen| {
+                seen.iter()
+                    .any(|&(inc, at)| inc <= d.incarnation && at <= from_before)
+            });
+            recent || still_listed
         });
     }
 

@@ -42,6 +42,23 @@ pub struct Member {
     pub pool_bytes: u64,
 }
 
+/// Checks a node id that arrived from the network (in a record or a
+/// deregistration); the error text completes "expected ...".
+pub fn check_node_id(id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err("a non-empty node_id".to_owned());
+    }
+    if id.chars().count() > MAX_NODE_ID_CHARS {
+        return Err(format!(
+            "a node_id of at most {MAX_NODE_ID_CHARS} characters"
+        ));
+    }
+    if id.chars().any(|c| c.is_whitespace() || c.is_control()) || id.contains('/') {
+        return Err("a node_id without spaces, control characters or '/'".to_owned());
+    }
+    Ok(())
+}
+
 impl Member {
     /// The discovery address of this member's host: `host:meta_port`.
     ///
@@ -60,18 +77,7 @@ impl Member {
     /// master store unbounded or unusable data is checked. The error text
     /// completes "expected ...".
     pub fn check(&self) -> Result<(), String> {
-        let id = &self.node_id;
-        if id.is_empty() {
-            return Err("a non-empty node_id".to_owned());
-        }
-        if id.chars().count() > MAX_NODE_ID_CHARS {
-            return Err(format!(
-                "a node_id of at most {MAX_NODE_ID_CHARS} characters"
-            ));
-        }
-        if id.chars().any(|c| c.is_whitespace() || c.is_control()) || id.contains('/') {
-            return Err("a node_id without spaces, control characters or '/'".to_owned());
-        }
+        check_node_id(&self.node_id)?;
         validate_host(&self.host).map_err(|why| format!("host: {why}"))?;
         if self.meta_port == 0 {
             return Err("a meta_port from 1 to 65535".to_owned());

@@ -133,6 +133,13 @@ impl Service {
                 node_id,
                 incarnation,
             } => {
+                // Checked as a record's id is: a tombstone of a 16 MiB id
+                // would make every Members reply too large to send.
+                if let Err(expected) = super::member::check_node_id(&node_id) {
+                    return Reply::Rejected {
+                        reason: format!("deregistration refused: expected {expected}"),
+                    };
+                }
                 self.registry.deregister(&node_id, incarnation, now_ms);
                 Reply::Ack {
                     version: self.registry.version(),
@@ -214,6 +221,16 @@ mod tests {
             &[],
         );
         assert!(matches!(gone, Reply::Ack { version } if version.changes == 2));
+        // An id no record could have is refused and leaves no tombstone.
+        let huge = s.handle(
+            Request::Deregister {
+                node_id: "x".repeat(1 << 20),
+                incarnation: 1,
+            },
+            301,
+            &[],
+        );
+        assert!(matches!(huge, Reply::Rejected { ref reason } if reason.contains("node_id")));
         assert!(s.registry().is_empty());
         // The list reports the departure while it is recent.
         assert!(matches!(

@@ -146,6 +146,14 @@ impl Sim {
     pub fn start_node(&mut self, host: &HostPort, node_id: &str) -> u64 {
         let incarnation = self.next_incarnation;
         self.next_incarnation += 1;
+        self.start_node_at(host, node_id, incarnation);
+        incarnation
+    }
+
+    /// Starts a node with the given incarnation, which may be lower than
+    /// an earlier process of the same id had (its host's clock stepped
+    /// back, or the id moved to a host whose clock lags).
+    pub fn start_node_at(&mut self, host: &HostPort, node_id: &str, incarnation: u64) {
         let me = Member {
             node_id: node_id.to_owned(),
             host: host.host.clone(),
@@ -169,7 +177,6 @@ impl Sim {
             incarnation,
         };
         self.route(&addr, actions);
-        incarnation
     }
 
     /// Kills one node without deregistering (a crash).
