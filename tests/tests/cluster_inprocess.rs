@@ -295,6 +295,24 @@ fn a_refresh_brings_back_the_entries_of_pages_another_writer_evicted() {
 }
 
 #[test]
+fn after_a_clear_peers_no_longer_find_the_cleared_pages() {
+    let a = node("clear-a", "");
+    let b = node("clear-b", "");
+    join(&[&a, &b], 1);
+    let ks = keys("cleared", 32);
+    assert!(set_all(&a, &ks, 64 << 10).iter().all(|&x| x));
+    // directory_replicas 2 on two nodes: b holds an entry for every page.
+    eventually("b to find every page", || {
+        b.batch_exists(&ks).unwrap() == 32
+    });
+    a.clear();
+    // The clear returned after its deletes were answered.
+    assert_eq!(found_one_by_one(&b, &ks), 0);
+    let (ok, _) = get_all(&b, &ks, 64 << 10);
+    assert_eq!(ok, vec![false; 32]);
+}
+
+#[test]
 fn garbage_and_oversized_frames_close_only_that_connection() {
     let a = node("garbage-a", "");
     let b = node("garbage-b", "");

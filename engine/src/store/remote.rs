@@ -26,8 +26,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Entries re-published per request after a membership change.
-const REPUBLISH_CHUNK: usize = 4096;
+/// Directory entries per request of a re-publish (membership change,
+/// refresh) or of the deletes after a clear.
+pub(super) const REPUBLISH_CHUNK: usize = 4096;
 
 /// A peer's refusal, carried as an I/O error so it flows through `WireError`.
 fn peer_error(reply: &ErrorReply) -> WireError {

@@ -677,19 +677,36 @@ impl ShardService for ShardStore {
                 // Owed first, so a panic below still answers (from `halt`).
                 // SAFETY: the caller waits on `done` until it is answered.
                 let answer = unsafe { this.answers.owe(done) };
+                // What this shard held, to delete its directory entries:
+                // left there, they would tell peers the pages still exist.
+                let mut held = Vec::new();
+                this.pool.borrow().live_entries(&mut held);
+                let mut held: Vec<KeyHash> = held.into_iter().map(|(k, _)| k).collect();
+                if let Some(disk) = &this.disk {
+                    held.extend(disk.entries().into_iter().map(|(k, _)| k));
+                }
+                held.sort_unstable();
+                held.dedup();
                 this.pool.borrow_mut().clear(Instant::now());
                 this.publish_pool_gauges();
-                if let Some(disk) = this.disk.clone() {
-                    let this = Rc::clone(this);
-                    glommio::spawn_local(async move {
-                        let _answer = answer;
+                let this = Rc::clone(this);
+                glommio::spawn_local(async move {
+                    let _answer = answer;
+                    if let Some(disk) = this.disk.clone() {
                         #[cfg(test)]
                         maintenance_test_hooks::maybe_panic(&this.id.node_id).await;
                         disk.clear().await;
                         this.publish_pool_gauges();
-                    })
-                    .detach();
-                }
+                    }
+                    // After the disk is cleared: a page still on it would
+                    // get a non-resident entry instead of a delete.
+                    if let Some(view) = this.network_view() {
+                        for chunk in held.chunks(super::remote::REPUBLISH_CHUNK) {
+                            this.publish(&view, &[], chunk).await;
+                        }
+                    }
+                })
+                .detach();
             }
             StoreJob::DiskFlush(done) => {
                 // SAFETY: the caller waits on `done` until it is answered.
