@@ -211,15 +211,29 @@ pub struct PyNode {
 
 impl Drop for PyNode {
     fn drop(&mut self) {
-        // Dropped in a forked child (its garbage collector, its exit): the
-        // engine node's own drop would join the parent's threads. `get_mut`
-        // ignores the lock, which a parent thread may have held at the fork.
-        if self.forked().is_some() {
-            let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
-            if let Some(node) = state.take_open(|_| NodeStats::default()) {
-                node.forget_in_fork();
-            }
+        let forked = self.forked().is_some();
+        // `get_mut` ignores the lock, which a parent thread may have held
+        // at a fork.
+        let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
+        let Some(node) = state.take_open(|_| NodeStats::default()) else {
+            return;
+        };
+        if forked {
+            // Dropped in a forked child (its garbage collector, its exit):
+            // the engine node's own drop would join the parent's threads.
+            node.forget_in_fork();
+            return;
         }
+        // Dropped without close(): the engine node's drop shuts it down,
+        // which leaves discovery and flushes the disk tier (up to seconds).
+        // Python calls this with the GIL held; every other Python thread of
+        // the process would stop for that long. No Python object is touched
+        // meanwhile, and where the interpreter cannot be re-entered (at its
+        // finalization on Python 3.13+) the node goes down with the GIL as
+        // it is.
+        // (When `try_attach` cannot attach, it drops the closure unrun, and
+        // the node with it.)
+        let _ = Python::try_attach(move |py| py.detach(move || drop(node)));
     }
 }
 

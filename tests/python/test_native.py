@@ -453,3 +453,42 @@ def test_batch_get_releases_the_gil(make_node):
         sys.setswitchinterval(old_interval)
     assert dst.contents() == src.contents()
     assert during_calls > 0
+
+
+def test_a_node_dropped_without_close_shuts_down_with_the_gil_released():
+    """Dropping a node that was never closed shuts it down (leaving
+    discovery, flushing the disk tier), which can take seconds: other Python
+    threads keep running meanwhile. Same method as the test above: with a
+    huge switch interval, the counter thread woken right before the drop can
+    only run if the drop gives the GIL up."""
+    node = peercache.Node(config_json(global_segment_size="16mb"))
+    pages = random_pages(4, 64 * KIB)
+    assert node.batch_set(keys("drop", 4), pages.ptrs, pages.lens) == [True] * 4
+
+    counter = [0]
+    go = threading.Event()
+    stop = threading.Event()
+
+    def count():
+        while True:
+            go.wait()  # blocks with the GIL released
+            go.clear()
+            if stop.is_set():
+                return
+            counter[0] += 1
+
+    old_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1000.0)
+    counter_thread = threading.Thread(target=count)
+    counter_thread.start()
+    try:
+        before = counter[0]
+        go.set()  # wakes the counter thread, which now waits for the GIL
+        del node  # the last reference: the node is dropped here
+        during_drop = counter[0] - before
+    finally:
+        stop.set()
+        go.set()
+        counter_thread.join()
+        sys.setswitchinterval(old_interval)
+    assert during_drop > 0
