@@ -279,19 +279,29 @@ impl<V: Verbs, P: Clone + Eq + Hash> ChannelPool<V, P> {
             .min(self.max_per_peer.saturating_sub(open))
     }
 
+    /// Stops counting the channel of QP `qp_num` to `peer`, if the peer's
+    /// current entry counts it. A channel leased before the peer was
+    /// forgotten (it left the view while a batch held the channel) belongs
+    /// to no entry: a peer back at the same endpoint has a new one, whose
+    /// counts it must not touch.
     fn forget_qp(&mut self, peer: &P, qp_num: u32) {
         if let Some(p) = self.peers.get_mut(peer) {
-            assert!(p.open > 0, "dropping more channels than were opened");
-            p.open -= 1;
-            p.qps.retain(|&q| q != qp_num);
+            if let Some(at) = p.qps.iter().position(|&q| q == qp_num) {
+                p.qps.swap_remove(at);
+                p.open -= 1;
+            }
         }
     }
 
-    /// Returns a healthy channel for reuse (dropped if the peer was
-    /// forgotten meanwhile).
+    /// Returns a healthy channel for reuse; dropped instead if the peer was
+    /// forgotten since it was leased (its current entry, if any, is a new
+    /// one that never counted it).
     pub fn release(&mut self, peer: &P, ch: Channel<V>) {
+        let qp_num = ch.qp.endpoint().qp_num;
         if let Some(p) = self.peers.get_mut(peer) {
-            p.idle.push(ch);
+            if p.qps.contains(&qp_num) {
+                p.idle.push(ch);
+            }
         }
     }
 

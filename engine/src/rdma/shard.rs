@@ -105,11 +105,13 @@ pub trait ShardRdma {
 
     /// Responder side: creates and connects one QP (REMOTE_READ) per reader
     /// endpoint, after dropping the QPs of that reader that are not in
-    /// `live`. Returns this end of each, in order.
+    /// `live` when `seq` is the newest connect of that reader shard seen on
+    /// this rail. Returns this end of each, in order.
     fn accept(
         &mut self,
         reader: (u64, u16),
         rail: usize,
+        seq: u64,
         live: &[u32],
         endpoints: &[QpEndpoint],
     ) -> Result<Vec<QpEndpoint>, String>;
@@ -162,8 +164,12 @@ pub struct RdmaShard<V: Verbs> {
     /// Responder QPs, per (reader node, reader shard, rail), by reader QP
     /// number. Declared first: dropped before the rails' MRs and devices.
     responders: HashMap<(u64, u16, usize), HashMap<u32, ResponderQp<V>>>,
-    /// Reserved channels, by local QP number.
-    pending: HashMap<u32, (PeerShard, usize, PendingChannel<V>)>,
+    /// Per (reader node, reader shard, rail), the `seq` of the newest
+    /// connect whose live list was applied.
+    newest_live: HashMap<(u64, u16, usize), u64>,
+    /// Reserved channels, by (rail, local QP number): QP numbers are per
+    /// device, so two rails may hand out the same one.
+    pending: HashMap<(usize, u32), (PeerShard, PendingChannel<V>)>,
     /// Posted batches, by handle.
     batches: HashMap<u64, Batch<V>>,
     next_batch: u64,
@@ -207,6 +213,7 @@ impl<V: Verbs> RdmaShard<V> {
     pub fn new(rails: Rails<V, PeerShard>, timeout: Duration, stats: Arc<ShardStats>) -> Self {
         Self {
             responders: HashMap::new(),
+            newest_live: HashMap::new(),
             pending: HashMap::new(),
             batches: HashMap::new(),
             next_batch: 0,
@@ -291,7 +298,7 @@ impl<V: Verbs> ShardRdma for RdmaShard<V> {
                 Err(e) => return Err(e),
             };
             let ep = pending.endpoint();
-            self.pending.insert(ep.qp_num, (*peer, rail, pending));
+            self.pending.insert((rail, ep.qp_num), (*peer, pending));
             out.push(ep);
         }
         Ok(out)
@@ -310,7 +317,7 @@ impl<V: Verbs> ShardRdma for RdmaShard<V> {
     ) -> Result<(), String> {
         let mut first_error = None;
         for (i, ep) in local.iter().enumerate() {
-            let Some((_, _, pending)) = self.pending.remove(&ep.qp_num) else {
+            let Some((_, pending)) = self.pending.remove(&(rail, ep.qp_num)) else {
                 continue;
             };
             let r = self.rails.rail_mut(rail);
@@ -335,7 +342,7 @@ impl<V: Verbs> ShardRdma for RdmaShard<V> {
 
     fn abandon(&mut self, peer: &PeerShard, rail: usize, local: &[QpEndpoint]) {
         for ep in local {
-            if let Some((_, _, pending)) = self.pending.remove(&ep.qp_num) {
+            if let Some((_, pending)) = self.pending.remove(&(rail, ep.qp_num)) {
                 self.rails.rail_mut(rail).channels.abandon(peer, pending);
             }
         }
@@ -379,11 +386,13 @@ impl<V: Verbs> ShardRdma for RdmaShard<V> {
 
     fn forget_reader(&mut self, node: u64) {
         self.responders.retain(|&(reader, _, _), _| reader != node);
+        self.newest_live.retain(|&(reader, _, _), _| reader != node);
     }
 
     fn close(&mut self) {
         // QPs before the MRs and devices they use (as in the field order).
         self.responders.clear();
+        self.newest_live.clear();
         self.pending.clear();
         self.batches.clear();
         self.pools.clear();
@@ -394,6 +403,7 @@ impl<V: Verbs> ShardRdma for RdmaShard<V> {
         &mut self,
         reader: (u64, u16),
         rail: usize,
+        seq: u64,
         live: &[u32],
         endpoints: &[QpEndpoint],
     ) -> Result<Vec<QpEndpoint>, String> {
@@ -403,13 +413,18 @@ impl<V: Verbs> ShardRdma for RdmaShard<V> {
                 self.rails.len()
             ));
         }
-        let kept = self
-            .responders
-            .entry((reader.0, reader.1, rail))
-            .or_default();
+        let key = (reader.0, reader.1, rail);
+        let kept = self.responders.entry(key).or_default();
         // A reader QP not listed as live was discarded by the reader: its
-        // responder QP can never be used again.
-        kept.retain(|qp_num, _| live.contains(qp_num));
+        // responder QP can never be used again. Only the newest list says
+        // so: the connects of one reader shard travel on separate
+        // connections and may overtake each other, and an older list lacks
+        // the QPs reserved after it, whose responders may exist already.
+        let newest = self.newest_live.entry(key).or_insert(0);
+        if seq >= *newest {
+            *newest = seq;
+            kept.retain(|qp_num, _| live.contains(qp_num));
+        }
         if kept.len() + endpoints.len() > MAX_RESPONDER_QPS_PER_READER {
             return Err(format!(
                 "a reader asked for more than {MAX_RESPONDER_QPS_PER_READER} QPs on rail {rail}"

@@ -431,6 +431,42 @@ fn channel_pool_under_concurrent_leases() {
     assert_eq!(fresh.open_to(&PEER), 0);
 }
 
+#[test]
+fn channels_leased_before_a_peer_was_forgotten_leave_its_new_entry_alone() {
+    // A peer leaves the view while two batches hold channels to it, comes
+    // back at the same endpoint, and a new channel is built; then the old
+    // batches end, one with a discard, one with a release. Only the new
+    // channel stays counted, idle, and offered to the responder.
+    let fabric = Fabric::new(FabricOptions::default());
+    fabric.add_device("a0", true);
+    fabric.add_device("b0", true);
+    let provider = fabric.provider();
+    let a = provider.open(Some("a0"), 1, 3).unwrap();
+    let mut responder = Responder {
+        devices: vec![provider.open(Some("b0"), 1, 3).unwrap()],
+        keep: Vec::new(),
+        refuse: false,
+    };
+    let stats = Arc::new(ShardStats::default());
+    let mut pool: ChannelPool<FabricDevice, u32> =
+        ChannelPool::new(0, 4, ChannelSizes::default(), Arc::clone(&stats));
+    let old1 = pool.lease(&a, &PEER, &mut responder).unwrap();
+    let old2 = pool.lease(&a, &PEER, &mut responder).unwrap();
+    let old3 = pool.lease(&a, &PEER, &mut responder).unwrap();
+    pool.forget(&PEER);
+    let new = pool.lease(&a, &PEER, &mut responder).unwrap();
+    let new_qp = new.qp.endpoint().qp_num;
+    pool.release(&PEER, new);
+    pool.discard(&PEER, old1);
+    pool.discard(&PEER, old2); // this one used to panic: the count went below 0
+    pool.release(&PEER, old3);
+    assert_eq!(pool.open_to(&PEER), 1);
+    assert_eq!(pool.idle_to(&PEER), 1);
+    assert_eq!(pool.live_qps(&PEER), vec![new_qp]);
+    let again = pool.lease(&a, &PEER, &mut responder).unwrap();
+    assert_eq!(again.qp.endpoint().qp_num, new_qp);
+}
+
 /// Runs one batch with `faults` on, then one with faults off.
 fn fault_then_recover(faults: FaultPlan, seed: u64) -> (Setup, Vec<bool>, Buf) {
     let options = FabricOptions {
@@ -1091,7 +1127,7 @@ fn a_responder_keeps_qps_only_for_the_readers_live_channels() {
     let peer: shard::PeerShard = "127.0.0.1:9".parse().unwrap();
     let first = reader.reserve(&peer, 0, 3).unwrap();
     let answered = owner
-        .accept((7, 0), 0, &reader.live_qps(&peer, 0), &first)
+        .accept((7, 0), 0, 1, &reader.live_qps(&peer, 0), &first)
         .unwrap();
     reader.complete(&peer, 0, &first, &answered).unwrap();
     assert_eq!(owner.responder_qps(), 3);
@@ -1103,24 +1139,71 @@ fn a_responder_keeps_qps_only_for_the_readers_live_channels() {
     let second = reader.reserve(&peer, 0, 1).unwrap();
     let live = reader.live_qps(&peer, 0);
     assert_eq!(live, vec![second[0].qp_num]);
-    owner.accept((7, 0), 0, &live, &second).unwrap();
+    owner.accept((7, 0), 0, 2, &live, &second).unwrap();
     assert_eq!(owner.responder_qps(), 1);
     // Another reader shard's QPs are its own.
     let other = reader
         .reserve(&"127.0.0.1:10".parse().unwrap(), 0, 1)
         .unwrap();
-    owner.accept((7, 1), 0, &[other[0].qp_num], &other).unwrap();
+    owner
+        .accept((7, 1), 0, 1, &[other[0].qp_num], &other)
+        .unwrap();
     assert_eq!(owner.responder_qps(), 2);
     // A rail the owner does not have is refused.
-    assert!(owner.accept((7, 0), 1, &[], &[]).is_err());
+    assert!(owner.accept((7, 0), 1, 3, &[], &[]).is_err());
     // Reader node 7 leaves the cluster (or restarts as another process):
     // its responder QPs go, another reader's stay.
     let third = reader
         .reserve(&"127.0.0.1:11".parse().unwrap(), 0, 1)
         .unwrap();
-    owner.accept((8, 0), 0, &[third[0].qp_num], &third).unwrap();
+    owner
+        .accept((8, 0), 0, 1, &[third[0].qp_num], &third)
+        .unwrap();
     assert_eq!(owner.responder_qps(), 3);
     owner.forget_reader(7);
+    assert_eq!(owner.responder_qps(), 1);
+}
+
+#[test]
+fn an_older_connect_arriving_last_keeps_the_newer_ones_responder_qps() {
+    let fabric = Fabric::new(FabricOptions::default());
+    fabric.add_device("reader", true);
+    fabric.add_device("owner", true);
+    let stats = Arc::new(ShardStats::default());
+    let open = |name: &str| {
+        let rails: Rails<FabricDevice, shard::PeerShard> = Rails::open(
+            &fabric.provider(),
+            &[name.to_owned()],
+            1,
+            3,
+            4,
+            ChannelSizes::default(),
+            Arc::clone(&stats),
+        )
+        .unwrap();
+        shard::RdmaShard::new(rails, Duration::from_secs(1), Arc::clone(&stats))
+    };
+    use shard::ShardRdma;
+    let (mut reader, mut owner) = (open("reader"), open("owner"));
+    let peer: shard::PeerShard = "127.0.0.1:9".parse().unwrap();
+    // Two tasks of the reader shard connect at once: the first's live list
+    // was taken before the second reserved its QP.
+    let q1 = reader.reserve(&peer, 0, 1).unwrap();
+    let live1 = reader.live_qps(&peer, 0);
+    let q2 = reader.reserve(&peer, 0, 1).unwrap();
+    let live2 = reader.live_qps(&peer, 0);
+    // The second arrives first.
+    let a2 = owner.accept((7, 0), 0, 2, &live2, &q2).unwrap();
+    let a1 = owner.accept((7, 0), 0, 1, &live1, &q1).unwrap();
+    assert_eq!(owner.responder_qps(), 2, "the older list pruned nothing");
+    reader.complete(&peer, 0, &q2, &a2).unwrap();
+    reader.complete(&peer, 0, &q1, &a1).unwrap();
+    // A newer list still prunes what the reader dropped.
+    reader.forget(&peer);
+    let q3 = reader.reserve(&peer, 0, 1).unwrap();
+    owner
+        .accept((7, 0), 0, 3, &reader.live_qps(&peer, 0), &q3)
+        .unwrap();
     assert_eq!(owner.responder_qps(), 1);
 }
 

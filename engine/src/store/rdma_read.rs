@@ -129,10 +129,13 @@ impl ShardStore {
                 rail += 1; // nothing new to connect, and the pool is known
                 continue;
             }
+            // Numbered with the live list it carries, at the same moment.
+            self.rdma_connect_seq.set(self.rdma_connect_seq.get() + 1);
             let request = RdmaConnect {
                 node: self.node_ref.0,
                 shard: self.id.shard,
                 rail: rail as u16,
+                seq: self.rdma_connect_seq.get(),
                 live: rdma.borrow().live_qps(&ep, rail),
                 endpoints: local.iter().map(to_info).collect(),
             };

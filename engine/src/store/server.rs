@@ -345,18 +345,24 @@ impl ShardStore {
                 let mut rdma = rdma.borrow_mut();
                 let rail = usize::from(request.rail);
                 let remote: Vec<_> = request.endpoints.iter().map(to_endpoint).collect();
-                rdma.accept((request.node, request.shard), rail, &request.live, &remote)
-                    .and_then(|endpoints| {
-                        let pool = rdma
-                            .local_pool(rail)
-                            .ok_or_else(|| format!("the pool is not registered on rail {rail}"))?;
-                        Ok(RdmaConnectReply {
-                            rails: rdma.rails() as u16,
-                            endpoints: endpoints.iter().map(to_info).collect(),
-                            pool_addr: pool.addr,
-                            pool_rkey: pool.rkey,
-                        })
+                rdma.accept(
+                    (request.node, request.shard),
+                    rail,
+                    request.seq,
+                    &request.live,
+                    &remote,
+                )
+                .and_then(|endpoints| {
+                    let pool = rdma
+                        .local_pool(rail)
+                        .ok_or_else(|| format!("the pool is not registered on rail {rail}"))?;
+                    Ok(RdmaConnectReply {
+                        rails: rdma.rails() as u16,
+                        endpoints: endpoints.iter().map(to_info).collect(),
+                        pool_addr: pool.addr,
+                        pool_rkey: pool.rkey,
                     })
+                })
             }
         };
         match reply {

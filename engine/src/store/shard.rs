@@ -240,6 +240,8 @@ pub struct ShardStore {
     /// What this shard knows of each peer data shard's RDMA side; cleared
     /// on every membership change.
     pub(super) rdma_peers: RefCell<HashMap<SocketAddr, PeerRdma>>,
+    /// The last `RdmaConnect::seq` this shard sent.
+    pub(super) rdma_connect_seq: Cell<u64>,
     /// Long-lived tasks (the accept loop, one per peer connection, the disk
     /// writers), by id, cancelled when the shard stops: the executor never
     /// drops a task it stops polling, and a leaked accept loop would keep
@@ -342,6 +344,7 @@ impl ShardStore {
             promoted: RefCell::new((Vec::new(), Vec::new())),
             rdma: rdma.map(RefCell::new),
             rdma_peers: RefCell::new(HashMap::new()),
+            rdma_connect_seq: Cell::new(0),
             tasks: RefCell::new(HashMap::new()),
             next_task: Cell::new(0),
         };

@@ -404,6 +404,10 @@ pub struct RdmaConnect {
     pub shard: u16,
     /// Rail index (rails pair by index across nodes).
     pub rail: u16,
+    /// Numbers the reader shard's connects, growing: connects travel on
+    /// separate connections and may arrive out of order, and only the
+    /// newest `live` list is applied.
+    pub seq: u64,
     /// Every QP the reader still has to this shard on this rail, the new
     /// ones included: the data shard drops its responder QPs for any other
     /// (channels the reader discarded).

@@ -83,7 +83,7 @@ pub const MAGIC: u32 = u32::from_le_bytes(*b"PeCa");
 /// The only protocol version this build speaks. Bump on any change to the
 /// header or to an archived message layout; peers of another version are
 /// refused with [`WireError::UnsupportedVersion`].
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Largest meta section accepted or produced (16 MiB).
 ///

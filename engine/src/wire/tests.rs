@@ -160,6 +160,7 @@ fn samples() -> Vec<Message> {
             node: node_hash("node-b", 1),
             shard: 1,
             rail: 2,
+            seq: 41,
             live: vec![7, 9],
             endpoints: vec![QpInfo {
                 qp_num: 9,
@@ -350,15 +351,15 @@ fn header_round_trips_and_checks_limits_in_order() {
     );
     assert!(err.to_string().contains("bad frame magic"), "{err}");
 
-    // The version before this one (1: before DataRead named its node).
-    let err = FrameHeader::parse(&raw_header(MAGIC, 1, dirget, 0, 0, 0)).unwrap_err();
+    // The version before this one (2: before RdmaConnect was numbered).
+    let err = FrameHeader::parse(&raw_header(MAGIC, 2, dirget, 0, 0, 0)).unwrap_err();
     assert!(
-        matches!(err, WireError::UnsupportedVersion { found: 1 }),
+        matches!(err, WireError::UnsupportedVersion { found: 2 }),
         "{err}"
     );
     assert!(
         err.to_string()
-            .contains("unsupported protocol version 1 (we speak 2)"),
+            .contains("unsupported protocol version 2 (we speak 3)"),
         "{err}"
     );
     assert_eq!(err.code(), error_code::UNSUPPORTED_VERSION);
