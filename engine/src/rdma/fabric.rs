@@ -131,6 +131,8 @@ impl SplitMix64 {
 struct DevState {
     name: String,
     active: bool,
+    /// Active MTU of its port (`ibv_mtu`).
+    mtu: u8,
 }
 
 struct MrState {
@@ -147,6 +149,8 @@ struct QpSlot {
     state: QpState,
     access: Access,
     remote: Option<u32>,
+    /// Path MTU set at RTR (0 before).
+    path_mtu: u8,
     caps: QpCaps,
     queued: usize,
     /// Tick at which its last queued request runs (keeps per-QP order).
@@ -225,8 +229,16 @@ impl Fabric {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Adds a device (a NIC of some simulated host).
+    /// Adds a device (a NIC of some simulated host) whose port has an
+    /// active MTU of 4096.
     pub fn add_device(&self, name: &str, active: bool) {
+        self.add_device_with_mtu(name, active, 5);
+    }
+
+    /// Adds a device whose port has active MTU `mtu` (`ibv_mtu`). READs
+    /// between two QPs whose path MTUs differ retry out, as on a fabric
+    /// where one end drops the other's packets.
+    pub fn add_device_with_mtu(&self, name: &str, active: bool, mtu: u8) {
         let mut s = self.lock();
         let id = s.alloc_id();
         s.devices.insert(
@@ -234,6 +246,7 @@ impl Fabric {
             DevState {
                 name: name.to_owned(),
                 active,
+                mtu,
             },
         );
     }
@@ -313,7 +326,7 @@ impl State {
             lid: dev as u16,
             gid,
             gid_index,
-            active_mtu: 5,
+            active_mtu: self.devices.get(&dev).map_or(5, |d| d.mtu),
         }
     }
 
@@ -369,12 +382,12 @@ impl State {
             return; // destroyed: its requests die with it
         };
         qp.queued -= 1;
-        let (cq, state, dev, remote) = (qp.cq, qp.state, qp.dev, qp.remote);
+        let (cq, state, dev, remote, mtu) = (qp.cq, qp.state, qp.dev, qp.remote, qp.path_mtu);
         let wr = q.wr;
         let status = if state == QpState::Error {
             WcStatus::WR_FLUSH_ERR
         } else {
-            self.run(dev, remote, &wr)
+            self.run(dev, remote, mtu, &wr)
         };
         let lost = status.is_success() && {
             let p = self.options.faults.lost_completion_per_mille;
@@ -401,7 +414,7 @@ impl State {
     }
 
     /// Checks and performs one READ/WRITE; returns its completion status.
-    fn run(&mut self, dev: u32, remote: Option<u32>, wr: &WorkRequest) -> WcStatus {
+    fn run(&mut self, dev: u32, remote: Option<u32>, path_mtu: u8, wr: &WorkRequest) -> WcStatus {
         let f = self.options.faults.clone();
         if self.rng.roll(f.retry_exceeded_per_mille) {
             return WcStatus::RETRY_EXC_ERR;
@@ -418,6 +431,11 @@ impl State {
             return WcStatus::RETRY_EXC_ERR;
         };
         if !matches!(peer.state, QpState::Rtr | QpState::Rts) {
+            return WcStatus::RETRY_EXC_ERR;
+        }
+        // Packets sized for another path MTU are dropped: no answer ever
+        // arrives, and the requester retries out.
+        if peer.path_mtu != path_mtu {
             return WcStatus::RETRY_EXC_ERR;
         }
         let (needed_qp, needed_mr, local_right) = match wr.opcode {
@@ -670,6 +688,7 @@ impl Verbs for FabricDevice {
                 state: QpState::Reset,
                 access: Access::default(),
                 remote: None,
+                path_mtu: 0,
                 caps,
                 queued: 0,
                 last_exec: 0,
@@ -684,6 +703,7 @@ impl Verbs for FabricDevice {
                 psn,
                 lid: self.port.lid,
                 gid: self.port.gid,
+                mtu: self.port.active_mtu,
             },
         })
     }
@@ -790,7 +810,7 @@ impl QueuePair for FabricQp {
         Ok(())
     }
 
-    fn to_rtr(&mut self, remote: &QpEndpoint, _mtu: u8) -> Result<(), VerbsError> {
+    fn to_rtr(&mut self, remote: &QpEndpoint, mtu: u8) -> Result<(), VerbsError> {
         {
             let s = self.fabric.lock();
             let known = s.qps.get(&remote.qp_num).is_some_and(|r| {
@@ -806,12 +826,11 @@ impl QueuePair for FabricQp {
             }
         }
         self.transition(QpState::Init, QpState::Rtr, "ibv_modify_qp(RTR)")?;
-        self.fabric
-            .lock()
-            .qps
-            .get_mut(&self.qpn)
-            .expect("QP alive")
-            .remote = Some(remote.qp_num);
+        let mut s = self.fabric.lock();
+        let qp = s.qps.get_mut(&self.qpn).expect("QP alive");
+        qp.remote = Some(remote.qp_num);
+        // As a NIC does: never above the port's own.
+        qp.path_mtu = mtu.min(self.endpoint.mtu);
         Ok(())
     }
 

@@ -408,7 +408,13 @@ impl MemoryRegion for IbvMr {
 impl Drop for IbvMr {
     fn drop(&mut self) {
         // SAFETY: registered by us, deregistered once.
-        unsafe { sys::ibv_dereg_mr(self.mr) };
+        let rc = unsafe { sys::ibv_dereg_mr(self.mr) };
+        if rc != 0 {
+            tracing::error!(
+                "ibv_dereg_mr failed: {}; the memory stays pinned",
+                std::io::Error::from_raw_os_error(rc)
+            );
+        }
     }
 }
 
@@ -448,7 +454,13 @@ impl Drop for IbvCq {
     fn drop(&mut self) {
         // SAFETY: created by us; every QP using it is destroyed first
         // (channel field order).
-        unsafe { sys::ibv_destroy_cq(self.cq) };
+        let rc = unsafe { sys::ibv_destroy_cq(self.cq) };
+        if rc != 0 {
+            tracing::error!(
+                "ibv_destroy_cq failed: {}",
+                std::io::Error::from_raw_os_error(rc)
+            );
+        }
     }
 }
 
@@ -494,6 +506,7 @@ impl QueuePair for IbvQp {
             psn: self.psn,
             lid: self.port.lid,
             gid: self.port.gid,
+            mtu: self.port.active_mtu,
         }
     }
 
@@ -654,7 +667,15 @@ impl QueuePair for IbvQp {
 impl Drop for IbvQp {
     fn drop(&mut self) {
         // SAFETY: created by us; destroying it stops its outstanding DMA.
-        unsafe { sys::ibv_destroy_qp(self.qp) };
+        let rc = unsafe { sys::ibv_destroy_qp(self.qp) };
+        if rc != 0 {
+            // What the timeout and halt paths rely on did not happen: say
+            // so loudly, since READs of this QP may still land.
+            tracing::error!(
+                "ibv_destroy_qp failed: {}; READs posted on it may still complete",
+                std::io::Error::from_raw_os_error(rc)
+            );
+        }
     }
 }
 

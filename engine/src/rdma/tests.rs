@@ -86,7 +86,8 @@ impl QpExchange<u32> for Responder {
                 },
             )
             .map_err(|e| e.to_string())?;
-        connect_qp(&mut qp, Access::REMOTE_READ, &local, 5).map_err(|e| e.to_string())?;
+        let mtu = dev.port().active_mtu;
+        connect_qp(&mut qp, Access::REMOTE_READ, &local, mtu).map_err(|e| e.to_string())?;
         let ep = qp.endpoint();
         // Tuple fields drop in order: the QP is destroyed before its CQ.
         self.keep.push((qp, cq));
@@ -118,10 +119,21 @@ struct Setup {
 use super::fabric::FabricMr;
 
 fn setup(options: FabricOptions, rails: usize, max_channels: usize, sizes: ChannelSizes) -> Setup {
+    setup_with_mtu(options, rails, max_channels, sizes, 5)
+}
+
+/// [`setup`] with B's ports at active MTU `b_mtu` (A's at 4096).
+fn setup_with_mtu(
+    options: FabricOptions,
+    rails: usize,
+    max_channels: usize,
+    sizes: ChannelSizes,
+    b_mtu: u8,
+) -> Setup {
     let fabric = Fabric::new(options);
     for r in 0..rails {
         fabric.add_device(&format!("a{r}"), true);
-        fabric.add_device(&format!("b{r}"), true);
+        fabric.add_device_with_mtu(&format!("b{r}"), true, b_mtu);
     }
     let provider = fabric.provider();
     let stats = Arc::new(ShardStats::default());
@@ -270,6 +282,22 @@ fn one_post_per_qp_per_batch_with_selective_signalling() {
     let ok = s.read(&mut reader, &pages[..10], &mut dst);
     assert!(ok.iter().all(|&x| x));
     assert_eq!(s.fabric.counters().qps_created, before);
+}
+
+#[test]
+fn ports_of_different_mtus_agree_on_the_smaller() {
+    // A's port at 4096, B's at 1024 (ibv_mtu 3): each end tells the other
+    // its MTU in the QP exchange and both connect at 1024. Had A kept its
+    // own, every READ would retry out (the fabric drops packets of the
+    // other path MTU, as a real one does).
+    let mut s = setup_with_mtu(FabricOptions::default(), 1, 4, ChannelSizes::default(), 3);
+    let mut reader = s.reader();
+    let pages: Vec<usize> = (0..8).collect();
+    let mut dst = dst_for(pages.len());
+    s.register_host(&mut dst);
+    let ok = s.read(&mut reader, &pages, &mut dst);
+    assert_eq!(ok, vec![true; pages.len()]);
+    assert_delivered(&s, &pages, &dst, &ok);
 }
 
 #[test]

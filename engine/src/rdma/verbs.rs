@@ -137,6 +137,8 @@ pub struct QpEndpoint {
     pub lid: u16,
     /// Port GID at the configured `gid_index`.
     pub gid: [u8; 16],
+    /// The sender port's active MTU (`ibv_mtu`, 1 = 256 ... 5 = 4096).
+    pub mtu: u8,
 }
 
 /// Queue pair states used by PeerCache (`enum ibv_qp_state` order).
@@ -359,7 +361,9 @@ pub trait QueuePair {
 /// Brings a fresh QP to RTS against `remote` (RESET -> INIT -> RTR -> RTS).
 /// `access` is what the QP lets its peer do: a reader's (requester) QP grants
 /// nothing, the data node's (responder) QP grants REMOTE_READ; the MRs then
-/// decide which memory a READ may touch.
+/// decide which memory a READ may touch. The path MTU is the smaller of
+/// this port's (`mtu`) and the peer's: both ends must use the same, or
+/// every READ retries out (hosts on one fabric with different MTUs).
 pub fn connect_qp<Q: QueuePair>(
     qp: &mut Q,
     access: Access,
@@ -367,6 +371,16 @@ pub fn connect_qp<Q: QueuePair>(
     mtu: u8,
 ) -> Result<(), VerbsError> {
     qp.to_init(access)?;
-    qp.to_rtr(remote, mtu)?;
+    qp.to_rtr(remote, path_mtu(mtu, remote.mtu))?;
     qp.to_rts()
+}
+
+/// The path MTU two ports of active MTUs `local` and `remote` agree on
+/// (`remote` 0: not told, use `local`).
+pub fn path_mtu(local: u8, remote: u8) -> u8 {
+    if remote == 0 {
+        local
+    } else {
+        local.min(remote)
+    }
 }

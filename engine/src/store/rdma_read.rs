@@ -44,6 +44,7 @@ pub(super) fn to_info(ep: &QpEndpoint) -> QpInfo {
         psn: ep.psn,
         lid: ep.lid,
         gid: ep.gid,
+        mtu: ep.mtu,
     }
 }
 
@@ -53,6 +54,7 @@ pub(super) fn to_endpoint(info: &QpInfo) -> QpEndpoint {
         psn: info.psn,
         lid: info.lid,
         gid: info.gid,
+        mtu: info.mtu,
     }
 }
 

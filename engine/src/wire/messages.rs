@@ -390,6 +390,9 @@ pub struct QpInfo {
     pub lid: u16,
     /// Port GID at the sender's `gid_index`.
     pub gid: [u8; 16],
+    /// The sender port's active MTU (`ibv_mtu`): both ends of a channel
+    /// use the smaller of the two.
+    pub mtu: u8,
 }
 
 /// Opens RDMA channels to a data shard on one rail (answered with

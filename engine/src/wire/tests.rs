@@ -167,6 +167,7 @@ fn samples() -> Vec<Message> {
                 psn: 0x12_3456,
                 lid: 0,
                 gid: [0xfe; 16],
+                mtu: 5,
             }],
         }
         .into(),
@@ -177,6 +178,7 @@ fn samples() -> Vec<Message> {
                 psn: 77,
                 lid: 3,
                 gid: [1; 16],
+                mtu: 3,
             }],
             pool_addr: 0x7f00_0000_0000,
             pool_rkey: 0xabcd,
