@@ -181,10 +181,15 @@ impl ShardStore {
         msg: &T,
         request_id: u64,
     ) -> Result<(), WireError> {
+        let mut send = std::pin::pin!(conn.send(msg, request_id, &[]));
+        // Nearly every reply fits the socket buffer and is sent at the first
+        // poll: only one that is not pays for a timer (this is the path of
+        // every directory answer).
+        if let Some(sent) = futures_lite::future::poll_once(send.as_mut()).await {
+            return sent;
+        }
         let bound = self.id.request_timeout;
-        let sent =
-            glommio::timer::timeout(bound, async { Ok(conn.send(msg, request_id, &[]).await) })
-                .await;
+        let sent = glommio::timer::timeout(bound, async { Ok(send.await) }).await;
         sent.unwrap_or_else(|_| {
             ShardStats::bump(&self.stats.server_send_timeouts, 1);
             Err(WireError::Io(std::io::Error::new(
