@@ -406,65 +406,16 @@ def test_stats_counters_are_consistent(node):
 # --- GIL ---------------------------------------------------------------------
 
 
-def test_batch_get_releases_the_gil(make_node):
-    """Another Python thread runs while a large batch_get is in progress.
+def ran_meanwhile(action):
+    """Runs `action()` and returns (how many times another Python thread
+    ran meanwhile, its result).
 
     With a huge switch interval the interpreter never takes the GIL away from
-    a running thread: the counter thread, woken right before each call, can
-    only run while the getting thread gives the GIL up of its own accord. The
-    getter reads the counter right before and right after each call, so any
-    difference was made during the call.
+    a running thread: the counter thread, woken right before the action, can
+    only run while the action gives the GIL up of its own accord. The counter
+    is read right before and right after, so any difference was made during
+    the action.
     """
-    node = make_node(global_segment_size="256mb")
-    pages, size = 32, 1 * MIB
-    names = keys("gil", pages)
-    src = random_pages(pages, size)
-    assert node.batch_set(names, src.ptrs, src.lens) == [True] * pages
-    dst = Pages.filled(pages, size)
-
-    counter = [0]
-    go = threading.Event()
-    stop = threading.Event()
-
-    def count():
-        while True:
-            go.wait()  # blocks with the GIL released
-            go.clear()
-            if stop.is_set():
-                return
-            counter[0] += 1
-
-    old_interval = sys.getswitchinterval()
-    sys.setswitchinterval(1000.0)
-    counter_thread = threading.Thread(target=count)
-    counter_thread.start()
-    during_calls = 0
-    try:
-        for _ in range(10):
-            before = counter[0]
-            go.set()  # wakes the counter thread, which now waits for the GIL
-            ok = node.batch_get(names, dst.ptrs, dst.lens)
-            during_calls += counter[0] - before
-            assert ok == [True] * pages
-    finally:
-        stop.set()
-        go.set()
-        counter_thread.join()
-        sys.setswitchinterval(old_interval)
-    assert dst.contents() == src.contents()
-    assert during_calls > 0
-
-
-def test_a_node_dropped_without_close_shuts_down_with_the_gil_released():
-    """Dropping a node that was never closed shuts it down (leaving
-    discovery, flushing the disk tier), which can take seconds: other Python
-    threads keep running meanwhile. Same method as the test above: with a
-    huge switch interval, the counter thread woken right before the drop can
-    only run if the drop gives the GIL up."""
-    node = peercache.Node(config_json(global_segment_size="16mb"))
-    pages = random_pages(4, 64 * KIB)
-    assert node.batch_set(keys("drop", 4), pages.ptrs, pages.lens) == [True] * 4
-
     counter = [0]
     go = threading.Event()
     stop = threading.Event()
@@ -484,11 +435,41 @@ def test_a_node_dropped_without_close_shuts_down_with_the_gil_released():
     try:
         before = counter[0]
         go.set()  # wakes the counter thread, which now waits for the GIL
-        del node  # the last reference: the node is dropped here
-        during_drop = counter[0] - before
+        result = action()
+        return counter[0] - before, result
     finally:
         stop.set()
         go.set()
         counter_thread.join()
         sys.setswitchinterval(old_interval)
+
+
+def test_batch_get_releases_the_gil(make_node):
+    """Another Python thread runs while a large batch_get is in progress."""
+    node = make_node(global_segment_size="256mb")
+    pages, size = 32, 1 * MIB
+    names = keys("gil", pages)
+    src = random_pages(pages, size)
+    assert node.batch_set(names, src.ptrs, src.lens) == [True] * pages
+    dst = Pages.filled(pages, size)
+    during_calls = 0
+    for _ in range(10):
+        during, ok = ran_meanwhile(lambda: node.batch_get(names, dst.ptrs, dst.lens))
+        during_calls += during
+        assert ok == [True] * pages
+    assert dst.contents() == src.contents()
+    assert during_calls > 0
+
+
+def test_a_node_dropped_without_close_shuts_down_with_the_gil_released():
+    """Dropping a node that was never closed shuts it down (leaving
+    discovery, flushing the disk tier), which can take seconds: other Python
+    threads keep running meanwhile."""
+    node = peercache.Node(config_json(global_segment_size="16mb"))
+    pages = random_pages(4, 64 * KIB)
+    assert node.batch_set(keys("drop", 4), pages.ptrs, pages.lens) == [True] * 4
+    holder = [node]
+    del node
+    # Emptying the list drops the last reference: the node is dropped there.
+    during_drop, _ = ran_meanwhile(holder.clear)
     assert during_drop > 0

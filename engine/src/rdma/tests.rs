@@ -380,21 +380,27 @@ fn a_batch_is_striped_over_8_rails_by_index() {
     assert_eq!(s.rails.stripe(13, 0), None);
 }
 
-#[test]
-fn channel_pool_under_concurrent_leases() {
-    // Six tasks of one shard interleave lease / hold / release / break in a
-    // seeded order: the cap is never exceeded, every refused lease is
-    // counted, and a broken channel is replaced by a new QP.
+/// A's device a0 and a responder on B's device b0, one fabric.
+fn device_and_responder() -> (FabricDevice, Responder) {
     let fabric = Fabric::new(FabricOptions::default());
     fabric.add_device("a0", true);
     fabric.add_device("b0", true);
     let provider = fabric.provider();
     let a = provider.open(Some("a0"), 1, 3).unwrap();
-    let mut responder = Responder {
+    let responder = Responder {
         devices: vec![provider.open(Some("b0"), 1, 3).unwrap()],
         keep: Vec::new(),
         refuse: false,
     };
+    (a, responder)
+}
+
+#[test]
+fn channel_pool_under_concurrent_leases() {
+    // Six tasks of one shard interleave lease / hold / release / break in a
+    // seeded order: the cap is never exceeded, every refused lease is
+    // counted, and a broken channel is replaced by a new QP.
+    let (a, mut responder) = device_and_responder();
     let stats = Arc::new(ShardStats::default());
     let cap = 3;
     let mut pool: ChannelPool<FabricDevice, u32> =
@@ -465,16 +471,7 @@ fn channels_leased_before_a_peer_was_forgotten_leave_its_new_entry_alone() {
     // back at the same endpoint, and a new channel is built; then the old
     // batches end, one with a discard, one with a release. Only the new
     // channel stays counted, idle, and offered to the responder.
-    let fabric = Fabric::new(FabricOptions::default());
-    fabric.add_device("a0", true);
-    fabric.add_device("b0", true);
-    let provider = fabric.provider();
-    let a = provider.open(Some("a0"), 1, 3).unwrap();
-    let mut responder = Responder {
-        devices: vec![provider.open(Some("b0"), 1, 3).unwrap()],
-        keep: Vec::new(),
-        refuse: false,
-    };
+    let (a, mut responder) = device_and_responder();
     let stats = Arc::new(ShardStats::default());
     let mut pool: ChannelPool<FabricDevice, u32> =
         ChannelPool::new(0, 4, ChannelSizes::default(), Arc::clone(&stats));
@@ -1131,8 +1128,12 @@ fn transport_selection_falls_back_or_fails_fast() {
     assert!(reason.contains("ibv_"), "{reason}");
 }
 
-#[test]
-fn a_responder_keeps_qps_only_for_the_readers_live_channels() {
+/// A reader shard and a data (owner) shard on one fabric, one rail each,
+/// at most 4 channels per peer.
+fn reader_and_owner() -> (
+    shard::RdmaShard<FabricDevice>,
+    shard::RdmaShard<FabricDevice>,
+) {
     let fabric = Fabric::new(FabricOptions::default());
     fabric.add_device("reader", true);
     fabric.add_device("owner", true);
@@ -1150,8 +1151,13 @@ fn a_responder_keeps_qps_only_for_the_readers_live_channels() {
         .unwrap();
         shard::RdmaShard::new(rails, Duration::from_secs(1), Arc::clone(&stats))
     };
+    (open("reader"), open("owner"))
+}
+
+#[test]
+fn a_responder_keeps_qps_only_for_the_readers_live_channels() {
     use shard::ShardRdma;
-    let (mut reader, mut owner) = (open("reader"), open("owner"));
+    let (mut reader, mut owner) = reader_and_owner();
     let peer: shard::PeerShard = "127.0.0.1:9".parse().unwrap();
     let first = reader.reserve(&peer, 0, 3).unwrap();
     let answered = owner
@@ -1194,25 +1200,8 @@ fn a_responder_keeps_qps_only_for_the_readers_live_channels() {
 
 #[test]
 fn an_older_connect_arriving_last_keeps_the_newer_ones_responder_qps() {
-    let fabric = Fabric::new(FabricOptions::default());
-    fabric.add_device("reader", true);
-    fabric.add_device("owner", true);
-    let stats = Arc::new(ShardStats::default());
-    let open = |name: &str| {
-        let rails: Rails<FabricDevice, shard::PeerShard> = Rails::open(
-            &fabric.provider(),
-            &[name.to_owned()],
-            1,
-            3,
-            4,
-            ChannelSizes::default(),
-            Arc::clone(&stats),
-        )
-        .unwrap();
-        shard::RdmaShard::new(rails, Duration::from_secs(1), Arc::clone(&stats))
-    };
     use shard::ShardRdma;
-    let (mut reader, mut owner) = (open("reader"), open("owner"));
+    let (mut reader, mut owner) = reader_and_owner();
     let peer: shard::PeerShard = "127.0.0.1:9".parse().unwrap();
     // Two tasks of the reader shard connect at once: the first's live list
     // was taken before the second reserved its QP.
