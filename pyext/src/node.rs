@@ -226,13 +226,11 @@ impl Drop for PyNode {
         }
         // Dropped without close(): the engine node's drop shuts it down,
         // which leaves discovery and flushes the disk tier (up to seconds).
-        // Python calls this with the GIL held; every other Python thread of
-        // the process would stop for that long. No Python object is touched
-        // meanwhile, and where the interpreter cannot be re-entered (at its
-        // finalization on Python 3.13+) the node goes down with the GIL as
-        // it is.
-        // (When `try_attach` cannot attach, it drops the closure unrun, and
-        // the node with it.)
+        // Python deallocates with the GIL held, so every other Python thread
+        // of the process would stop for that long; release it meanwhile (no
+        // Python object is touched). `try_attach` only takes the attachment
+        // this thread already has; where it refuses (a GC traversal), it
+        // drops the closure unrun, and the node goes down with the GIL held.
         let _ = Python::try_attach(move |py| py.detach(move || drop(node)));
     }
 }
