@@ -228,11 +228,30 @@ impl Drop for PyNode {
         // which leaves discovery and flushes the disk tier (up to seconds).
         // Python deallocates with the GIL held, so every other Python thread
         // of the process would stop for that long; release it meanwhile (no
-        // Python object is touched). `try_attach` only takes the attachment
-        // this thread already has; where it refuses (a GC traversal), it
-        // drops the closure unrun, and the node goes down with the GIL held.
-        let _ = Python::try_attach(move |py| py.detach(move || drop(node)));
+        // Python object is touched). Only on the main thread: another
+        // thread that released the GIL while the interpreter starts to
+        // finalize is ended by Python when it takes the GIL back, through
+        // these Rust frames. Elsewhere (and where `try_attach` refuses, in a
+        // GC traversal) the node goes down with the GIL held.
+        let _ = Python::try_attach(move |py| {
+            if on_main_thread(py) {
+                py.detach(move || drop(node));
+            } else {
+                drop(node);
+            }
+        });
     }
+}
+
+/// Whether this is Python's main thread (the one that finalizes the
+/// interpreter); false when that cannot be told.
+fn on_main_thread(py: Python<'_>) -> bool {
+    let check = || -> PyResult<bool> {
+        let threading = py.import("threading")?;
+        let main = threading.call_method0("main_thread")?;
+        Ok(main.is(&threading.call_method0("current_thread")?))
+    };
+    check().unwrap_or(false)
 }
 
 impl PyNode {

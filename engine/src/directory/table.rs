@@ -558,6 +558,27 @@ impl DirectoryTable {
         }
     }
 
+    /// [`put`](Self::put), except that a non-resident location does not
+    /// replace another node's resident one: a page some node holds in
+    /// memory is read from there at once, where a disk copy would first be
+    /// promoted. Producers re-publish their disk pages periodically, and
+    /// the newest put winning would otherwise move readers to the disk
+    /// copy every time. Returns whether `loc` was stored.
+    ///
+    /// # Errors
+    ///
+    /// As [`put`](Self::put).
+    pub fn offer(&mut self, key: KeyHash, loc: DirLocation) -> Result<bool, DirectoryError> {
+        if !loc.resident {
+            if let Some(held) = self.get(key) {
+                if held.resident && held.node != loc.node {
+                    return Ok(false);
+                }
+            }
+        }
+        self.put(key, loc).map(|_| true)
+    }
+
     /// [`put`](Self::put) for a batch, in order; returns how many keys were
     /// new (the rest replaced an existing location).
     ///

@@ -128,6 +128,33 @@ fn remove_if_node_only_removes_the_matching_nodes_entry() {
 }
 
 #[test]
+fn a_disk_copy_does_not_replace_another_nodes_copy_in_memory() {
+    let mut t = DirectoryTable::new(16);
+    let (a, b) = (node(0), node(1));
+    let k = KeyHash(0x0bad_cafe_0000_0000_1111_2222_3333_4444);
+    let in_memory = |n, i| DirLocation {
+        resident: true,
+        ..loc(n, i)
+    };
+    let on_disk = |n, i| DirLocation {
+        resident: false,
+        ..loc(n, i)
+    };
+    t.put(k, in_memory(a, 2)).unwrap();
+    assert_eq!(t.offer(k, on_disk(b, 3)), Ok(false));
+    assert_eq!(t.get(k), Some(in_memory(a, 2)));
+    // The same node's page going to disk, or anyone's page in memory,
+    // replaces it as a put does.
+    assert_eq!(t.offer(k, on_disk(a, 4)), Ok(true));
+    assert_eq!(t.get(k), Some(on_disk(a, 4)));
+    assert_eq!(t.offer(k, on_disk(b, 5)), Ok(true), "both on disk: newest");
+    assert_eq!(t.offer(k, in_memory(a, 6)), Ok(true));
+    assert_eq!(t.get(k), Some(in_memory(a, 6)));
+    assert_eq!(t.offer(KeyHash(7), on_disk(b, 7)), Ok(true), "a new key");
+    t.check_invariants();
+}
+
+#[test]
 fn set_resident_flips_only_the_named_nodes_entry() {
     let mut t = DirectoryTable::new(16);
     let (a, b) = (node(0), node(1));

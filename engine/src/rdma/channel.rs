@@ -238,15 +238,17 @@ impl<V: Verbs, P: Clone + Eq + Hash> ChannelPool<V, P> {
             self.abandon(peer, PendingChannel { qp, cq });
             return Err(e.into());
         }
+        let qp_num = qp.endpoint().qp_num;
         let ch = Channel {
             qp,
             cq,
             remote: *remote,
         };
         match self.peers.get_mut(peer) {
-            Some(p) => p.idle.push(ch),
-            // The peer was forgotten meanwhile: the channel goes with it.
-            None => drop(ch),
+            Some(p) if p.qps.contains(&qp_num) => p.idle.push(ch),
+            // The peer was forgotten meanwhile (and perhaps came back with
+            // a new entry that never counted this one): it goes with it.
+            _ => drop(ch),
         }
         Ok(())
     }

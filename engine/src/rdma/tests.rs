@@ -478,6 +478,8 @@ fn channels_leased_before_a_peer_was_forgotten_leave_its_new_entry_alone() {
     let old1 = pool.lease(&a, &PEER, &mut responder).unwrap();
     let old2 = pool.lease(&a, &PEER, &mut responder).unwrap();
     let old3 = pool.lease(&a, &PEER, &mut responder).unwrap();
+    // And one reserved, its exchange still out.
+    let reserved = pool.reserve(&a, &PEER).unwrap();
     pool.forget(&PEER);
     let new = pool.lease(&a, &PEER, &mut responder).unwrap();
     let new_qp = new.qp.endpoint().qp_num;
@@ -485,6 +487,8 @@ fn channels_leased_before_a_peer_was_forgotten_leave_its_new_entry_alone() {
     pool.discard(&PEER, old1);
     pool.discard(&PEER, old2); // this one used to panic: the count went below 0
     pool.release(&PEER, old3);
+    let answer = responder.exchange(&PEER, 0, reserved.endpoint()).unwrap();
+    pool.complete(&a, &PEER, reserved, &answer).unwrap();
     assert_eq!(pool.open_to(&PEER), 1);
     assert_eq!(pool.idle_to(&PEER), 1);
     assert_eq!(pool.live_qps(&PEER), vec![new_qp]);

@@ -318,7 +318,41 @@ impl ShardStore {
     /// pool but on disk gets a non-resident entry, any other page that left
     /// both tiers is deleted. Returns, per stored page, whether at least one
     /// owner accepted its entry.
+    ///
+    /// Writes about one page may travel on different channels and overtake
+    /// each other: a put sent while the page was being evicted (its delete
+    /// already out), or a delete sent while the page came back, can land
+    /// last and leave the owner with the wrong word, which nothing would
+    /// correct. So once these writes are answered, the pages whose state
+    /// changed meanwhile are published again; those writes land after.
     pub(super) async fn publish(
+        self: &Rc<Self>,
+        view: &ClusterView,
+        stored: &[(usize, KeyHash, Location)],
+        evicted: &[KeyHash],
+    ) -> Vec<bool> {
+        let accepted = self.publish_once(view, stored, evicted).await;
+        let (moved, back) = {
+            let pool = self.pool.borrow();
+            let moved: Vec<KeyHash> = stored
+                .iter()
+                .filter(|&&(_, k, l)| pool.location(k) != Some(l))
+                .map(|&(_, k, _)| k)
+                .collect();
+            let back: Vec<(usize, KeyHash, Location)> = evicted
+                .iter()
+                .filter_map(|&k| pool.location(k).map(|l| (0, k, l)))
+                .collect();
+            (moved, back)
+        };
+        if !moved.is_empty() || !back.is_empty() {
+            self.publish_once(view, &back, &moved).await;
+        }
+        accepted
+    }
+
+    /// One round of [`publish`](Self::publish)'s writes.
+    async fn publish_once(
         self: &Rc<Self>,
         view: &ClusterView,
         stored: &[(usize, KeyHash, Location)],
@@ -370,7 +404,7 @@ impl ShardStore {
                         match on_disk {
                             Some(l) => {
                                 let loc = DirLocation::from_pool(self.node_ref, shard, l, false);
-                                let _ = dir.put(key, loc);
+                                let _ = dir.offer(key, loc);
                             }
                             None => {
                                 dir.remove_if_node(key, self.node_ref);

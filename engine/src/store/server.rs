@@ -222,11 +222,17 @@ impl ShardStore {
         h: &FrameHeader,
     ) -> Result<(), WireError> {
         let request = wire::decode_owned::<DirPut>(conn.meta())?;
+        #[cfg(test)]
+        if let Some(stall) = super::slow_peer_tests::dir_put_stall_for(&request) {
+            glommio::timer::sleep(stall).await;
+        }
         let mut stored = 0u32;
         {
             let mut dir = self.directory.borrow_mut();
             for e in &request.entries {
-                if dir.put(e.key_hash(), to_location(e)).is_ok() {
+                // A declined offer counts as stored: the owner holds a
+                // better entry for the page.
+                if dir.offer(e.key_hash(), to_location(e)).is_ok() {
                     stored += 1;
                 }
             }

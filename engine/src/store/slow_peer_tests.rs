@@ -33,6 +33,22 @@ pub(super) fn data_read_stall_for(node_id: &str) -> Option<Duration> {
         .map(|&(_, stall)| stall)
 }
 
+/// Directory puts that carry one of these keys wait this long before the
+/// owner applies them.
+static DIR_PUT_STALLS: Mutex<Vec<([u8; 16], Duration)>> = Mutex::new(Vec::new());
+
+/// How long an owner waits before applying `request` (the test hook of
+/// the server's put handler).
+pub(super) fn dir_put_stall_for(request: &crate::wire::DirPut) -> Option<Duration> {
+    let stalls = DIR_PUT_STALLS.lock().unwrap();
+    request.entries.iter().find_map(|e| {
+        stalls
+            .iter()
+            .find(|(key, _)| *key == e.key)
+            .map(|&(_, stall)| stall)
+    })
+}
+
 /// Stalls `node_id`'s read answers until dropped.
 struct Stall(String);
 
@@ -404,4 +420,56 @@ fn directory_answers_naming_other_keys_are_ignored_and_the_next_owner_asked() {
         out.iter_mut().for_each(|bytes| bytes.fill(0));
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+#[test]
+fn a_put_overtaken_by_the_pages_delete_is_corrected_once_answered() {
+    // The owner (o) holds the page's put back; meanwhile the producer (a)
+    // evicts the page, and its delete, on another connection, lands first.
+    // The held-back put then restores an entry naming a freed slot, which
+    // nothing else would remove: the producer's answered publish sees the
+    // page gone and deletes it again.
+    // Within the request timeout (250 ms): a put answered later would mark
+    // the owner unreachable, and the second delete would not be sent.
+    const HELD_BACK: Duration = Duration::from_millis(150);
+    let a = node("overtaken-a", "16mb");
+    let o = node("overtaken-o", "16mb");
+    let routes = vec![a.route(), o.route()];
+    a.set_membership(1, routes.clone());
+    o.set_membership(1, routes);
+    let key = "overtaken-page";
+    let hash = a.namespace().hash(key).to_be_bytes();
+    DIR_PUT_STALLS.lock().unwrap().push((hash, HELD_BACK));
+    let a = Arc::new(a);
+    // One SGLang thread stores the page (its set waits for the owner's
+    // answer), another floods the pool meanwhile: 16 pages of 1 MiB fill
+    // it and evict the first page, whose delete leaves at once.
+    let first_set = {
+        let a = Arc::clone(&a);
+        std::thread::spawn(move || a.batch_set_pages(&[key], &[page(0).as_slice()]).unwrap())
+    };
+    // Stored (counted before its publish starts): its put is on the way.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.stats().write_requests == 0 {
+        assert!(Instant::now() < deadline, "the first set never started");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let flood: Vec<String> = (0..24).map(|i| format!("overtaken-flood-{i}")).collect();
+    let pages: Vec<Vec<u8>> = (1..=24).map(page).collect();
+    let refs: Vec<&[u8]> = pages.iter().map(|p| p.as_slice()).collect();
+    a.batch_set_pages(&flood, &refs).unwrap();
+    assert!(a.stats().evictions > 0);
+    assert_eq!(first_set.join().unwrap(), vec![true]);
+    // The delete may well be applied already; what matters is after the
+    // held-back put lands. Then, long before any refresh (60 s):
+    std::thread::sleep(HELD_BACK + Duration::from_millis(300));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while o.batch_exists(&[key]).unwrap() != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the owner still lists the evicted page"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    DIR_PUT_STALLS.lock().unwrap().retain(|(k, _)| *k != hash);
 }
