@@ -87,9 +87,8 @@ pub enum LeaseError {
 
 struct PeerChannels<V: Verbs> {
     idle: Vec<Channel<V>>,
-    /// Channels that exist: idle, leased and reserved.
-    open: usize,
-    /// Their local QP numbers.
+    /// Local QP numbers of the channels that exist (idle, leased and
+    /// reserved) and count against the cap.
     qps: Vec<u32>,
 }
 
@@ -194,10 +193,9 @@ impl<V: Verbs, P: Clone + Eq + Hash> ChannelPool<V, P> {
             .entry(peer.clone())
             .or_insert_with(|| PeerChannels {
                 idle: Vec::new(),
-                open: 0,
                 qps: Vec::new(),
             });
-        if entry.open >= self.max_per_peer {
+        if entry.qps.len() >= self.max_per_peer {
             ShardStats::bump(&self.stats.rdma_lease_failures, 1);
             return Err(LeaseError::Busy(self.max_per_peer));
         }
@@ -213,7 +211,6 @@ impl<V: Verbs, P: Clone + Eq + Hash> ChannelPool<V, P> {
         });
         match built {
             Ok(pending) => {
-                entry.open += 1;
                 entry.qps.push(pending.endpoint().qp_num);
                 Ok(pending)
             }
@@ -275,7 +272,7 @@ impl<V: Verbs, P: Clone + Eq + Hash> ChannelPool<V, P> {
         let (idle, open) = self
             .peers
             .get(peer)
-            .map_or((0, 0), |p| (p.idle.len(), p.open));
+            .map_or((0, 0), |p| (p.idle.len(), p.qps.len()));
         chains
             .saturating_sub(idle)
             .min(self.max_per_peer.saturating_sub(open))
@@ -290,7 +287,6 @@ impl<V: Verbs, P: Clone + Eq + Hash> ChannelPool<V, P> {
         if let Some(p) = self.peers.get_mut(peer) {
             if let Some(at) = p.qps.iter().position(|&q| q == qp_num) {
                 p.qps.swap_remove(at);
-                p.open -= 1;
             }
         }
     }
@@ -318,7 +314,7 @@ impl<V: Verbs, P: Clone + Eq + Hash> ChannelPool<V, P> {
 
     /// Channels that exist to `peer` (idle and leased).
     pub fn open_to(&self, peer: &P) -> usize {
-        self.peers.get(peer).map_or(0, |p| p.open)
+        self.peers.get(peer).map_or(0, |p| p.qps.len())
     }
 
     /// Idle channels to `peer`.
