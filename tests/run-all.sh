@@ -9,6 +9,9 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 
 bash .ci/install-system-deps.sh
+# A build plus the test venv need about 10 GB; a full disk shows up later as
+# odd download or link errors, so say up front how much there is.
+df -h "$ROOT" | tail -1 | awk '{print "disk: " $4 " free on " $6}'
 ulimit -l unlimited 2>/dev/null || true   # glommio/RDMA pin memory; root has CAP_IPC_LOCK anyway
 
 failures=()
@@ -28,8 +31,10 @@ step "clippy (ibverbs)" cargo clippy -p peercache-engine --features ibverbs --al
 step "cargo test (ibverbs link)" cargo test -p peercache-engine --features ibverbs --lib rdma::ibverbs
 
 # Python: the package built from this tree, tested against SGLang's real
-# HiCache code (CPU-only torch + sglang, installed once into the venv).
-VENV="${PEERCACHE_TEST_VENV:-$ROOT/target/test-venv}"
+# HiCache code (CPU-only torch + sglang, installed once into the venv). The venv
+# lives outside the checkout so that later runs on this machine, fresh clones
+# included, reuse it instead of downloading about 1 GB again.
+VENV="${PEERCACHE_TEST_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/peercache/test-venv}"
 python_tests() {
   bash tests/sglang/install.sh "$VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check --force-reinstall --no-deps .
