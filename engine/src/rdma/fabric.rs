@@ -133,7 +133,16 @@ struct DevState {
     active: bool,
     /// Active MTU of its port (`ibv_mtu`).
     mtu: u8,
+    /// The number its next QP gets. QP numbers are per device, as on real
+    /// NICs, and every device starts from the same one, so two rails of a
+    /// node hand out the same numbers: code that keys QPs by number alone
+    /// mixes up rails here as it would on hardware.
+    next_qp_num: u32,
 }
+
+/// The first QP number of every device (numbers below it are reserved on
+/// real hardware).
+const FIRST_QP_NUM: u32 = 0x100;
 
 struct MrState {
     dev: u32,
@@ -144,10 +153,13 @@ struct MrState {
 
 struct QpSlot {
     dev: u32,
+    /// Its QP number on its device (what [`QpEndpoint::qp_num`] says).
+    num: u32,
     cq: u32,
     psn: u32,
     state: QpState,
     access: Access,
+    /// Internal id of the connected remote QP.
     remote: Option<u32>,
     /// Path MTU set at RTR (0 before).
     path_mtu: u8,
@@ -182,7 +194,10 @@ struct State {
     next_id: u32,
     devices: HashMap<u32, DevState>,
     mrs: HashMap<u32, MrState>,
+    /// Keyed by the fabric's internal id, unique across devices.
     qps: HashMap<u32, QpSlot>,
+    /// (device, QP number on it) -> internal id of the QP.
+    qp_ids: HashMap<(u32, u32), u32>,
     cqs: HashMap<u32, CqState>,
     queue: VecDeque<Queued>,
     hook: Option<Hook>,
@@ -215,6 +230,7 @@ impl Fabric {
                 devices: HashMap::new(),
                 mrs: HashMap::new(),
                 qps: HashMap::new(),
+                qp_ids: HashMap::new(),
                 cqs: HashMap::new(),
                 queue: VecDeque::new(),
                 hook: None,
@@ -247,6 +263,7 @@ impl Fabric {
                 name: name.to_owned(),
                 active,
                 mtu,
+                next_qp_num: FIRST_QP_NUM,
             },
         );
     }
@@ -677,12 +694,20 @@ impl Verbs for FabricDevice {
     fn create_qp(&self, cq: &FabricCq, caps: QpCaps) -> Result<FabricQp, VerbsError> {
         let mut s = self.fabric.lock();
         let qpn = s.alloc_id();
+        let dev = s
+            .devices
+            .get_mut(&self.id)
+            .expect("device of an open context");
+        let num = dev.next_qp_num;
+        dev.next_qp_num += 1;
         let psn = (s.rng.next() & 0x00ff_ffff) as u32;
         s.counters.qps_created += 1;
+        s.qp_ids.insert((self.id, num), qpn);
         s.qps.insert(
             qpn,
             QpSlot {
                 dev: self.id,
+                num,
                 cq: cq.id,
                 psn,
                 state: QpState::Reset,
@@ -699,7 +724,7 @@ impl Verbs for FabricDevice {
             fabric: self.fabric.clone(),
             qpn,
             endpoint: QpEndpoint {
-                qp_num: qpn,
+                qp_num: num,
                 psn,
                 lid: self.port.lid,
                 gid: self.port.gid,
@@ -811,24 +836,28 @@ impl QueuePair for FabricQp {
     }
 
     fn to_rtr(&mut self, remote: &QpEndpoint, mtu: u8) -> Result<(), VerbsError> {
-        {
+        let remote_id = {
             let s = self.fabric.lock();
-            let known = s.qps.get(&remote.qp_num).is_some_and(|r| {
-                let rp = s.port_of(r.dev, 0);
-                rp.gid == remote.gid && r.psn == remote.psn
-            });
-            if !known {
+            // The GID names the device, and the number a QP on it.
+            let remote_id = s
+                .devices
+                .keys()
+                .find(|&&dev| s.port_of(dev, 0).gid == remote.gid)
+                .and_then(|&dev| s.qp_ids.get(&(dev, remote.qp_num)).copied())
+                .filter(|id| s.qps[id].psn == remote.psn);
+            let Some(remote_id) = remote_id else {
                 return Err(VerbsError::new(
                     "ibv_modify_qp(RTR)",
                     format!("no QP {} at the given GID/PSN", remote.qp_num),
                     "the peer's QP info (qp_num, psn, gid) is stale or wrong",
                 ));
-            }
-        }
+            };
+            remote_id
+        };
         self.transition(QpState::Init, QpState::Rtr, "ibv_modify_qp(RTR)")?;
         let mut s = self.fabric.lock();
         let qp = s.qps.get_mut(&self.qpn).expect("QP alive");
-        qp.remote = Some(remote.qp_num);
+        qp.remote = Some(remote_id);
         // As a NIC does: never above the port's own.
         qp.path_mtu = mtu.min(self.endpoint.mtu);
         Ok(())
@@ -914,7 +943,9 @@ impl QueuePair for FabricQp {
 impl Drop for FabricQp {
     fn drop(&mut self) {
         let mut s = self.fabric.lock();
-        s.qps.remove(&self.qpn);
+        if let Some(slot) = s.qps.remove(&self.qpn) {
+            s.qp_ids.remove(&(slot.dev, slot.num));
+        }
         let qpn = self.qpn;
         s.queue.retain(|q| q.qpn != qpn);
     }

@@ -1138,14 +1138,28 @@ fn reader_and_owner() -> (
     shard::RdmaShard<FabricDevice>,
     shard::RdmaShard<FabricDevice>,
 ) {
+    reader_and_owner_on_rails(1)
+}
+
+/// [`reader_and_owner`] with `rails` rails each (devices `reader<r>` and
+/// `owner<r>`).
+fn reader_and_owner_on_rails(
+    rails: usize,
+) -> (
+    shard::RdmaShard<FabricDevice>,
+    shard::RdmaShard<FabricDevice>,
+) {
     let fabric = Fabric::new(FabricOptions::default());
-    fabric.add_device("reader", true);
-    fabric.add_device("owner", true);
+    for r in 0..rails {
+        fabric.add_device(&format!("reader{r}"), true);
+        fabric.add_device(&format!("owner{r}"), true);
+    }
     let stats = Arc::new(ShardStats::default());
     let open = |name: &str| {
+        let names: Vec<String> = (0..rails).map(|r| format!("{name}{r}")).collect();
         let rails: Rails<FabricDevice, shard::PeerShard> = Rails::open(
             &fabric.provider(),
-            &[name.to_owned()],
+            &names,
             1,
             3,
             4,
@@ -1156,6 +1170,30 @@ fn reader_and_owner() -> (
         shard::RdmaShard::new(rails, Duration::from_secs(1), Arc::clone(&stats))
     };
     (open("reader"), open("owner"))
+}
+
+#[test]
+fn channels_reserved_on_two_rails_at_once_keep_their_rails() {
+    use shard::ShardRdma;
+    let (mut reader, mut owner) = reader_and_owner_on_rails(2);
+    let peer: shard::PeerShard = "127.0.0.1:9".parse().unwrap();
+    // QP numbers are per device (as on hardware, and on the fabric): the
+    // first QP of each rail has the same number.
+    let on0 = reader.reserve(&peer, 0, 1).unwrap();
+    let on1 = reader.reserve(&peer, 1, 1).unwrap();
+    assert_eq!(on0[0].qp_num, on1[0].qp_num, "the two rails number alike");
+    let a0 = owner
+        .accept((7, 0), 0, 1, &reader.live_qps(&peer, 0), &on0)
+        .unwrap();
+    let a1 = owner
+        .accept((7, 0), 1, 2, &reader.live_qps(&peer, 1), &on1)
+        .unwrap();
+    reader.complete(&peer, 0, &on0, &a0).unwrap();
+    reader.complete(&peer, 1, &on1, &a1).unwrap();
+    // Each rail holds its own channel, connected through its own device.
+    assert_eq!(reader.missing_for(&peer, 0, 1), 0, "rail 0 has its channel");
+    assert_eq!(reader.missing_for(&peer, 1, 1), 0, "rail 1 has its channel");
+    assert_eq!(owner.responder_qps(), 2);
 }
 
 #[test]
