@@ -34,7 +34,8 @@ step "cargo test (ibverbs link)" cargo test -p peercache-engine --features ibver
 # HiCache code (CPU-only torch + sglang, installed once into the venv). The venv
 # lives outside the checkout so that later runs on this machine, fresh clones
 # included, reuse it instead of downloading about 1 GB again.
-VENV="${PEERCACHE_TEST_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/peercache/test-venv}"
+CACHE_DIR="${XDG_CACHE_HOME:-${HOME:+$HOME/.cache}}"
+VENV="${PEERCACHE_TEST_VENV:-${CACHE_DIR:-$ROOT/target}/peercache/test-venv}"
 python_tests() {
   bash tests/sglang/install.sh "$VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check --force-reinstall --no-deps .
