@@ -224,6 +224,24 @@ fn evicted_pages_are_misses_never_other_bytes() {
         ok.iter().any(|&x| !x),
         "evicted pages must be reported as misses"
     );
+    // Gone from their slots: misses, not failed reads.
+    assert_eq!(b.stats().read_failures, 0);
+}
+
+#[test]
+fn a_remote_page_of_another_length_is_a_counted_failure_and_left_unread() {
+    let a = node("length-a", "");
+    let b = node("length-b", "");
+    join(&[&a, &b], 1);
+    let ks = keys("eight-kib", 8);
+    assert!(set_all(&a, &ks, 8192).iter().all(|&x| x));
+    assert_eq!(b.batch_exists(&ks).unwrap(), 8);
+    let mut out: Vec<Vec<u8>> = ks.iter().map(|_| vec![0xAB; 4096]).collect();
+    let mut dsts: Vec<&mut [u8]> = out.iter_mut().map(|v| v.as_mut_slice()).collect();
+    assert_eq!(b.batch_get_into(&ks, &mut dsts).unwrap(), vec![false; 8]);
+    assert!(out.iter().flatten().all(|&x| x == 0xAB), "nothing written");
+    let s = b.stats();
+    assert_eq!((s.read_failures, s.read_misses, s.read_hits), (8, 8, 0));
 }
 
 /// Nodes a and b both store the same pages, b last, so each page's
@@ -391,7 +409,10 @@ fn a_dead_peer_makes_its_pages_misses_quickly() {
         started.elapsed() < Duration::from_secs(30),
         "bounded: no hang"
     );
-    assert!(b.stats().remote_failures > 0);
+    let s = b.stats();
+    assert!(s.remote_failures > 0);
+    // Located, but the transfers failed: read failures (and misses).
+    assert_eq!((s.read_failures, s.read_misses), (32, 32));
 }
 
 #[test]

@@ -153,6 +153,7 @@ fn read_errors_are_counted_misses_and_broken_channels_are_replaced() {
     let ks = keys("faulty", 24);
     set_all(&a, &ks);
     assert_eq!(get_checked(&b, &ks), vec![true; 24]);
+    assert_eq!(b.stats().read_failures, 0);
 
     fabric.set_faults(FaultPlan {
         remote_access_per_mille: 1000,
@@ -164,6 +165,10 @@ fn read_errors_are_counted_misses_and_broken_channels_are_replaced() {
     assert_eq!(s.rdma_last_wc_status, 10);
     assert!(s.rdma_channel_discards > 0);
     assert_eq!(s.read_remote_hits, 24, "only the first pass hit");
+    // Found, but the transfer failed (and so did its retry): the symptom
+    // the troubleshooting table reads as `read_failures` with WC errors.
+    assert_eq!(s.read_failures, 24);
+    assert_eq!(s.read_misses, 24);
 
     // The fault clears: fresh channels replace the discarded ones.
     fabric.set_faults(FaultPlan::default());
@@ -199,6 +204,8 @@ fn a_slot_reused_after_its_location_was_resolved_is_a_miss_not_wrong_bytes() {
         vec![false; 16],
         "the generation check turned every stale read into a miss"
     );
+    // A page gone from its slot is a plain miss, not a failed read.
+    assert_eq!(b.stats().read_failures, 0);
 }
 
 #[test]

@@ -17,7 +17,7 @@
 //! (`DataRead`) until the next membership change; one whose QP exchange
 //! fails, for the next 30 s. READ errors and timeouts are misses, counted by the reader.
 
-use super::remote::{expect_reply, DataReads};
+use super::remote::{expect_reply, DataReads, PageRead};
 use super::shard::{PeerRdma, ShardStore};
 use crate::rdma::rail::RemotePool;
 use crate::rdma::reader::ReadItem;
@@ -62,7 +62,7 @@ impl ShardStore {
     /// Reads `reads` with RDMA READs; `None` when this data shard is to be
     /// read over TCP instead (no RDMA on either side, or the QP exchange
     /// failed).
-    pub(super) async fn read_pages_rdma(&self, reads: &DataReads) -> Option<Vec<bool>> {
+    pub(super) async fn read_pages_rdma(&self, reads: &DataReads) -> Option<Vec<PageRead>> {
         let rdma = self.rdma.as_ref()?;
         let n = reads.targets.len();
         let pools = self.rdma_channels(reads.endpoint, n).await?;
@@ -191,10 +191,21 @@ impl ShardStore {
 
     /// The post-READ generation check: one `DataValidate` for the pages that
     /// landed. A failed exchange makes them all misses.
-    async fn validate(&self, ep: SocketAddr, reads: &DataReads, landed: Vec<bool>) -> Vec<bool> {
+    async fn validate(
+        &self,
+        ep: SocketAddr,
+        reads: &DataReads,
+        landed: Vec<bool>,
+    ) -> Vec<PageRead> {
+        // A READ that did not land (completion error, timeout, never posted)
+        // is a failed transfer whatever the slot holds.
+        let mut outcome: Vec<PageRead> = landed
+            .iter()
+            .map(|&l| if l { PageRead::Gone } else { PageRead::Failed })
+            .collect();
         let positions: Vec<usize> = (0..landed.len()).filter(|&i| landed[i]).collect();
         if positions.is_empty() {
-            return landed;
+            return outcome;
         }
         let request = DataValidate {
             node: reads.request.node,
@@ -207,14 +218,19 @@ impl ShardStore {
                 expect_reply::<DataValidateReply>(conn, id).await
             })
             .await;
-        let mut ok = vec![false; landed.len()];
-        if let Ok(reply) = reply {
-            if reply.status.len() == positions.len() {
+        match reply {
+            Ok(reply) if reply.status.len() == positions.len() => {
                 for (&i, &status) in positions.iter().zip(&reply.status) {
-                    ok[i] = status == ReadStatus::Ok as u8;
+                    if status == ReadStatus::Ok as u8 {
+                        outcome[i] = PageRead::Delivered;
+                    }
                 }
             }
+            // Bytes that cannot be confirmed are never reported as a page.
+            _ => positions
+                .iter()
+                .for_each(|&i| outcome[i] = PageRead::Failed),
         }
-        ok
+        outcome
     }
 }

@@ -150,6 +150,21 @@ impl OwnerWrites {
     }
 }
 
+/// What one page of a remote read came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum PageRead {
+    /// Its bytes are in the destination, and the owner confirmed afterwards
+    /// that the slot still held the page.
+    Delivered,
+    /// The owner no longer holds the page at the resolved slot (evicted or
+    /// rewritten since the location was published): a plain miss.
+    Gone,
+    /// The transfer itself failed: the exchange errored or timed out, the
+    /// connection died, an RDMA READ completed with an error or was never
+    /// posted. Counted in `read_failures` when a retry does not recover it.
+    Failed,
+}
+
 /// The reads of one batch from one data shard.
 pub(super) struct DataReads {
     pub(super) endpoint: SocketAddr,
@@ -626,31 +641,64 @@ impl ShardStore {
                     .filter_map(|(&i, l)| l.map(|l| (i, l))),
             );
         }
+        // A page found with another length than its destination is not
+        // read (a miss and a read failure, as for a local page).
+        let (resolved, wrong_length): (Vec<_>, Vec<_>) = resolved
+            .into_iter()
+            .partition(|&(i, l)| l.len as usize == part.len(i));
+        if let Some(&(i, l)) = wrong_length.first() {
+            self.log_error(
+                now,
+                format_args!(
+                    "batch_get: page {i} is {} bytes on {} but the destination is {} bytes; reported as a miss ({} such page(s) in this batch)",
+                    l.len,
+                    view.route(l.node).map_or("a departed node", |r| r.node_id.as_str()),
+                    part.len(i),
+                    wrong_length.len()
+                ),
+            );
+        }
+        let mut failures = wrong_length.len() as u64;
         // Non-resident entries: the owner promotes, then we read as usual.
         let (mut resolved, on_disk): (Vec<_>, Vec<_>) =
             resolved.into_iter().partition(|(_, l)| l.resident);
         let on_disk: Vec<(usize, KeyHash, DirLocation)> = on_disk
             .into_iter()
-            .filter(|&(i, l)| l.len as usize == part.len(i))
             .map(|(i, l)| (i, part.hash(i), l))
             .collect();
         resolved.extend(self.promote_remote(view, on_disk).await);
 
-        let (mut hits, mut bytes, failed) = self.read_resolved(view, part, &resolved).await;
+        let (mut hits, mut bytes, undelivered) = self.read_resolved(view, part, &resolved).await;
         // A page its owner evicted since it was resolved (a stale handoff or
-        // cache entry, a race with a set) may be on the owner's disk: one
-        // promote-and-read retry before it counts as a miss.
-        if !failed.is_empty() {
-            let retry = failed
+        // cache entry, a race with a set) may be on the owner's disk, and a
+        // transfer may fail once: one promote-and-read retry before either
+        // counts as a miss.
+        if !undelivered.is_empty() {
+            let retry = undelivered
                 .iter()
-                .map(|&(i, loc)| (i, part.hash(i), loc))
+                .map(|&(i, loc, _)| (i, part.hash(i), loc))
                 .collect();
             let fresh = self.promote_remote(view, retry).await;
-            let (h, b, _) = self.read_resolved(view, part, &fresh).await;
+            let (h, b, still) = self.read_resolved(view, part, &fresh).await;
             hits += h;
             bytes += b;
+            // A read failure is a page whose last transfer failed: one the
+            // retry delivered, or found gone, is not. Indexed by batch
+            // position (the retried pages are a subset of the undelivered).
+            let end = undelivered.iter().map(|&(i, _, _)| i + 1).max();
+            let mut transfer_failed = vec![false; end.unwrap_or(0)];
+            for &(i, _, outcome) in &undelivered {
+                transfer_failed[i] = outcome == PageRead::Failed;
+            }
+            for &(i, _) in &fresh {
+                transfer_failed[i] = false;
+            }
+            for &(i, _, outcome) in &still {
+                transfer_failed[i] = outcome == PageRead::Failed;
+            }
+            failures += transfer_failed.iter().filter(|&&f| f).count() as u64;
             let mut cache = self.cache.borrow_mut();
-            for &(i, _) in &failed {
+            for &(i, _, _) in &undelivered {
                 cache.invalidate(part.hash(i));
             }
         }
@@ -659,22 +707,27 @@ impl ShardStore {
         ShardStats::bump(&s.read_remote_hits, hits);
         ShardStats::bump(&s.bytes_read, bytes);
         ShardStats::bump(&s.read_misses, missing.len() as u64 - hits);
+        ShardStats::bump(&s.read_failures, failures);
     }
 
-    /// Reads resolved pages: one `DataRead` per data shard, concurrently,
-    /// straight into the destinations. Returns hits, bytes, and the pages
-    /// whose read failed (stale slot, failed exchange).
+    /// Reads resolved pages (each of its destination's length): one
+    /// `DataRead` per data shard, concurrently, straight into the
+    /// destinations. Returns hits, bytes, and the pages not delivered with
+    /// what became of them (gone from their slot, or a failed transfer).
     async fn read_resolved(
         self: &Rc<Self>,
         view: &ClusterView,
         part: &BatchPart,
         resolved: &[(usize, DirLocation)],
-    ) -> (u64, u64, Vec<(usize, DirLocation)>) {
+    ) -> (u64, u64, Vec<(usize, DirLocation, PageRead)>) {
+        let mut undelivered = Vec::new();
         let mut groups = ReadGroups::new(u64::from(MAX_BULK_BYTES));
         for &(i, loc) in resolved {
             let len = part.len(i);
             if loc.len as usize != len {
-                continue; // wrong destination size: a miss, as for a local page
+                // Rewritten with another length since it was resolved.
+                undelivered.push((i, loc, PageRead::Gone));
+                continue;
             }
             let Some(endpoint) = view
                 .route(loc.node)
@@ -690,29 +743,28 @@ impl ShardStore {
                 let this = Rc::clone(self);
                 glommio::spawn_local(async move {
                     // One-sided READs when both ends have RDMA, else TCP.
-                    let delivered = match this.read_pages_rdma(&reads).await {
-                        Some(delivered) => delivered,
+                    let outcomes = match this.read_pages_rdma(&reads).await {
+                        Some(outcomes) => outcomes,
                         None => this.read_pages(&reads).await,
                     };
-                    (reads, delivered)
+                    (reads, outcomes)
                 })
             })
             .collect();
         let (mut hits, mut bytes) = (0u64, 0u64);
-        let mut failed = Vec::new();
         for task in tasks {
-            let (reads, delivered) = task.await;
-            for (&(_, len, i, loc), ok) in reads.targets.iter().zip(delivered) {
-                if ok {
+            let (reads, outcomes) = task.await;
+            for (&(_, len, i, loc), outcome) in reads.targets.iter().zip(outcomes) {
+                if outcome == PageRead::Delivered {
                     part.set_result(i, true);
                     hits += 1;
                     bytes += len as u64;
                 } else {
-                    failed.push((i, loc));
+                    undelivered.push((i, loc, outcome));
                 }
             }
         }
-        (hits, bytes, failed)
+        (hits, bytes, undelivered)
     }
 
     /// Asks the owners of non-resident pages to promote them: one
@@ -772,7 +824,7 @@ impl ShardStore {
 
     /// One `DataRead` exchange. Returns, per item, whether its bytes arrived
     /// and were still valid after the server finished sending them.
-    async fn read_pages(&self, reads: &DataReads) -> Vec<bool> {
+    async fn read_pages(&self, reads: &DataReads) -> Vec<PageRead> {
         let n = reads.request.items.len();
         // The pages' bytes get time of their own on top of the request
         // timeout: a large batch on a slow link is not a dead peer.
@@ -820,13 +872,21 @@ impl ShardStore {
                         "final status list has the wrong length",
                     )));
                 }
-                for (flag, status) in ok.iter_mut().zip(&last.status) {
-                    *flag &= *status == ReadStatus::Ok as u8;
-                }
-                Ok(ok)
+                // A page the server skipped or found changed is gone from
+                // its slot; the exchange itself went through.
+                Ok(ok
+                    .iter()
+                    .zip(&last.status)
+                    .map(
+                        |(&arrived, &status)| match arrived && status == ReadStatus::Ok as u8 {
+                            true => PageRead::Delivered,
+                            false => PageRead::Gone,
+                        },
+                    )
+                    .collect())
             })
             .await;
-        result.unwrap_or_else(|_| vec![false; n])
+        result.unwrap_or_else(|_| vec![PageRead::Failed; n])
     }
 
     /// Sends every page of this shard to its (new) directory owners: on a

@@ -143,6 +143,7 @@ fn a_large_read_slower_than_the_request_timeout_but_within_its_bound_is_a_hit() 
     let stats = reader.stats();
     assert_eq!(stats.read_remote_hits, PAGES as u64);
     assert_eq!((stats.remote_failures, stats.unreachable_skips), (0, 0));
+    assert_eq!(stats.read_failures, 0);
     drop(data);
 }
 
@@ -168,6 +169,9 @@ fn a_read_past_its_bound_is_a_miss_and_writes_nothing_late() {
     let stats = reader.stats();
     assert_eq!(stats.read_remote_hits, 0);
     assert!(stats.remote_failures > 0);
+    // Located but not delivered: read failures, as well as misses.
+    assert_eq!(stats.read_failures, few.len() as u64);
+    assert_eq!(stats.read_misses, few.len() as u64);
     drop(data);
 }
 

@@ -107,7 +107,8 @@ stats! {
     Counter read_local_hits,
     /// Hits read from another node's pool over the network.
     Counter read_remote_hits,
-    /// Pages found but not delivered (destination length differs from the page).
+    /// Pages found but not delivered: wrong destination length, or a remote
+    /// transfer that failed and whose retry did not recover it (also misses).
     Counter read_failures,
     /// Payload bytes delivered by `batch_get`.
     Counter bytes_read,
