@@ -335,6 +335,12 @@ def stats(state):
     return state["store"].node_stats()
 
 
+def host_pool_bytes(state):
+    """Bytes of the host pool's KV buffer (one tensor holding K and V)."""
+    buf = state["pool"].kv_buffer
+    return int(buf.numel()) * int(buf.element_size())
+
+
 def members(state):
     return state["store"].node.members
 
@@ -401,7 +407,7 @@ COMMANDS = {
     for f in [
         ready, use, drop, register, register_extra, fill, page_contents, zero, set_v1, get_v1,
         get_v1_raw_indices, exists, exists_one, set_v2, get_v2, exists_v2, generic_set,
-        generic_get, generic_batch, generic_batch_get, stats, members, node_id, storage_metrics,
-        clear, close, odd_calls,
+        generic_get, generic_batch, generic_batch_get, stats, host_pool_bytes, members, node_id,
+        storage_metrics, clear, close, odd_calls,
     ]
 }

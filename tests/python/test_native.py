@@ -214,10 +214,17 @@ def test_register_host_buffer_without_rdma_registers_nothing(make_node, capfd):
     # Seed 000's check that SGLang's host pool arrived is the registered-MRs
     # line: a node must not print it before a host buffer is registered.
     assert "registered MRs" not in capfd.readouterr().err
-    buf = Pages.filled(1, 64 * KIB)
+    assert node.stats()["host_buffer_bytes"] == 0
+    buf = Pages.filled(2, 64 * KIB)
     # A node on TCP has no rail: nothing registered, nothing raised.
     assert node.register_host_buffer(buf.ptrs[0], buf.lens[0]) == 0
     assert f"registered MRs: recv={64 * KIB} bytes" in capfd.readouterr().err
+    # But the buffer was handed over, which the gauge shows; the same
+    # buffer again counts once.
+    assert node.stats()["host_buffer_bytes"] == 64 * KIB
+    assert node.register_host_buffer(buf.ptrs[0], buf.lens[0]) == 0
+    assert node.register_host_buffer(buf.ptrs[1], buf.lens[1]) == 0
+    assert node.stats()["host_buffer_bytes"] == 128 * KIB
     node.close()
     assert node.register_host_buffer(buf.ptrs[0], buf.lens[0]) == 0
 

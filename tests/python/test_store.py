@@ -80,6 +80,23 @@ def pair():
         a.close()
 
 
+def test_host_buffer_bytes_shows_the_host_pool_was_handed_over():
+    """Seed 000 has the operator confirm that SGLang registered its host
+    pool; `host_buffer_bytes` says it as a number, on TCP too."""
+    w = StoreWorker(cluster_config(free_port(), interface_v1=1))
+    try:
+        wait_members([w], 1)
+        assert w.call("stats")["host_buffer_bytes"] == 0
+        w.call("register", "v1")
+        registered = w.call("stats")["host_buffer_bytes"]
+        assert registered == w.call("host_pool_bytes") > 0
+        # The same pool again through v2 is the same buffer, counted once.
+        w.call("register", "v2")
+        assert w.call("stats")["host_buffer_bytes"] == registered
+    finally:
+        w.close()
+
+
 def test_zero_copy_round_trip_across_processes(pair):
     a, b = pair
     keys = [f"zc-{i}" for i in PAGES]

@@ -231,6 +231,11 @@ fn a_registered_host_buffer_needs_no_lazy_registration() {
     }
     let s = b.stats();
     assert_eq!((s.rdma_local_reg_misses, s.rdma_lazy_local_mrs), (0, 0));
+    assert_eq!(
+        s.host_buffer_bytes,
+        (16 * PAGE) as u64,
+        "once, not per shard"
+    );
 
     // A destination outside it is registered lazily, and counted.
     assert_eq!(get_checked(&b, &ks), vec![true; 16]);
@@ -245,6 +250,8 @@ fn a_registered_host_buffer_needs_no_lazy_registration() {
         unsafe { c.register_host_buffer(buf.as_mut_ptr() as usize, buf.len()) },
         Ok(0)
     );
+    // It was handed over all the same, which is what the gauge shows.
+    assert_eq!(c.stats().host_buffer_bytes, PAGE as u64);
 }
 
 #[test]

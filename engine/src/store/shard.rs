@@ -242,6 +242,10 @@ pub struct ShardStore {
     pub(super) rdma_peers: RefCell<HashMap<SocketAddr, PeerRdma>>,
     /// The last `RdmaConnect::seq` this shard sent.
     pub(super) rdma_connect_seq: Cell<u64>,
+    /// The caller's host buffers registered with the node (address ->
+    /// length; a buffer registered again replaces its entry, as its MR
+    /// does), behind the `host_buffer_bytes` gauge.
+    host_buffers: RefCell<HashMap<usize, usize>>,
     /// Long-lived tasks (the accept loop, one per peer connection, the disk
     /// writers), by id, cancelled when the shard stops: the executor never
     /// drops a task it stops polling, and a leaked accept loop would keep
@@ -345,6 +349,7 @@ impl ShardStore {
             rdma: rdma.map(RefCell::new),
             rdma_peers: RefCell::new(HashMap::new()),
             rdma_connect_seq: Cell::new(0),
+            host_buffers: RefCell::new(HashMap::new()),
             tasks: RefCell::new(HashMap::new()),
             next_task: Cell::new(0),
         };
@@ -734,11 +739,24 @@ impl ShardService for ShardStore {
                 errors,
                 done,
             } => {
-                if let Some(rdma) = &this.rdma {
+                let registered = match &this.rdma {
                     // SAFETY: the caller of Node::register_host_buffer
                     // vouched that the buffer stays mapped for the node's life.
-                    let r = unsafe { rdma.borrow_mut().register_host_buffer(addr as *mut u8, len) };
-                    if let Err(e) = r {
+                    Some(rdma) => unsafe {
+                        rdma.borrow_mut().register_host_buffer(addr as *mut u8, len)
+                    },
+                    // Nothing to register with, but the buffer was handed
+                    // over: the gauge says so on TCP as well.
+                    None => Ok(()),
+                };
+                match registered {
+                    Ok(()) => {
+                        let mut buffers = this.host_buffers.borrow_mut();
+                        buffers.insert(addr, len);
+                        let bytes: usize = buffers.values().sum();
+                        ShardStats::set(&this.stats.host_buffer_bytes, bytes as u64);
+                    }
+                    Err(e) => {
                         // SAFETY: the caller waits on `done`, so `errors` lives.
                         let errors = unsafe { &*errors };
                         errors

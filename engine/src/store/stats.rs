@@ -14,8 +14,10 @@ pub enum FieldKind {
     Counter,
     /// Goes up and down (a Prometheus gauge); shards add up.
     Gauge,
-    /// A code, not an amount (a Prometheus gauge): adding codes of two shards
-    /// would invent a code, so a node reports the largest shard value.
+    /// A code, or an amount every shard holds alike (a Prometheus gauge):
+    /// adding codes of two shards would invent a code, and adding alike
+    /// amounts would count one thing per shard, so a node reports the
+    /// largest shard value.
     Status,
 }
 
@@ -162,6 +164,10 @@ stats! {
     Gauge pool_bytes_used,
     /// Bytes the pool can hold.
     Gauge pool_capacity_bytes,
+    /// Bytes of the caller's host buffers (SGLang's host KV pool) registered
+    /// with the node; every shard registers each one. 0: none was handed
+    /// over, so RDMA READs register their destinations lazily.
+    Status host_buffer_bytes,
     /// Pages evicted from the pool by LRU.
     Counter evictions,
     /// Pool slots reused before their quarantine ran out (pool too small for the write rate).
