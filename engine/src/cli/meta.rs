@@ -4,7 +4,7 @@
 //! embeds, with no node of its own. Stops cleanly on SIGINT/SIGTERM.
 
 use clap::Parser;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,8 +16,9 @@ use std::time::Duration;
     about = "PeerCache dedicated discovery host"
 )]
 struct Args {
-    /// Address to serve discovery on, e.g. 0.0.0.0:31998.
-    #[arg(long, default_value = "0.0.0.0:31998")]
+    /// Address to serve discovery on, e.g. 0.0.0.0:31998 or this host's
+    /// name with the port (resolved once, at start).
+    #[arg(long, default_value = "0.0.0.0:31998", value_parser = parse_bind)]
     bind: SocketAddr,
     /// Seconds before a silent member is pruned (use the nodes' member_ttl).
     #[arg(long, default_value_t = 6.0)]
@@ -25,6 +26,26 @@ struct Args {
     /// Seconds between attempts to bind while the port is taken.
     #[arg(long, default_value_t = 2.0)]
     retry_interval: f64,
+}
+
+/// `HOST:PORT` with HOST an address or a name; a name resolves to its
+/// first IPv4 address if it has one (as a node's `meta_bind_host` does).
+fn parse_bind(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    let addrs: Vec<SocketAddr> = text
+        .to_socket_addrs()
+        .map_err(|e| {
+            format!("{text} is not HOST:PORT with a host that resolves ({e}); e.g. 0.0.0.0:31998")
+        })?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{text}: the name has no address"))
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -77,4 +98,21 @@ where
     );
     tracing::info!("peercache-meta stopped");
     0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bind;
+
+    #[test]
+    fn bind_takes_an_address_or_a_host_name() {
+        assert_eq!(
+            parse_bind("0.0.0.0:31998").unwrap(),
+            "0.0.0.0:31998".parse::<std::net::SocketAddr>().unwrap()
+        );
+        let named = parse_bind("localhost:31998").unwrap();
+        assert!(named.ip().is_loopback() && named.port() == 31998);
+        assert!(parse_bind("localhost").unwrap_err().contains("HOST:PORT"));
+        assert!(parse_bind("127.0.0.1:99999").is_err());
+    }
 }
