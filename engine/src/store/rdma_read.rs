@@ -15,7 +15,8 @@
 //!
 //! A data shard without RDMA (it answers `rails: 0`) is read over TCP
 //! (`DataRead`) until the next membership change; one whose QP exchange
-//! fails, for the next 30 s. READ errors and timeouts are misses, counted by the reader.
+//! fails, for the next 30 s. READ errors and timeouts are misses (and read
+//! failures), counted by the reader.
 
 use super::remote::{expect_reply, DataReads, PageRead};
 use super::shard::{PeerRdma, ShardStore};
