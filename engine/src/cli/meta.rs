@@ -34,17 +34,10 @@ fn parse_bind(text: &str) -> Result<SocketAddr, String> {
     if let Ok(addr) = text.parse() {
         return Ok(addr);
     }
-    let addrs: Vec<SocketAddr> = text
-        .to_socket_addrs()
-        .map_err(|e| {
-            format!("{text} is not HOST:PORT with a host that resolves ({e}); e.g. 0.0.0.0:31998")
-        })?
-        .collect();
-    addrs
-        .iter()
-        .find(|a| a.is_ipv4())
-        .or(addrs.first())
-        .copied()
+    let addrs = text.to_socket_addrs().map_err(|e| {
+        format!("{text} is not HOST:PORT with a host that resolves ({e}); e.g. 0.0.0.0:31998")
+    })?;
+    crate::cluster::address::preferred_bind_addr(addrs)
         .ok_or_else(|| format!("{text}: the name has no address"))
 }
 

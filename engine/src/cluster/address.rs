@@ -1,7 +1,7 @@
 //! The address a node advertises to its peers (`local_hostname`).
 
 use crate::config::Config;
-use std::net::{IpAddr, Ipv4Addr, ToSocketAddrs, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs, UdpSocket};
 
 /// The IP peers should use to reach this node: `local_hostname` when set (an
 /// IP, or a name resolved once at start), else the local address the OS
@@ -36,6 +36,20 @@ pub fn advertised_host(config: &Config) -> IpAddr {
         Ok(addr) if !addr.ip().is_unspecified() => addr.ip(),
         _ => IpAddr::from(Ipv4Addr::LOCALHOST),
     }
+}
+
+/// Which of a name's resolved addresses to bind: the first IPv4 one when
+/// there is one (a discovery head is usually given as an IPv4 address, and
+/// a name's IPv6 address would not accept its connections), else the first.
+pub fn preferred_bind_addr(addrs: impl IntoIterator<Item = SocketAddr>) -> Option<SocketAddr> {
+    let mut first = None;
+    for addr in addrs {
+        if addr.is_ipv4() {
+            return Some(addr);
+        }
+        first = first.or(Some(addr));
+    }
+    first
 }
 
 /// `host` as an IP: taken as is when it is one, else its first address.
@@ -84,6 +98,16 @@ fn first_interface_ipv4() -> Option<Ipv4Addr> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_name_binds_its_first_ipv4_address_else_its_first() {
+        let v6: SocketAddr = "[::1]:31998".parse().unwrap();
+        let v4: SocketAddr = "127.0.0.2:31998".parse().unwrap();
+        let other_v4: SocketAddr = "127.0.0.3:31998".parse().unwrap();
+        assert_eq!(preferred_bind_addr([v6, v4, other_v4]), Some(v4));
+        assert_eq!(preferred_bind_addr([v6]), Some(v6));
+        assert_eq!(preferred_bind_addr([]), None);
+    }
 
     fn config(extra: serde_json::Value) -> Config {
         let mut value = json!({"discovery_addr": "127.0.0.1:31998"});

@@ -66,15 +66,10 @@ impl std::fmt::Debug for DiscoveryRuntime {
 /// address preferred as the discovery head is usually given as one) on
 /// `port`.
 fn meta_bind_addr(host: &str, port: u16) -> Result<SocketAddr, String> {
-    let addrs: Vec<SocketAddr> = (host, port)
+    let addrs = (host, port)
         .to_socket_addrs()
-        .map_err(|e| format!("meta_bind_host {host:?}: {e}"))?
-        .collect();
-    addrs
-        .iter()
-        .find(|a| a.is_ipv4())
-        .or(addrs.first())
-        .copied()
+        .map_err(|e| format!("meta_bind_host {host:?}: {e}"))?;
+    super::address::preferred_bind_addr(addrs)
         .ok_or_else(|| format!("meta_bind_host {host:?}: the name has no address"))
 }
 
