@@ -643,10 +643,16 @@ impl ShardStore {
         }
         // A page found with another length than its destination is not
         // read (a miss and a read failure, as for a local page).
-        let (resolved, wrong_length): (Vec<_>, Vec<_>) = resolved
-            .into_iter()
-            .partition(|&(i, l)| l.len as usize == part.len(i));
-        if let Some(&(i, l)) = wrong_length.first() {
+        let (mut wrong_length, mut first_wrong) = (0u64, None);
+        resolved.retain(|&(i, l)| {
+            let fits = l.len as usize == part.len(i);
+            if !fits {
+                wrong_length += 1;
+                first_wrong.get_or_insert((i, l));
+            }
+            fits
+        });
+        if let Some((i, l)) = first_wrong {
             self.log_error(
                 now,
                 format_args!(
@@ -654,11 +660,11 @@ impl ShardStore {
                     l.len,
                     view.route(l.node).map_or("a departed node", |r| r.node_id.as_str()),
                     part.len(i),
-                    wrong_length.len()
+                    wrong_length
                 ),
             );
         }
-        let mut failures = wrong_length.len() as u64;
+        let mut failures = wrong_length;
         // Non-resident entries: the owner promotes, then we read as usual.
         let (mut resolved, on_disk): (Vec<_>, Vec<_>) =
             resolved.into_iter().partition(|(_, l)| l.resident);
