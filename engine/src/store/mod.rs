@@ -14,9 +14,11 @@ mod server;
 pub mod shard;
 pub mod stats;
 mod tiering;
+mod views;
 
 pub use shard::{BatchPart, Op, ShardIdentity, ShardStore, StoreJob};
 pub use stats::{NodeStats, ShardStats};
+pub use views::ViewMailbox;
 
 use crate::cluster::{ClusterView, DiscoveryRuntime, MemberRoute};
 use crate::config::Config;
@@ -127,6 +129,8 @@ pub struct Node {
     wait_spin: Duration,
     namespace: Namespace,
     runtime: Arc<Runtime<StoreJob>>,
+    /// Where membership views are posted for the shards (`views.rs`).
+    views: Arc<ViewMailbox>,
     discovery: Option<DiscoveryRuntime>,
     pool_bytes_advertised: u64,
     /// The data-path transport chosen at start (see `crate::rdma::select`).
@@ -262,7 +266,9 @@ impl Node {
             unreachable_skip: config.member_ttl(),
             read_cache_ttl: config.directory_read_cache_ttl(),
             directory_refresh: config.directory_refresh_interval(),
+            views: Arc::new(ViewMailbox::default()),
         };
+        let views = Arc::clone(&identity.views);
         let make = move |ctx: &crate::runtime::ShardContext| {
             // A fixed control_port gives shard i the port control_port + i.
             let port = if base_port == 0 {
@@ -430,6 +436,7 @@ impl Node {
             wait_spin: Duration::from_micros(config.batch_wait_spin_us),
             namespace: Namespace::new(&config.model_name, config.extra_backend_tag.as_deref()),
             runtime: Arc::new(runtime),
+            views,
             discovery: None,
             pool_bytes_advertised: pool_bytes,
             transport,
@@ -478,6 +485,7 @@ impl Node {
             pool_bytes: node.pool_bytes_advertised,
         };
         let runtime = Arc::clone(&node.runtime);
+        let views = Arc::clone(&node.views);
         let (self_id, vnodes, replicas) = (node.node_id.clone(), node.vnodes, node.replicas);
         let replicas_config = config.clone();
         let warned_below = AtomicUsize::new(usize::MAX);
@@ -496,7 +504,8 @@ impl Node {
                 }
             }
             let routes = members.iter().filter_map(route_of).collect();
-            deliver_membership(&runtime, &self_id, epoch, routes, vnodes, replicas);
+            let view = ClusterView::new(epoch, &self_id, routes, vnodes, replicas);
+            deliver_membership(&runtime, &views, Arc::new(view));
         });
         let discovery =
             DiscoveryRuntime::start(&config, me, on_change).map_err(NodeError::Discovery)?;
@@ -593,23 +602,10 @@ impl Node {
     /// Installs a new membership (normally called by discovery on every
     /// change). Each shard drops directory entries of departed nodes and
     /// entries it no longer owns, and re-publishes its pages to their owners.
+    /// Never waits for a shard: each takes the view before its next job.
     pub fn set_membership(&self, epoch: u64, members: Vec<MemberRoute>) {
-        let view = Arc::new(ClusterView::new(
-            epoch,
-            &self.node_id,
-            members,
-            self.vnodes,
-            self.replicas,
-        ));
-        for shard in 0..self.shards() {
-            if let Err((e, _)) = self.runtime.submit(
-                shard,
-                StoreJob::Membership(Arc::clone(&view)),
-                SUBMIT_TIMEOUT,
-            ) {
-                tracing::warn!("membership epoch {epoch} not delivered to shard {shard}: {e}");
-            }
-        }
+        let view = ClusterView::new(epoch, &self.node_id, members, self.vnodes, self.replicas);
+        deliver_membership(&self.runtime, &self.views, Arc::new(view));
     }
 
     /// Number of shards.
@@ -941,23 +937,18 @@ fn next_incarnation() -> u64 {
     }
 }
 
-/// Builds the view of `members` and hands it to every shard.
-fn deliver_membership(
-    runtime: &Runtime<StoreJob>,
-    self_id: &str,
-    epoch: u64,
-    members: Vec<MemberRoute>,
-    vnodes: u32,
-    replicas: usize,
-) {
-    let view = Arc::new(ClusterView::new(epoch, self_id, members, vnodes, replicas));
+/// Posts `view` for every shard and wakes the idle ones.
+fn deliver_membership(runtime: &Runtime<StoreJob>, views: &ViewMailbox, view: Arc<ClusterView>) {
+    let (epoch, number) = (view.epoch(), views.post(view));
     for shard in 0..runtime.shards() {
-        if let Err((e, _)) = runtime.submit(
-            shard,
-            StoreJob::Membership(Arc::clone(&view)),
-            SUBMIT_TIMEOUT,
-        ) {
-            tracing::warn!("membership epoch {epoch} not delivered to shard {shard}: {e}");
+        // Only a wake-up for an idle shard, so it never waits: a shard whose
+        // inbox is full has jobs to handle, and takes the view before the
+        // first of them (`views.rs`).
+        match runtime.submit(shard, StoreJob::Membership, Duration::ZERO) {
+            Ok(()) | Err((RuntimeError::ShuttingDown, _)) => {}
+            Err((e, _)) => tracing::debug!(
+                "membership epoch {epoch} (view {number}): no wake-up for shard {shard} ({e}); it takes the view before its next job"
+            ),
         }
     }
 }

@@ -17,6 +17,7 @@
 use super::lookups::LookupQueues;
 use super::owed::{Answers, Owed};
 use super::stats::ShardStats;
+use super::views::ViewMailbox;
 use crate::cluster::ClusterView;
 use crate::directory::{
     DirectoryTable, LocationCache, NodeRef, DEFAULT_CACHE_ENTRIES, HANDOFF_TTL,
@@ -150,8 +151,9 @@ pub enum StoreJob {
     Batch(BatchPart),
     /// Drop every page of this shard's pool.
     Clear(*const BatchCompletion),
-    /// The cluster membership changed: here is the new view.
-    Membership(Arc<ClusterView>),
+    /// A newer membership view was posted to the node's [`ViewMailbox`]: a
+    /// wake-up only, since every job first installs the newest posted view.
+    Membership,
     /// Finish every queued disk write and fdatasync the slab.
     DiskFlush(*const BatchCompletion),
     /// Register a caller's host buffer (LOCAL_WRITE) on this shard's rails;
@@ -194,6 +196,8 @@ pub struct ShardIdentity {
     /// `directory_refresh_interval` (zero: re-publish on membership
     /// changes only).
     pub directory_refresh: Duration,
+    /// Where the node posts membership views, one mailbox for all its shards.
+    pub views: Arc<ViewMailbox>,
 }
 
 impl ShardIdentity {
@@ -228,6 +232,9 @@ pub struct ShardStore {
     errors: RefCell<RateLimiter>,
     /// Bumped on every membership change; a re-publish of an older epoch stops.
     pub(super) epoch: Cell<u64>,
+    /// The number of the membership view this shard installed last (see
+    /// [`ShardIdentity::views`]).
+    view_number: Cell<u64>,
     /// This shard's disk tier, when `disk_enabled` and its slab opened.
     pub(super) disk: Option<Rc<DiskTier>>,
     /// Promotions (and the pool evictions they caused) not yet published to
@@ -344,6 +351,7 @@ impl ShardStore {
             evicted: RefCell::new(Vec::new()),
             errors: RefCell::new(RateLimiter::new(Duration::from_secs(10))),
             epoch: Cell::new(0),
+            view_number: Cell::new(0),
             disk: disk.map(Rc::new),
             promoted: RefCell::new((Vec::new(), Vec::new())),
             rdma: rdma.map(RefCell::new),
@@ -668,6 +676,14 @@ impl ShardService for ShardStore {
     type Job = StoreJob;
 
     fn handle(this: &Rc<Self>, job: StoreJob) {
+        #[cfg(test)]
+        view_test_hooks::stall_while_armed(&this.id.node_id);
+        // Before any job, so a batch never runs on a view older than the
+        // newest posted, even when the wake-up for it found the inbox full.
+        if let Some((number, view)) = this.id.views.newer_than(this.view_number.get()) {
+            this.view_number.set(number);
+            Self::apply_view(this, view);
+        }
         match job {
             StoreJob::Batch(mut part) => {
                 let needs_network = this.view.borrow().as_ref().is_some_and(|v| v.len() > 1);
@@ -732,7 +748,8 @@ impl ShardService for ShardStore {
                 })
                 .detach();
             }
-            StoreJob::Membership(view) => Self::apply_view(this, view),
+            // Installed above.
+            StoreJob::Membership => {}
             StoreJob::RegisterHostBuffer {
                 addr,
                 len,
@@ -775,7 +792,7 @@ impl ShardService for ShardStore {
         match job {
             // The part's drop answers it: every page it holds is a miss.
             StoreJob::Batch(part) => drop(part),
-            StoreJob::Membership(_) => {}
+            StoreJob::Membership => {}
             // SAFETY (all three): the caller waits on `done` (and so keeps
             // `errors` alive) until it is signalled here.
             StoreJob::Clear(done) | StoreJob::DiskFlush(done) => unsafe { (*done).part_done() },
@@ -905,6 +922,21 @@ pub(crate) mod maintenance_test_hooks {
             // Suspended once first, as a real drain is.
             glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
             panic!("test: a clear or disk-flush task panicked");
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod view_test_hooks {
+    use std::sync::Mutex;
+
+    /// Nodes (by `node_id`) whose shard threads block in their next job
+    /// until taken off the list, as a stuck shard would (its inbox fills).
+    pub static STALLED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+    pub fn stall_while_armed(node_id: &str) {
+        while STALLED.lock().unwrap().iter().any(|id| id == node_id) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
         }
     }
 }

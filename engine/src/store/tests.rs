@@ -274,3 +274,57 @@ fn a_shard_panicking_in_a_flush_or_clear_releases_the_caller() {
         let _ = std::fs::remove_dir_all(&disk);
     }
 }
+
+/// Membership reaches a shard whose inbox is full, without making the
+/// poster (discovery's thread) wait: discovery waiting on a stuck shard
+/// stops heartbeating, and a view given up on leaves the shard routing on
+/// a stale ring. Here every shard of one node blocks while more views are
+/// posted than its inbox holds; the last view adds a second node, and once
+/// the shards run again the first node's pages are published by that view
+/// (the second node finds every one).
+#[test]
+fn the_newest_membership_reaches_a_shard_whose_inbox_was_full() {
+    use super::shard::view_test_hooks::STALLED;
+    let node_at = |id: &str| {
+        let c = config(&format!(
+            r#","node_id":"{id}","local_hostname":"127.0.0.1","control_bind_host":"127.0.0.1","directory_replicas":1"#
+        ));
+        Node::start(c).unwrap()
+    };
+    let a = Arc::new(node_at("full-inbox-a"));
+    let b = node_at("full-inbox-b");
+    b.set_membership(1, vec![a.route(), b.route()]);
+    STALLED.lock().unwrap().push("full-inbox-a".to_owned());
+    // More views than an inbox holds (crate::runtime's queue capacity),
+    // each with one wake-up per shard, then the one that matters.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (poster, alone, both) = (Arc::clone(&a), vec![a.route()], vec![a.route(), b.route()]);
+    std::thread::spawn(move || {
+        for epoch in 1..=1100 {
+            poster.set_membership(epoch, alone.clone());
+        }
+        poster.set_membership(1101, both);
+        let _ = tx.send(());
+    });
+    // Generous: the bound only tells "returned" from "waits per view".
+    let posted = rx.recv_timeout(Duration::from_secs(60));
+    STALLED.lock().unwrap().clear();
+    posted.expect("posting views waited on the stalled shards");
+
+    let keys: Vec<String> = (0..64).map(|i| format!("full-inbox-{i}")).collect();
+    let pages: Vec<Vec<u8>> = (0..64).map(|i| page(i, 4096)).collect();
+    let refs: Vec<&[u8]> = pages.iter().map(|p| p.as_slice()).collect();
+    assert_eq!(a.batch_set_pages(&keys, &refs).unwrap(), vec![true; 64]);
+    // With a ring of two and one replica, b owns about half the entries,
+    // which only a view that names b makes `a` send there.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while b.batch_exists(&keys).unwrap() < keys.len() {
+        assert!(
+            Instant::now() < deadline,
+            "b found {} of {} pages: a's shards still route on an older view",
+            b.batch_exists(&keys).unwrap(),
+            keys.len()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
