@@ -15,6 +15,7 @@ pub mod config;
 pub mod directory;
 pub mod discovery;
 pub mod disk;
+pub mod fork;
 pub mod keys;
 pub mod logging;
 pub mod metrics;

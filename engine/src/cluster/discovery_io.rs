@@ -349,6 +349,11 @@ fn meta_server(bind: SocketAddr, ttl_ms: u64, retry: Duration, shared: Arc<Share
             }
         }
     };
+    // After `listener`, so dropped (unregistered) before it closes.
+    let _closed_in_children = {
+        use std::os::fd::AsRawFd;
+        crate::fork::close_in_children(listener.as_raw_fd(), "discovery listener")
+    };
     if announced_wait {
         tracing::info!("took over the discovery port {bind}");
     }

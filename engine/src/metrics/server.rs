@@ -31,6 +31,9 @@ pub struct ServerOptions {
 /// A running metrics server; stopped on drop.
 pub struct MetricsServer {
     addr: SocketAddr,
+    /// The listener's registration with `crate::fork`, dropped before the
+    /// listener can close (`stop`).
+    closed_in_children: Option<crate::fork::ClosedInChildren>,
     /// None once stopped; dropping the last handle closes the listener.
     http: Option<Arc<tiny_http::Server>>,
     thread: Option<JoinHandle<()>>,
@@ -80,6 +83,7 @@ impl MetricsServer {
             tracing::warn!("metrics collector refused: {e}; running without metrics");
             return None;
         }
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
         let http = match tiny_http::Server::from_listener(listener, None) {
             Ok(s) => Arc::new(s),
             Err(e) => {
@@ -113,8 +117,12 @@ impl MetricsServer {
                 String::new()
             }
         );
+        // Last, once nothing can fail any more: each early return above
+        // closes the listener, which must not stay registered.
+        let closed_in_children = crate::fork::close_in_children(fd, "metrics listener");
         Some(MetricsServer {
             addr,
+            closed_in_children,
             http: Some(http),
             thread: Some(thread),
         })
@@ -127,6 +135,8 @@ impl MetricsServer {
 
     /// Stops accepting, ends the serving thread and joins it. Idempotent.
     pub fn stop(&mut self) {
+        // First: tiny_http closes the listener on its own thread once told.
+        self.closed_in_children = None;
         let Some(http) = self.http.take() else {
             return;
         };

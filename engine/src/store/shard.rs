@@ -277,6 +277,9 @@ pub(super) enum PeerRdma {
 /// A shard's listening socket and its fd, which glommio's `TcpListener` does
 /// not expose and `ShardStore::stop` needs.
 pub struct ShardListener {
+    /// Declared first, so it is dropped (the socket unregistered) before
+    /// the listener closes its descriptor (`crate::fork`).
+    _closed_in_children: Option<crate::fork::ClosedInChildren>,
     listener: TcpListener,
     fd: RawFd,
 }
@@ -312,7 +315,11 @@ pub fn listen(host: &str, port: u16) -> std::io::Result<ShardListener> {
     // SAFETY: fd is a bound, listening TCP socket we own; the listener takes
     // it over (and closes it when dropped).
     let listener = unsafe { <TcpListener as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    Ok(ShardListener { listener, fd })
+    Ok(ShardListener {
+        _closed_in_children: crate::fork::close_in_children(fd, "shard listener"),
+        listener,
+        fd,
+    })
 }
 
 impl ShardStore {
@@ -655,9 +662,11 @@ impl ShardStore {
         self.tasks.borrow_mut().insert(id, handle);
     }
 
-    async fn accept_loop(self: Rc<Self>, listener: TcpListener) {
+    /// Owns `listening` until the shard stops (the task is cancelled, or
+    /// never polled again after a panic).
+    async fn accept_loop(self: Rc<Self>, listening: ShardListener) {
         loop {
-            match listener.accept().await {
+            match listening.listener.accept().await {
                 Ok(stream) => {
                     let shard = Rc::clone(&self);
                     self.spawn_owned(async move { shard.serve(stream).await });
@@ -858,9 +867,9 @@ impl ShardService for ShardStore {
     }
 
     fn start(this: &Rc<Self>) {
-        if let Some(ShardListener { listener, fd }) = this.listener.borrow_mut().take() {
-            this.listening_fd.set(Some(fd));
-            this.spawn_owned(Rc::clone(this).accept_loop(listener));
+        if let Some(listening) = this.listener.borrow_mut().take() {
+            this.listening_fd.set(Some(listening.fd));
+            this.spawn_owned(Rc::clone(this).accept_loop(listening));
         }
         if !this.id.directory_refresh.is_zero() {
             this.spawn_owned(Rc::clone(this).refresh_directory());

@@ -1,0 +1,165 @@
+//! Listening sockets a child forked from this process must not keep.
+//!
+//! A child forked without exec (Python's `multiprocessing` with the `fork`
+//! start method, a library's worker pool) inherits every descriptor, and
+//! `SOCK_CLOEXEC` only acts at exec. A listening socket held by such a child
+//! outlives this process: when this process dies, the child's copy stays in
+//! LISTEN, so connections to a shard's port (bound with `SO_REUSEPORT`, so a
+//! restarted node shares it with the orphan) or to the host's meta port queue
+//! up where nobody accepts them, and no co-located rank can take the meta port
+//! over. So each listener PeerCache opens is registered here while it is
+//! open, and a `pthread_atfork` child handler closes the registered
+//! descriptors in every forked child. (A clean shutdown needs none of this:
+//! it takes the shard sockets out of LISTEN for every holder.)
+//!
+//! The registry is a fixed array of atomics because the child handler runs
+//! between `fork` and the child's first instruction, where only
+//! async-signal-safe work is allowed: no allocation, no lock (another thread
+//! of the parent may have held it at the fork). Connected sockets are not
+//! registered: a peer holding one to a dead process is bounded by its request
+//! timeout.
+
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Once;
+
+/// Most listeners registered at once. A node registers one per shard, and
+/// one each for the meta port and the metrics port it serves; several nodes
+/// in one process (tests) share the array. A listener that finds no free
+/// slot stays inherited by children, as before this module, and says so.
+pub const MAX_LISTENERS: usize = 256;
+
+const FREE: RawFd = -1;
+
+#[allow(clippy::declare_interior_mutable_const)] // only the array initializer
+const FREE_SLOT: AtomicI32 = AtomicI32::new(FREE);
+
+static SLOTS: [AtomicI32; MAX_LISTENERS] = [FREE_SLOT; MAX_LISTENERS];
+
+static INSTALL: Once = Once::new();
+
+/// Keeps `fd` closed in forked children while alive. Drop it before the
+/// descriptor is closed: a slot naming a closed descriptor would close
+/// whatever the next `open` gets that number, in the next child.
+#[derive(Debug)]
+pub struct ClosedInChildren {
+    slot: usize,
+    fd: RawFd,
+}
+
+impl Drop for ClosedInChildren {
+    fn drop(&mut self) {
+        let _ =
+            SLOTS[self.slot].compare_exchange(self.fd, FREE, Ordering::SeqCst, Ordering::SeqCst);
+    }
+}
+
+/// Registers the listening socket `fd` to be closed in every child forked
+/// from now on, until the returned guard is dropped. `what` names it in the
+/// warning when the registry is full (then `None`).
+pub fn close_in_children(fd: RawFd, what: &str) -> Option<ClosedInChildren> {
+    INSTALL.call_once(|| {
+        // SAFETY: registers a handler that only swaps atomics and calls
+        // close(2), both async-signal-safe.
+        let rc = unsafe { libc::pthread_atfork(None, None, Some(close_registered_in_child)) };
+        if rc != 0 {
+            tracing::warn!(
+                "pthread_atfork failed ({rc}); a child forked from this process keeps PeerCache's listening sockets"
+            );
+        }
+    });
+    for (slot, cell) in SLOTS.iter().enumerate() {
+        if cell
+            .compare_exchange(FREE, fd, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            return Some(ClosedInChildren { slot, fd });
+        }
+    }
+    tracing::warn!(
+        "{what}: more than {MAX_LISTENERS} listening sockets in this process; a child forked from it keeps this one"
+    );
+    None
+}
+
+/// How many listeners are registered now (for tests and diagnostics).
+pub fn registered() -> usize {
+    SLOTS
+        .iter()
+        .filter(|s| s.load(Ordering::SeqCst) != FREE)
+        .count()
+}
+
+/// The `pthread_atfork` child handler: closes every registered descriptor,
+/// in the child only (the parent's stay open).
+extern "C" fn close_registered_in_child() {
+    for cell in &SLOTS {
+        let fd = cell.swap(FREE, Ordering::SeqCst);
+        if fd != FREE {
+            // SAFETY: fd was open at the fork (its guard had not been
+            // dropped) and belongs to a PeerCache listener; closing the
+            // child's copy leaves the parent's open.
+            unsafe { libc::close(fd) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    /// Whether `fd` is open, seen from the calling process.
+    fn is_open(fd: RawFd) -> bool {
+        // SAFETY: F_GETFD only reads the descriptor's flags.
+        unsafe { libc::fcntl(fd, libc::F_GETFD) != -1 }
+    }
+
+    /// Forks; the child reports through its exit status whether each of
+    /// `fds` is open there. Returns that, one flag per descriptor.
+    fn open_in_child(fds: &[RawFd]) -> Vec<bool> {
+        assert!(fds.len() < 8);
+        // SAFETY: the child calls only fcntl and _exit, both
+        // async-signal-safe, so forking this multi-threaded process is sound.
+        match unsafe { libc::fork() } {
+            0 => {
+                let mut bits = 0;
+                for (i, &fd) in fds.iter().enumerate() {
+                    if is_open(fd) {
+                        bits |= 1 << i;
+                    }
+                }
+                unsafe { libc::_exit(bits) }
+            }
+            pid => {
+                assert!(pid > 0, "fork failed");
+                let mut status = 0;
+                // SAFETY: waits for the child just forked.
+                assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+                assert!(libc::WIFEXITED(status));
+                let bits = libc::WEXITSTATUS(status);
+                (0..fds.len()).map(|i| bits & (1 << i) != 0).collect()
+            }
+        }
+    }
+
+    #[test]
+    fn a_registered_listener_is_closed_in_a_forked_child_and_only_there() {
+        let registered = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let guard = close_in_children(registered.as_raw_fd(), "test listener").unwrap();
+        assert_eq!(
+            open_in_child(&[registered.as_raw_fd(), other.as_raw_fd()]),
+            vec![false, true],
+            "the child lost the registered listener and kept the other descriptor"
+        );
+        assert!(is_open(registered.as_raw_fd()), "the parent keeps it");
+
+        // Unregistered: children keep it again, and the slot is free.
+        drop(guard);
+        assert_eq!(open_in_child(&[registered.as_raw_fd()]), vec![true]);
+        assert!(SLOTS
+            .iter()
+            .all(|s| s.load(Ordering::SeqCst) != registered.as_raw_fd()));
+    }
+}
