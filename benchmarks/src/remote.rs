@@ -495,10 +495,10 @@ pub fn run(args: &RemoteArgs) -> Result<(), String> {
             "--page-size and --batch-size must be > 0 and --working-set >= --batch-size".into(),
         );
     }
-    let meta_port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| e.to_string())?
-        .port();
+    // Outside the ephemeral range, where a shard listener of either node
+    // could take it before the meta server binds it.
+    let meta_port = peercache_engine::cluster::ports::free_port_below_ephemeral("127.0.0.1", 0)
+        .map_err(|e| format!("a discovery port for the two nodes: {e}"))?;
     let server = start_server(args, meta_port)?;
     let ws = args.working_set;
     let ws_bytes = ws * page;

@@ -26,7 +26,6 @@ CUDA-only, so pages are written straight into the host pool (see
 import json
 import os
 import shutil
-import socket
 import sys
 import tempfile
 import threading
@@ -36,6 +35,8 @@ from queue import Empty
 HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
+
+from ports import free_port  # noqa: E402  (after the path; re-exported to the tests)
 
 # One extension cache shared by the pytest process and the worker, outside the
 # repository: the controller JIT-builds its hash extension there once.
@@ -56,12 +57,6 @@ LOOPBACK = {
     "control_bind_host": "127.0.0.1",
     "protocol": "tcp",
 }
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def extra_config(discovery_addr, interface_v1, local_rank=0):

@@ -135,7 +135,7 @@ def report(timing, call_bytes):
 
 
 def measure_store(args):
-    import socket
+    from ports import free_port
 
     import torch
     from sglang.srt.mem_cache.hicache_storage import HiCacheStorageConfig
@@ -156,9 +156,7 @@ def measure_store(args):
         pin_memory=False, device="cpu", device_capacity_tokens=device_tokens,
         start_layer=0, end_layer=layers - 1,
     )
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     config = HiCacheStorageConfig(
         tp_rank=0, tp_size=1, pp_rank=0, pp_size=1, attn_cp_rank=0, attn_cp_size=1,
         is_mla_model=False, enable_storage_metrics=True, is_page_first_layout=True,

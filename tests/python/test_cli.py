@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+from ports import free_port
+
 BIN = os.path.dirname(sys.executable)
 
 
@@ -26,9 +28,7 @@ def test_help_of_both_scripts():
 
 
 def test_meta_serves_discovery_and_stops_on_sigterm():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen(
         [script("peercache-meta"), "--bind", f"127.0.0.1:{port}"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -74,8 +74,6 @@ assert type(m).__name__ == 'StorageMetrics' and m.backup_pgs == [1]
 store.close()
 print('ok')
 """
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     out = subprocess.run([sys.executable, "-c", code % port], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]

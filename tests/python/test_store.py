@@ -6,24 +6,18 @@ reads over the network, byte for byte.
 """
 
 import os
-import socket
 import time
 
 import pytest
 
 from conftest import require_sglang
+from ports import free_port
 
 require_sglang()
 
 from store_worker import StoreWorker, WorkerError  # noqa: E402
 
 PAGES = list(range(6))
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cluster_config(port, **extra):

@@ -199,27 +199,20 @@ fn parse_flags(text: &str) -> Vec<bool> {
     text.trim().chars().map(|c| c == '1').collect()
 }
 
-/// A TCP port that was free a moment ago on `host` (for a discovery port).
+/// A TCP port that was free a moment ago on `host` (for a discovery port),
+/// below the ephemeral range so no node's port-0 listener can take it
+/// first (`peercache_engine::cluster::ports`).
 pub fn free_port(host: &str) -> u16 {
-    std::net::TcpListener::bind((host, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port")
+    peercache_engine::cluster::ports::free_port_below_ephemeral(host, 0)
+        .expect("a free port below the ephemeral range")
 }
 
 /// A port P of 127.0.0.1 such that P and P + 1 were both free a moment ago:
 /// the `control_port` of a two-shard node (shard i listens on P + i) that a
 /// test restarts behind the same endpoints.
 pub fn free_port_pair() -> u16 {
-    use std::net::TcpListener;
-    for _ in 0..100 {
-        let first = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-        let port = first.local_addr().expect("bound").port();
-        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no two consecutive free ports");
+    peercache_engine::cluster::ports::free_port_below_ephemeral("127.0.0.1", 1)
+        .expect("two consecutive free ports below the ephemeral range")
 }
 
 /// The `peercache-node` binary built next to the running executable (the

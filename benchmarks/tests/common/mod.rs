@@ -47,10 +47,9 @@ pub fn tempdir() -> TempDir {
     TempDir(dir)
 }
 
-/// A port free on 127.0.0.1 a moment ago.
+/// A port free on 127.0.0.1 a moment ago, for a process started later to
+/// bind (outside the ephemeral range: see `peercache_engine::cluster::ports`).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
+    peercache_engine::cluster::ports::free_port_below_ephemeral("127.0.0.1", 0)
         .expect("a free port")
-        .port()
 }

@@ -3,6 +3,7 @@
 
 pub mod address;
 pub mod discovery_io;
+pub mod ports;
 pub mod view;
 
 pub use address::advertised_host;
