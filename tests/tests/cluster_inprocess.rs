@@ -384,8 +384,25 @@ fn garbage_and_oversized_frames_close_only_that_connection() {
         "an Error reply precedes the close"
     );
 
+    // 4. A discovery request (a discovery_addr pointing at a control port):
+    //    the Error says what was dialled, for the operator to fix.
+    let mut s = TcpStream::connect(endpoint).unwrap();
+    let mut frame = Vec::new();
+    peercache_engine::wire::encode_frame(&peercache_engine::wire::MembersRequest, 1, 0, &mut frame)
+        .unwrap();
+    s.write_all(&frame).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut reply = Vec::new();
+    let _ = s.read_to_end(&mut reply);
+    assert!(
+        String::from_utf8_lossy(&reply)
+            .contains("is a discovery request, and this is a shard's control port"),
+        "the Error names the mistake: {:?}",
+        String::from_utf8_lossy(&reply)
+    );
+
     eventually("the protocol errors to be counted", || {
-        a.stats().protocol_errors >= 3
+        a.stats().protocol_errors >= 4
     });
     // The node keeps serving everyone else.
     let (ok, out) = get_all(&b, &ks, 4096);

@@ -59,6 +59,14 @@ fn is_request(kind: Kind) -> bool {
     )
 }
 
+/// Kinds a discovery client sends to a meta port, never to a shard.
+fn is_discovery(kind: Kind) -> bool {
+    matches!(
+        kind,
+        Kind::Register | Kind::Heartbeat | Kind::Deregister | Kind::MembersRequest
+    )
+}
+
 /// A read item as a location in this shard's pool.
 fn to_pool_location(it: &ReadItem) -> Location {
     Location {
@@ -101,7 +109,18 @@ impl ShardStore {
             let result = match header.kind {
                 Kind::Hello => self.on_hello(&mut conn, &header).await,
                 kind if !greeted || !is_request(kind) => {
-                    let why = if greeted {
+                    let why = if is_discovery(kind) {
+                        // A discovery client dialled a shard: its
+                        // discovery_addr names this control port, or this
+                        // shard took the meta port before the meta server
+                        // could bind it (a discovery port in the ephemeral
+                        // range, handed to a shard's port-0 listener).
+                        format!(
+                            "{kind} is a discovery request, and this is a shard's control port; \
+                             point discovery_addr at the meta port, and keep that port below the \
+                             ephemeral range (net.ipv4.ip_local_port_range)"
+                        )
+                    } else if greeted {
                         format!("{kind} is not a request this server answers")
                     } else {
                         format!("expected Hello, got {kind}")
