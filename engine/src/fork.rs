@@ -9,18 +9,24 @@
 //! up where nobody accepts them, and no co-located rank can take the meta port
 //! over. So each listener PeerCache opens is registered here while it is
 //! open, and a `pthread_atfork` child handler closes the registered
-//! descriptors in every forked child. (A clean shutdown needs none of this:
-//! it takes the shard sockets out of LISTEN for every holder.)
+//! descriptors in every forked child. (A clean shutdown of a shard takes its
+//! socket out of LISTEN for every holder; the meta and metrics listeners
+//! have no such step and rely on this.)
 //!
 //! The registry is a fixed array of atomics because the child handler runs
 //! between `fork` and the child's first instruction, where only
 //! async-signal-safe work is allowed: no allocation, no lock (another thread
-//! of the parent may have held it at the fork). Connected sockets are not
+//! of the parent may have held it at the fork). Each slot keeps the socket's
+//! inode next to its descriptor, and the handler closes a descriptor only if
+//! `fstat` still finds that socket behind it: a listener closed by code we do
+//! not control before its registration was dropped (tiny_http closes the
+//! metrics listener on an accept error) may have left its number to an
+//! unrelated descriptor, which the child must keep. Connected sockets are not
 //! registered: a peer holding one to a dead process is bounded by its request
 //! timeout.
 
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::Once;
 
 /// Most listeners registered at once. A node registers one per shard, and
@@ -31,16 +37,22 @@ pub const MAX_LISTENERS: usize = 256;
 
 const FREE: RawFd = -1;
 
-#[allow(clippy::declare_interior_mutable_const)] // only the array initializer
+#[allow(clippy::declare_interior_mutable_const)] // only the array initializers
 const FREE_SLOT: AtomicI32 = AtomicI32::new(FREE);
+#[allow(clippy::declare_interior_mutable_const)]
+const NO_INODE: AtomicU64 = AtomicU64::new(0);
 
+/// The registered descriptors (`FREE` when a slot is unused).
 static SLOTS: [AtomicI32; MAX_LISTENERS] = [FREE_SLOT; MAX_LISTENERS];
+/// The socket inode of each slot's descriptor, written before the slot is
+/// taken.
+static INODES: [AtomicU64; MAX_LISTENERS] = [NO_INODE; MAX_LISTENERS];
 
 static INSTALL: Once = Once::new();
 
 /// Keeps `fd` closed in forked children while alive. Drop it before the
-/// descriptor is closed: a slot naming a closed descriptor would close
-/// whatever the next `open` gets that number, in the next child.
+/// descriptor is closed where we can; where we cannot (a library closes it),
+/// the inode check keeps the child from closing a reused number.
 #[derive(Debug)]
 pub struct ClosedInChildren {
     slot: usize,
@@ -54,13 +66,21 @@ impl Drop for ClosedInChildren {
     }
 }
 
+/// The inode of the file behind `fd` (None when `fd` is not open).
+fn inode_of(fd: RawFd) -> Option<u64> {
+    let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat writes a whole `stat` on success; read only then.
+    (unsafe { libc::fstat(fd, stat.as_mut_ptr()) } == 0)
+        .then(|| unsafe { stat.assume_init() }.st_ino)
+}
+
 /// Registers the listening socket `fd` to be closed in every child forked
 /// from now on, until the returned guard is dropped. `what` names it in the
 /// warning when the registry is full (then `None`).
 pub fn close_in_children(fd: RawFd, what: &str) -> Option<ClosedInChildren> {
     INSTALL.call_once(|| {
-        // SAFETY: registers a handler that only swaps atomics and calls
-        // close(2), both async-signal-safe.
+        // SAFETY: registers a handler that only uses atomics, fstat(2) and
+        // close(2), all async-signal-safe.
         let rc = unsafe { libc::pthread_atfork(None, None, Some(close_registered_in_child)) };
         if rc != 0 {
             tracing::warn!(
@@ -68,11 +88,21 @@ pub fn close_in_children(fd: RawFd, what: &str) -> Option<ClosedInChildren> {
             );
         }
     });
+    let Some(inode) = inode_of(fd) else {
+        tracing::warn!(
+            "{what}: descriptor {fd} is not open; not registered for closing in forked children"
+        );
+        return None;
+    };
     for (slot, cell) in SLOTS.iter().enumerate() {
+        // Claimed before the inode is written, so two registrations never
+        // share a slot; until the inode is in place the handler finds a
+        // mismatch and leaves the descriptor open (as before registering).
         if cell
             .compare_exchange(FREE, fd, Ordering::SeqCst, Ordering::SeqCst)
             .is_ok()
         {
+            INODES[slot].store(inode, Ordering::SeqCst);
             return Some(ClosedInChildren { slot, fd });
         }
     }
@@ -90,15 +120,16 @@ pub fn registered() -> usize {
         .count()
 }
 
-/// The `pthread_atfork` child handler: closes every registered descriptor,
-/// in the child only (the parent's stay open).
+/// The `pthread_atfork` child handler: closes every registered descriptor
+/// that still refers to the socket it was registered with, in the child only
+/// (the parent's stay open).
 extern "C" fn close_registered_in_child() {
-    for cell in &SLOTS {
+    for (cell, inode) in SLOTS.iter().zip(&INODES) {
         let fd = cell.swap(FREE, Ordering::SeqCst);
-        if fd != FREE {
-            // SAFETY: fd was open at the fork (its guard had not been
-            // dropped) and belongs to a PeerCache listener; closing the
-            // child's copy leaves the parent's open.
+        if fd != FREE && inode_of(fd) == Some(inode.load(Ordering::SeqCst)) {
+            // SAFETY: fd is open and is the PeerCache listener registered
+            // under it (same inode); closing the child's copy leaves the
+            // parent's open.
             unsafe { libc::close(fd) };
         }
     }
@@ -161,5 +192,37 @@ mod tests {
         assert!(SLOTS
             .iter()
             .all(|s| s.load(Ordering::SeqCst) != registered.as_raw_fd()));
+    }
+
+    /// A registered listener closed behind the registry's back (as a
+    /// library may), its number then taken by another file: the child keeps
+    /// that file.
+    #[test]
+    fn a_reused_descriptor_number_is_left_open_in_the_child() {
+        use std::os::fd::IntoRawFd;
+        let fd = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .into_raw_fd();
+        let guard = close_in_children(fd, "test listener").unwrap();
+        let mut pipe = [0; 2];
+        // SAFETY: plain pipe(2) and dup2(2) on descriptors this test owns;
+        // dup2 closes the listener and reuses its number in one step, so no
+        // other thread's descriptor can land in between.
+        unsafe {
+            assert_eq!(libc::pipe(pipe.as_mut_ptr()), 0);
+            assert_eq!(libc::dup2(pipe[0], fd), fd);
+        }
+        assert_eq!(
+            open_in_child(&[fd]),
+            vec![true],
+            "the pipe behind the old number stays open"
+        );
+        drop(guard);
+        // SAFETY: closing the three pipe descriptors this test made.
+        unsafe {
+            libc::close(fd);
+            libc::close(pipe[0]);
+            libc::close(pipe[1]);
+        }
     }
 }
