@@ -295,15 +295,16 @@ fn the_newest_membership_reaches_a_shard_whose_inbox_was_full() {
     let b = node_at("full-inbox-b");
     b.set_membership(1, vec![a.route(), b.route()]);
     STALLED.lock().unwrap().push("full-inbox-a".to_owned());
-    // More views than an inbox holds (crate::runtime's queue capacity),
-    // each with one wake-up per shard, then the one that matters.
+    // More views than an inbox holds, each with one wake-up per shard,
+    // then the one that matters.
+    let views = crate::runtime::RuntimeOptions::default().queue_capacity as u64 + 100;
     let (tx, rx) = std::sync::mpsc::channel();
     let (poster, alone, both) = (Arc::clone(&a), vec![a.route()], vec![a.route(), b.route()]);
     std::thread::spawn(move || {
-        for epoch in 1..=1100 {
+        for epoch in 1..views {
             poster.set_membership(epoch, alone.clone());
         }
-        poster.set_membership(1101, both);
+        poster.set_membership(views, both);
         let _ = tx.send(());
     });
     // Generous: the bound only tells "returned" from "waits per view".

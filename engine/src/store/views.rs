@@ -35,15 +35,20 @@ impl ViewMailbox {
         let mut newest = self.newest.lock().unwrap_or_else(|p| p.into_inner());
         let number = self.posted.load(Ordering::Relaxed) + 1;
         *newest = Some((number, view));
-        // Published after the view is in place, so a shard that sees the
-        // new number finds at least that view behind the lock.
-        self.posted.store(number, Ordering::Release);
+        // After the view is in place, so a shard that sees the new number
+        // finds at least that view behind the lock. SeqCst, with the load in
+        // `newer_than`: the poster stores the number and then finds a full
+        // inbox, the shard pops a job and then loads the number, and one of
+        // the two must see the other's write, so a shard whose wake-up was
+        // refused still sees the view before its next job. Release/Acquire
+        // alone does not promise that (it is a store-load pattern).
+        self.posted.store(number, Ordering::SeqCst);
         number
     }
 
     /// The newest view when it is newer than view number `installed`.
     pub fn newer_than(&self, installed: u64) -> Option<(u64, Arc<ClusterView>)> {
-        if self.posted.load(Ordering::Acquire) <= installed {
+        if self.posted.load(Ordering::SeqCst) <= installed {
             return None;
         }
         self.newest
