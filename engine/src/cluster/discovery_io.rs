@@ -17,8 +17,8 @@ use crate::discovery::{
     Reply, Request, Service,
 };
 use crate::wire::{
-    self, Deregister, Endpoint, Heartbeat, Kind, MemberInfo, MembersOutcome, MembersReply,
-    MembersRequest, Register, WireError,
+    self, Deregister, Endpoint, ErrorReply, Heartbeat, Kind, MemberInfo, MembersOutcome,
+    MembersReply, MembersRequest, Register, WireError,
 };
 use rkyv::util::AlignedVec;
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
@@ -318,6 +318,29 @@ fn request_once(to: &HostPort, request: &Request) -> Result<Reply, String> {
     sent.map_err(|e| format!("send: {e}"))?;
     let mut meta = AlignedVec::new();
     let header = wire::read_frame(&mut stream, &mut meta).map_err(|e| format!("reply: {e}"))?;
+    if header.kind == Kind::Error {
+        // Something answered that is not a discovery service (a shard's
+        // control port, say): its reason is for the operator, who would
+        // otherwise only see this node waiting for a master.
+        let why = wire::decode_owned::<ErrorReply>(meta.as_slice())
+            .map_or_else(|e| format!("an unreadable error ({e})"), |r| r.message);
+        static REFUSALS: std::sync::OnceLock<Mutex<crate::logging::RateLimiter>> =
+            std::sync::OnceLock::new();
+        let limiter = REFUSALS
+            .get_or_init(|| Mutex::new(crate::logging::RateLimiter::new(Duration::from_secs(10))));
+        let shown = limiter
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .check(Instant::now());
+        if shown.is_some() {
+            tracing::warn!(
+                "discovery request to {}:{} was refused: {why}",
+                to.host,
+                to.port
+            );
+        }
+        return Err(format!("refused: {why}"));
+    }
     header
         .expect_kind(Kind::MembersReply)
         .map_err(|e| e.to_string())?;
@@ -599,6 +622,30 @@ fn from_wire_reply(reply: MembersReply) -> Result<Reply, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A discovery request to a shard's control port (a discovery_addr
+    /// naming the wrong port) fails with the shard's reason, not as an
+    /// unreadable reply.
+    #[test]
+    fn a_request_to_a_control_port_fails_with_the_shards_reason() {
+        let config = crate::config::Config::from_json(
+            r#"{"discovery_addr":"127.0.0.1:1","global_segment_size":"16mb","shards":1,
+                "control_bind_host":"127.0.0.1","disk_enabled":false,"metrics_enabled":false,
+                "prefault_pool":false}"#,
+        )
+        .unwrap();
+        let node = crate::store::Node::start(config).unwrap();
+        let shard = node.endpoints()[0];
+        let to = HostPort {
+            host: shard.ip().to_string(),
+            port: shard.port(),
+        };
+        let err = request_once(&to, &Request::Members).unwrap_err();
+        assert!(
+            err.starts_with("refused: ") && err.contains("is a discovery request"),
+            "{err}"
+        );
+    }
 
     /// The meta bind host takes what the other bind keys take: IPv4, IPv6
     /// and names (`localhost` comes from /etc/hosts; no query leaves the
