@@ -330,6 +330,17 @@ fn after_a_clear_peers_no_longer_find_the_cleared_pages() {
     assert_eq!(ok, vec![false; 32]);
 }
 
+/// Sends `bytes` on a new connection to `endpoint` and returns what comes
+/// back until the server closes it (bounded by a 5 s read timeout).
+fn send_and_read_to_close(endpoint: std::net::SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(endpoint).unwrap();
+    s.write_all(bytes).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut reply = Vec::new();
+    let _ = s.read_to_end(&mut reply);
+    reply
+}
+
 #[test]
 fn garbage_and_oversized_frames_close_only_that_connection() {
     let a = node("garbage-a", "");
@@ -357,14 +368,9 @@ fn garbage_and_oversized_frames_close_only_that_connection() {
     header.extend_from_slice(&7u64.to_le_bytes());
     header.extend_from_slice(&u32::MAX.to_le_bytes());
     header.extend_from_slice(&0u32.to_le_bytes());
-    let mut s = TcpStream::connect(endpoint).unwrap();
-    s.write_all(&header).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut reply = Vec::new();
-    let _ = s.read_to_end(&mut reply);
+    send_and_read_to_close(endpoint, &header);
 
     // 3. A request before Hello.
-    let mut s = TcpStream::connect(endpoint).unwrap();
     let mut frame = Vec::new();
     peercache_engine::wire::encode_frame(
         &peercache_engine::wire::DirGet {
@@ -375,10 +381,7 @@ fn garbage_and_oversized_frames_close_only_that_connection() {
         &mut frame,
     )
     .unwrap();
-    s.write_all(&frame).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut reply = Vec::new();
-    let _ = s.read_to_end(&mut reply);
+    let reply = send_and_read_to_close(endpoint, &frame);
     assert!(
         reply.len() >= peercache_engine::wire::HEADER_BYTES,
         "an Error reply precedes the close"
@@ -386,14 +389,10 @@ fn garbage_and_oversized_frames_close_only_that_connection() {
 
     // 4. A discovery request (a discovery_addr pointing at a control port):
     //    the Error says what was dialled, for the operator to fix.
-    let mut s = TcpStream::connect(endpoint).unwrap();
     let mut frame = Vec::new();
     peercache_engine::wire::encode_frame(&peercache_engine::wire::MembersRequest, 1, 0, &mut frame)
         .unwrap();
-    s.write_all(&frame).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut reply = Vec::new();
-    let _ = s.read_to_end(&mut reply);
+    let reply = send_and_read_to_close(endpoint, &frame);
     assert!(
         String::from_utf8_lossy(&reply)
             .contains("is a discovery request, and this is a shard's control port"),
