@@ -44,8 +44,8 @@ const NO_INODE: AtomicU64 = AtomicU64::new(0);
 
 /// The registered descriptors (`FREE` when a slot is unused).
 static SLOTS: [AtomicI32; MAX_LISTENERS] = [FREE_SLOT; MAX_LISTENERS];
-/// The socket inode of each slot's descriptor, written before the slot is
-/// taken.
+/// The socket inode of each slot's descriptor: written once the slot is
+/// claimed, reset to 0 before it is freed.
 static INODES: [AtomicU64; MAX_LISTENERS] = [NO_INODE; MAX_LISTENERS];
 
 static INSTALL: Once = Once::new();
@@ -61,6 +61,10 @@ pub struct ClosedInChildren {
 
 impl Drop for ClosedInChildren {
     fn drop(&mut self) {
+        // Inode first: a fork in between finds a mismatch and leaves the
+        // descriptor to the child, which is harmless; freeing the slot first
+        // could let a new registration's inode be wiped here.
+        INODES[self.slot].store(0, Ordering::SeqCst);
         let _ =
             SLOTS[self.slot].compare_exchange(self.fd, FREE, Ordering::SeqCst, Ordering::SeqCst);
     }
@@ -110,14 +114,6 @@ pub fn close_in_children(fd: RawFd, what: &str) -> Option<ClosedInChildren> {
         "{what}: more than {MAX_LISTENERS} listening sockets in this process; a child forked from it keeps this one"
     );
     None
-}
-
-/// How many listeners are registered now (for tests and diagnostics).
-pub fn registered() -> usize {
-    SLOTS
-        .iter()
-        .filter(|s| s.load(Ordering::SeqCst) != FREE)
-        .count()
 }
 
 /// The `pthread_atfork` child handler: closes every registered descriptor
