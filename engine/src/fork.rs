@@ -134,7 +134,9 @@ extern "C" fn close_registered_in_child() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
     use std::os::fd::AsRawFd;
+    use std::time::{Duration, Instant};
 
     /// Whether `fd` is open, seen from the calling process.
     fn is_open(fd: RawFd) -> bool {
@@ -168,6 +170,50 @@ mod tests {
                 (0..fds.len()).map(|i| bits & (1 << i) != 0).collect()
             }
         }
+    }
+
+    /// Inodes of the sockets listening on one of `ports` (IPv4 and IPv6).
+    fn listening_inodes(ports: &HashSet<u16>) -> HashSet<u64> {
+        let mut inodes = HashSet::new();
+        for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+            let Ok(text) = std::fs::read_to_string(table) else {
+                continue;
+            };
+            for line in text.lines().skip(1) {
+                // sl local_address rem_address st ... inode: local_address is
+                // HEXADDR:HEXPORT, st 0A is LISTEN, the inode is field 9.
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let port = fields[1]
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| u16::from_str_radix(p, 16).ok());
+                if fields[3] == "0A" && port.is_some_and(|p| ports.contains(&p)) {
+                    inodes.insert(fields[9].parse().expect("an inode number"));
+                }
+            }
+        }
+        inodes
+    }
+
+    /// This process's descriptors for the sockets `inodes`.
+    fn descriptors_of(inodes: &HashSet<u64>) -> Vec<RawFd> {
+        std::fs::read_dir("/proc/self/fd")
+            .expect("/proc/self/fd")
+            .filter_map(|entry| {
+                let entry = entry.ok()?;
+                let link = std::fs::read_link(entry.path()).ok()?;
+                let inode: u64 = link
+                    .to_str()?
+                    .strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .parse()
+                    .ok()?;
+                if !inodes.contains(&inode) {
+                    return None;
+                }
+                entry.file_name().to_str()?.parse().ok()
+            })
+            .collect()
     }
 
     #[test]
@@ -220,5 +266,51 @@ mod tests {
             libc::close(pipe[0]);
             libc::close(pipe[1]);
         }
+    }
+
+    /// A child forked (without exec) from a process running a node keeps
+    /// none of the node's listening sockets: not its shard ports, not the
+    /// host's meta port it serves, not its metrics port.
+    #[test]
+    fn a_forked_child_keeps_none_of_the_nodes_listening_sockets() {
+        let meta_port = crate::cluster::ports::free_port_below_ephemeral("127.0.0.1", 0).unwrap();
+        let config = crate::config::Config::from_json(&format!(
+            r#"{{"discovery_addr":"127.0.0.1:{meta_port}","global_segment_size":"16mb","shards":2,
+                "node_id":"forked","local_hostname":"127.0.0.1","control_bind_host":"127.0.0.1",
+                "disk_enabled":false,"metrics_enabled":true,"metrics_port":0,
+                "metrics_bind_host":"127.0.0.1","prefault_pool":false}}"#
+        ))
+        .unwrap();
+        let node = crate::store::Node::start_cluster(config).unwrap();
+        let mut ports: HashSet<u16> = node.endpoints().iter().map(|e| e.port()).collect();
+        ports.insert(node.metrics_addr().expect("metrics are on").port());
+        ports.insert(meta_port);
+        let expected = node.endpoints().len() + 2;
+        // The meta server binds on its own thread, shortly after start.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let fds = loop {
+            let fds = descriptors_of(&listening_inodes(&ports));
+            if fds.len() == expected {
+                break fds;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "found {} of the {expected} listening sockets (ports {ports:?})",
+                fds.len()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+
+        assert_eq!(
+            open_in_child(&fds),
+            vec![false; fds.len()],
+            "the child closed every listener of the node (descriptors {fds:?})"
+        );
+        assert!(fds.iter().all(|&fd| is_open(fd)), "the parent keeps them");
+        // And the node still serves: a set and a get after the fork.
+        let key = vec!["after-fork".to_owned()];
+        let page = vec![7u8; 4096];
+        assert_eq!(node.batch_set_pages(&key, &[&page]).unwrap(), vec![true]);
+        assert_eq!(node.batch_exists(&key).unwrap(), 1);
     }
 }

@@ -937,7 +937,7 @@ fn next_incarnation() -> u64 {
     }
 }
 
-/// Posts `view` for every shard and wakes the idle ones.
+/// Posts `view` for every shard and pushes each a wake-up, never waiting.
 fn deliver_membership(runtime: &Runtime<StoreJob>, views: &ViewMailbox, view: Arc<ClusterView>) {
     let (epoch, number) = (view.epoch(), views.post(view));
     for shard in 0..runtime.shards() {
